@@ -1,0 +1,299 @@
+"""Typed configuration: a tree of small dataclasses, YAML presets, dotted overrides.
+
+``load("configs/demo.yaml", ["reshape.drcdown.cap=30"])`` reads a preset, applies
+``key=value`` overrides (values parsed as YAML scalars) and returns a validated
+:class:`Config`. An unknown key or a bad value raises ``ValueError`` naming the
+dotted key. :func:`dump` writes the resolved tree back as YAML, so a run can
+store exactly what it ran with. Components receive their own section, never
+the whole tree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# Target-domain presets of SPEC.md section 6: the KADID-10k distortion types kept.
+TARGET_TYPES: dict[str, tuple[int, ...]] = {
+    "livec": (1, 3, 10, 17, 18, 25),
+    "koniq": (1, 3, 16, 17, 18, 25),
+    "bid": (1, 3, 9, 21, 23, 25),
+    "live": tuple(range(1, 26)),
+    "csiq": tuple(range(1, 26)),
+    "tid2013": tuple(range(1, 26)),
+    "kadid": tuple(range(1, 26)),
+    "pipal1": (1, 2, 3, 9, 17, 18, 25),
+    "pipal2": (1, 2, 3, 9, 17, 23),
+    "pipal3": (1, 3, 16, 17, 18, 19, 25),
+    "pipal4": (1, 3, 7, 9, 10, 17, 18, 25),
+    "pipal5": (1, 2, 3, 4, 9),
+    "pipal6": (1, 2, 3, 9, 10, 11, 12, 16, 17, 18, 19, 21, 22, 25),
+}
+NUM_DISTORTION_TYPES = 25
+NUM_LEVELS = 5
+
+
+def _require(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ValueError(f"{key}: {message}")
+
+
+def _require_choice(value: str, key: str, choices: tuple[str, ...]) -> None:
+    _require(value in choices, key, f"expected one of {', '.join(choices)}, got {value!r}")
+
+
+@dataclass
+class RuntimeConfig:
+    """Backend choices; ``auto`` detects, anything else forces (tests force each fallback)."""
+
+    device: str = "auto"  # auto | cpu | cuda
+    dist_backend: str = "auto"  # auto | nccl | gloo
+    faiss: str = "auto"  # auto | cpu | gpu
+    dali: str = "auto"  # auto | gpu | cpu | off
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        _require_choice(self.device, "device", ("auto", "cpu", "cuda"))
+        _require_choice(self.dist_backend, "dist_backend", ("auto", "nccl", "gloo"))
+        _require_choice(self.faiss, "faiss", ("auto", "cpu", "gpu"))
+        _require_choice(self.dali, "dali", ("auto", "gpu", "cpu", "off"))
+        _require_choice(self.log_level, "log_level", ("DEBUG", "INFO", "WARNING", "ERROR"))
+
+
+@dataclass
+class NeighborsConfig:
+    """How the cosine neighbour graph is searched (``dist_syndr.reshape.neighbors``)."""
+
+    backend: str = "auto"  # auto | cpu | gpu (auto: GPUs when FAISS sees any)
+    index: str = "exact"  # exact | ivf (approximate, reports measured edge recall)
+    query_block: int = 8192
+    database_block: int = 32768
+    margin: float = 0.0  # float32 band re-decided in float64; 0 = bound derived from D
+    max_gpu_k: int = 2048
+    ivf_nlist: int = 0  # 0 = 4 sqrt(N)
+    ivf_nprobe: int = 32
+    recall_sample: int = 1000
+    split_across_ranks: bool = True
+    progress_min_rows: int = 50_000
+
+    def __post_init__(self) -> None:
+        _require_choice(self.backend, "backend", ("auto", "cpu", "gpu"))
+        _require_choice(self.index, "index", ("exact", "ivf"))
+        for key in ("query_block", "database_block", "max_gpu_k", "ivf_nprobe", "recall_sample"):
+            _require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
+        _require(self.ivf_nlist >= 0, "ivf_nlist", f"must be >= 0, got {self.ivf_nlist}")
+        _require(0.0 <= self.margin < 0.1, "margin", f"must lie in [0, 0.1), got {self.margin}")
+
+
+@dataclass
+class DDCUpConfig:
+    """Diverse content upsampling (SPEC.md section 3)."""
+
+    enabled: bool = True
+    target: str = "bid"  # preset naming the distortion types kept (SPEC.md section 6)
+    types: list[int] = field(default_factory=list)  # explicit types; overrides target
+    levels: list[int] = field(default_factory=lambda: [1, 3, 5])
+    top_k: int = 5
+    window: float = 0.05
+    weighting: str = "reference"  # reference: softmax(distances) | similarity: softmax(-d / T)
+    temperature: float = 0.05
+
+    def __post_init__(self) -> None:
+        _require_choice(self.target, "target", tuple(TARGET_TYPES))
+        for key, values, high in (("types", self.types, NUM_DISTORTION_TYPES), ("levels", self.levels, NUM_LEVELS)):
+            bad = [v for v in values if not 1 <= v <= high]
+            _require(not bad, key, f"values must lie in 1..{high}, got {bad}")
+            _require(len(set(values)) == len(values), key, f"values must be distinct, got {values}")
+        _require(bool(self.levels), "levels", "must not be empty")
+        _require(self.top_k >= 1, "top_k", f"must be >= 1, got {self.top_k}")
+        _require(self.window >= 0, "window", f"must be >= 0, got {self.window}")
+        _require_choice(self.weighting, "weighting", ("reference", "similarity"))
+        _require(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature}")
+
+    @property
+    def distortion_types(self) -> tuple[int, ...]:
+        """The distortion types kept for the target domain."""
+        return tuple(sorted(self.types)) if self.types else TARGET_TYPES[self.target]
+
+
+@dataclass
+class DRCDownConfig:
+    """Redundant cluster downsampling (SPEC.md section 4)."""
+
+    enabled: bool = True
+    sim_threshold: float = 0.9
+    label_threshold: float = 1.0
+    cap: int = 20
+
+    def __post_init__(self) -> None:
+        _require(-1.0 <= self.sim_threshold <= 1.0, "sim_threshold", f"must lie in [-1, 1], got {self.sim_threshold}")
+        _require(self.label_threshold > 0, "label_threshold", f"must be > 0, got {self.label_threshold}")
+        _require(self.cap >= 1, "cap", f"must be >= 1, got {self.cap}")
+
+
+@dataclass
+class ReshapeConfig:
+    """Both reshaping operations and the neighbour search they share."""
+
+    ddcup: DDCUpConfig = field(default_factory=DDCUpConfig)
+    drcdown: DRCDownConfig = field(default_factory=DRCDownConfig)
+    neighbors: NeighborsConfig = field(default_factory=NeighborsConfig)
+
+
+@dataclass
+class SyntheticPoolConfig:
+    """A generated feature pool (demo and benchmarks): clustered features with labels."""
+
+    num_samples: int = 20_000
+    dim: int = 256
+    num_clusters: int = 400
+    spread: float = 0.25
+    num_train_refs: int = 60
+    num_candidate_refs: int = 300
+
+    def __post_init__(self) -> None:
+        for key in ("num_samples", "dim", "num_clusters", "num_train_refs", "num_candidate_refs"):
+            _require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
+        _require(self.num_train_refs >= 2, "num_train_refs", f"must be >= 2, got {self.num_train_refs}")
+        _require(self.spread > 0, "spread", f"must be > 0, got {self.spread}")
+
+
+@dataclass
+class Config:
+    """The whole run configuration."""
+
+    seed: int = 0
+    run_name: str = "dist_syndr"
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    reshape: ReshapeConfig = field(default_factory=ReshapeConfig)
+    synthetic_pool: SyntheticPoolConfig = field(default_factory=SyntheticPoolConfig)
+
+
+# ---------------------------------------------------------------------------
+# loading, overriding, dumping
+
+
+def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML preset (or the defaults), apply ``a.b=c`` overrides, validate."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"config file {path} does not exist")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"config file {path}: top level must be a mapping, got {type(loaded).__name__}")
+        tree = loaded
+    for override in overrides:
+        _apply_override(tree, override)
+    return from_dict(Config, tree)
+
+
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a nested mapping, rejecting unknown keys and bad types."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"unknown config key {prefix}{unknown[0]} (known: {', '.join(sorted(names))})")
+    kwargs = {name: _coerce(hints[name], value, f"{prefix}{name}") for name, value in data.items()}
+    try:
+        return cls(**kwargs)
+    except ValueError as error:
+        raise ValueError(f"{prefix}{error}") from None
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """The config tree as plain dicts and lists."""
+    return dataclasses.asdict(config)
+
+
+def dump(config: Any, path: str | Path | None = None) -> str:
+    """YAML text of the resolved config; also written atomically to ``path`` if given."""
+    text = yaml.safe_dump(to_dict(config), sort_keys=False)
+    if path is not None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.tmp")
+        temporary.write_text(text)
+        temporary.replace(path)
+    return text
+
+
+def flatten(config: Any) -> dict[str, Any]:
+    """``{"reshape.drcdown.cap": 20, ...}``: the tree as dotted keys (for tracking params)."""
+    flat: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        for key, value in node.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            else:
+                flat[f"{prefix}{key}"] = value
+
+    walk(to_dict(config), "")
+    return flat
+
+
+def _apply_override(tree: dict[str, Any], override: str) -> None:
+    key, separator, raw = override.partition("=")
+    key = key.strip()
+    if not separator or not key:
+        raise ValueError(f"override {override!r}: expected key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as error:
+        raise ValueError(f"override {key}: cannot parse value {raw!r}: {error}") from None
+    node = tree
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ValueError(f"override {key}: {part} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value if value is not None else {}, f"{key}.")
+    if origin in (typing.Union, types.UnionType):
+        options = [h for h in typing.get_args(hint) if h is not type(None)]
+        if value is None:
+            return None
+        return _coerce(options[0], value, key)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{key}: expected a list, got {value!r}")
+        (item,) = typing.get_args(hint)
+        return [_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    return _coerce_scalar(hint, value, key)
+
+
+def _coerce_scalar(hint: type, value: Any, key: str) -> Any:
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    else:
+        return value
+    raise ValueError(f"{key}: expected {hint.__name__}, got {value!r}")

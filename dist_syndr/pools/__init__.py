@@ -1,0 +1,1 @@
+"""Readers of distortion pools and label sources."""

@@ -1,0 +1,90 @@
+"""KADID-10k scores: ``dmos.csv`` (``dist_img,ref_img,dmos,var``) and the per-reference label table.
+
+Distorted images are named ``I01_TT_LL.png`` (reference, distortion type 1-25,
+level 1-5); DMOS is higher-is-better and mapped to [0, 10] once over the whole
+file (SPEC.md section 2).
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dist_syndr.config import NUM_DISTORTION_TYPES, NUM_LEVELS
+from dist_syndr.labels import minmax_to_ten
+
+_DISTORTED_NAME = re.compile(r"^(?P<stem>.+)_(?P<type>\d{2})_(?P<level>\d{2})\.\w+$")
+_COLUMNS = ("dist_img", "ref_img", "dmos")
+
+
+@dataclass(frozen=True)
+class KadidScore:
+    """One row of ``dmos.csv`` with its [0, 10] score."""
+
+    dist_img: str
+    ref_img: str
+    distortion_type: int
+    level: int
+    dmos: float
+    score: float
+
+
+def parse_distorted_name(name: str, source: str = "") -> tuple[str, int, int]:
+    """``("I01", 3, 5)`` from ``"I01_03_05.png"``; ValueError naming the file otherwise."""
+    match = _DISTORTED_NAME.match(Path(name).name)
+    if match is None:
+        raise ValueError(f"{source or name}: {name!r} is not named <ref>_<type:02d>_<level:02d>.<ext>")
+    distortion_type, level = int(match["type"]), int(match["level"])
+    if not (1 <= distortion_type <= NUM_DISTORTION_TYPES and 1 <= level <= NUM_LEVELS):
+        raise ValueError(f"{source or name}: {name!r} has type {distortion_type} / level {level} out of range")
+    return match["stem"], distortion_type, level
+
+
+def read_dmos_csv(path: str | Path) -> list[KadidScore]:
+    """Every row of a KADID-10k ``dmos.csv`` with scores mapped to [0, 10]."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: KADID-10k dmos.csv not found")
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = [c for c in _COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {missing}; expected {','.join(_COLUMNS)},var")
+        rows = list(reader)
+    if not rows:
+        raise ValueError(f"{path}: no rows")
+    try:
+        dmos = np.array([float(r["dmos"]) for r in rows])
+    except ValueError as error:
+        raise ValueError(f"{path}: non-numeric dmos: {error}") from None
+    scores = minmax_to_ten(dmos)
+    records = []
+    for line, (row, value, score) in enumerate(zip(rows, dmos, scores), start=2):
+        _, distortion_type, level = parse_distorted_name(row["dist_img"], f"{path}:{line}")
+        records.append(KadidScore(row["dist_img"], row["ref_img"], distortion_type, level, float(value), float(score)))
+    return records
+
+
+def label_table(records: list[KadidScore], ref_names: list[str]) -> np.ndarray:
+    """``(len(ref_names), 25 * 5)`` scores, column ``(type - 1) * 5 + (level - 1)``.
+
+    Raises ValueError naming the reference and cell when a score is missing.
+    """
+    table = np.full((len(ref_names), NUM_DISTORTION_TYPES * NUM_LEVELS), np.nan)
+    row_of = {name: i for i, name in enumerate(ref_names)}
+    for record in records:
+        row = row_of.get(record.ref_img)
+        if row is not None:
+            table[row, (record.distortion_type - 1) * NUM_LEVELS + record.level - 1] = record.score
+    missing = np.argwhere(np.isnan(table))
+    if missing.size:
+        ref, column = missing[0]
+        raise ValueError(
+            f"no score for reference {ref_names[ref]} type {column // NUM_LEVELS + 1} level {column % NUM_LEVELS + 1}"
+            f" ({len(missing)} missing cell(s))"
+        )
+    return table

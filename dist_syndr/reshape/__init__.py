@@ -1,0 +1,1 @@
+"""The two reshaping operations of SynDR-IQA (DDCUp, DRCDown) and their neighbour search."""

@@ -1,0 +1,278 @@
+"""The one seam between the code and the machine.
+
+Decides, once per process, which device, process group (nccl or gloo), FAISS
+build and DALI mode to use; everything else asks here instead of probing CUDA
+itself. Heavy modules (torch, faiss, DALI) are imported lazily, so importing
+this module costs nothing. The choice can be forced from
+:class:`~dist_syndr.config.RuntimeConfig`, which is how tests exercise every
+fallback on a CPU-only machine.
+
+Rank and world size come from the process group when one is initialised,
+otherwise from the ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` environment
+(torchrun, deepspeed), otherwise ``(0, 1)``.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.util
+import logging
+import os
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from dist_syndr.config import RuntimeConfig
+
+log = logging.getLogger(__name__)
+
+_FAISS_HINT = (
+    "FAISS is not installed: install the CPU build with `pip install dist_syndr[cpu]`"
+    " or the GPU build with `pip install dist_syndr[gpu]` (never both)"
+)
+
+
+@dataclass(frozen=True)
+class Backends:
+    """What this process runs on, as chosen by :func:`choose_backends`."""
+
+    device: str  # cpu | cuda
+    dist_backend: str  # gloo | nccl
+    faiss: str  # cpu | gpu
+    faiss_gpus: int
+    dali: str  # gpu | cpu | off
+    rank: int
+    world_size: int
+    local_rank: int
+
+
+# ---------------------------------------------------------------------------
+# rank and world
+
+
+def env_rank_world() -> tuple[int, int, int]:
+    """``(rank, world_size, local_rank)`` from the launcher environment, defaulting to one process."""
+    try:
+        rank = int(os.environ.get("RANK", 0))
+        world_size = int(os.environ.get("WORLD_SIZE", 1))
+        local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    except ValueError as error:
+        raise ValueError(f"RANK / WORLD_SIZE / LOCAL_RANK must be integers: {error}") from None
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"inconsistent launcher environment: RANK={rank}, WORLD_SIZE={world_size}")
+    return rank, world_size, local_rank
+
+
+def is_distributed() -> bool:
+    """True when a torch process group is initialised with more than one rank."""
+    if "torch" not in _loaded_modules():
+        return False
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank_world() -> tuple[int, int]:
+    """``(rank, world_size)`` of this process."""
+    if is_distributed():
+        import torch.distributed as dist
+
+        return dist.get_rank(), dist.get_world_size()
+    rank, world_size, _ = env_rank_world()
+    return rank, world_size
+
+
+def _loaded_modules() -> set[str]:
+    import sys
+
+    return {name.partition(".")[0] for name in sys.modules}
+
+
+# ---------------------------------------------------------------------------
+# backend detection
+
+
+def has_cuda() -> bool:
+    """True when torch sees at least one CUDA device."""
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.device_count() > 0
+
+
+def import_faiss():
+    """The faiss module, or a ValueError naming the pip extra to install."""
+    try:
+        return importlib.import_module("faiss")
+    except ImportError:
+        raise ValueError(_FAISS_HINT) from None
+
+
+@functools.lru_cache(maxsize=1)
+def _faiss_gpus_visible() -> int:
+    faiss = import_faiss()
+    get_num_gpus = getattr(faiss, "get_num_gpus", None)
+    return int(get_num_gpus()) if get_num_gpus is not None else 0
+
+
+_forced: dict[str, str] = {}
+
+
+def faiss_gpu_count() -> int:
+    """GPUs FAISS may use in this process (0 when forced to CPU or without faiss-gpu)."""
+    if _forced.get("faiss") == "cpu":
+        return 0
+    return _faiss_gpus_visible()
+
+
+def faiss_index_to_gpus(cpu_index):
+    """Copy a CPU index to the GPUs this process owns: all of them alone, its local one under a launcher."""
+    faiss = import_faiss()
+    _, world_size, local_rank = env_rank_world()
+    if world_size > 1 or is_distributed():
+        resources = faiss.StandardGpuResources()
+        return faiss.index_cpu_to_gpu(resources, local_rank % faiss_gpu_count(), cpu_index)
+    options = faiss.GpuMultipleClonerOptions()
+    options.shard = True
+    return faiss.index_cpu_to_all_gpus(cpu_index, co=options)
+
+
+def dali_mode(requested: str = "auto") -> str:
+    """``gpu``, ``cpu`` or ``off``: what the DALI loader can run here."""
+    if requested == "off":
+        return "off"
+    if importlib.util.find_spec("nvidia.dali") is None:
+        if requested in ("gpu", "cpu"):
+            raise ValueError(f"runtime.dali={requested} but nvidia-dali is not installed (pip install nvidia-dali-cuda130)")
+        return "off"
+    if requested == "auto":
+        return "gpu" if has_cuda() else "cpu"
+    if requested == "gpu" and not has_cuda():
+        raise ValueError("runtime.dali=gpu but no CUDA device is visible")
+    return requested
+
+
+def choose_backends(config: RuntimeConfig | None = None) -> Backends:
+    """Resolve every ``auto`` in ``config`` against this machine (forced values are checked)."""
+    config = config or RuntimeConfig()
+    cuda = has_cuda()
+    if config.device == "cuda" and not cuda:
+        raise ValueError("runtime.device=cuda but torch sees no CUDA device")
+    device = "cuda" if config.device == "cuda" or (config.device == "auto" and cuda) else "cpu"
+    if config.dist_backend == "nccl" and device != "cuda":
+        raise ValueError("runtime.dist_backend=nccl needs runtime.device=cuda")
+    dist_backend = config.dist_backend if config.dist_backend != "auto" else ("nccl" if device == "cuda" else "gloo")
+    _forced["faiss"] = config.faiss
+    faiss_gpus = 0 if config.faiss == "cpu" else _faiss_gpus_visible()
+    if config.faiss == "gpu" and faiss_gpus == 0:
+        raise ValueError("runtime.faiss=gpu but FAISS sees no GPU (install dist_syndr[gpu] on a CUDA machine)")
+    rank, world_size, local_rank = env_rank_world()
+    return Backends(
+        device=device,
+        dist_backend=dist_backend,
+        faiss="gpu" if faiss_gpus else "cpu",
+        faiss_gpus=faiss_gpus,
+        dali=dali_mode(config.dali),
+        rank=rank,
+        world_size=world_size,
+        local_rank=local_rank,
+    )
+
+
+# ---------------------------------------------------------------------------
+# process set-up
+
+
+class _RankZeroFilter(logging.Filter):
+    def __init__(self, rank: int):
+        super().__init__()
+        self.rank = rank
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.rank == 0 or record.levelno >= logging.WARNING
+
+
+def setup_logging(level: str = "INFO", rank: int | None = None) -> None:
+    """Install one handler on the package logger; ranks other than 0 show warnings only."""
+    rank = env_rank_world()[0] if rank is None else rank
+    package_logger = logging.getLogger("dist_syndr")
+    package_logger.setLevel(level)
+    if any(getattr(h, "_dist_syndr", False) for h in package_logger.handlers):
+        return
+    handler = logging.StreamHandler()
+    handler._dist_syndr = True  # type: ignore[attr-defined]
+    handler.setFormatter(logging.Formatter(f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_RankZeroFilter(rank))
+    package_logger.addHandler(handler)
+
+
+def init(config: RuntimeConfig | None = None, *, timeout_s: float = 600.0) -> Backends:
+    """Choose backends, set up logging and, under a launcher, the process group. Logged once."""
+    config = config or RuntimeConfig()
+    backends = choose_backends(config)
+    setup_logging(config.log_level, backends.rank)
+    if backends.world_size > 1 and not is_distributed():
+        import datetime
+
+        import torch.distributed as dist
+
+        if backends.device == "cuda":
+            import torch
+
+            torch.cuda.set_device(backends.local_rank % torch.cuda.device_count())
+        dist.init_process_group(backend=backends.dist_backend, timeout=datetime.timedelta(seconds=timeout_s))
+    log.info("backends: %s", asdict(backends))
+    return backends
+
+
+def shutdown() -> None:
+    """Destroy the process group if this process made one."""
+    if is_distributed():
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------------------
+# collectives over numpy arrays (identity without a process group)
+
+
+def all_gather_array(array: np.ndarray) -> list[np.ndarray]:
+    """Every rank's 1-D-or-more ``array`` (lengths may differ along axis 0), in rank order."""
+    if not is_distributed():
+        return [array]
+    import torch
+    import torch.distributed as dist
+
+    device = _collective_device()
+    world_size = dist.get_world_size()
+    length = torch.tensor([array.shape[0]], dtype=torch.int64, device=device)
+    lengths = [torch.zeros_like(length) for _ in range(world_size)]
+    dist.all_gather(lengths, length)
+    longest = int(max(int(n) for n in lengths))
+    padded = np.zeros((longest, *array.shape[1:]), dtype=array.dtype)
+    padded[: array.shape[0]] = array
+    local = torch.from_numpy(padded).to(device)
+    gathered = [torch.empty_like(local) for _ in range(world_size)]
+    dist.all_gather(gathered, local)
+    return [g[: int(n)].cpu().numpy() for g, n in zip(gathered, lengths)]
+
+
+def broadcast_array(array: np.ndarray | None, src: int = 0) -> np.ndarray:
+    """Rank ``src``'s array on every rank (other ranks pass None)."""
+    if not is_distributed():
+        if array is None:
+            raise ValueError("broadcast_array without a process group needs the array itself")
+        return array
+    import torch.distributed as dist
+
+    box = [array if dist.get_rank() == src else None]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def _collective_device():
+    import torch
+    import torch.distributed as dist
+
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")

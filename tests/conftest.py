@@ -1,0 +1,87 @@
+"""Shared test fixtures: the real-data fixture folder and seeded feature pools."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = PROJECT_ROOT.parent / "shared" / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    """``../shared/fixtures``; tests that need it skip, naming the path, where it is absent."""
+    if not FIXTURES.is_dir():
+        pytest.skip(f"real-data fixtures not found at {FIXTURES}")
+    return FIXTURES
+
+
+def fixture_file(relative: str) -> Path:
+    path = FIXTURES / relative
+    if not path.is_file():
+        pytest.skip(f"fixture file {path} is absent")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _single_process_env(monkeypatch):
+    """Tests run as one process unless they set a launcher environment themselves."""
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    yield
+
+
+def has_gpu() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    if has_gpu():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU; none is visible on this machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+
+
+def straddling_pool(seed: int, num_groups: int = 12, group_size: int = 8, dim: int = 16):
+    """Features and labels built to sit on both sides of both DRCDown thresholds.
+
+    Groups of near-parallel vectors (some just above, some just below cos 0.9 to
+    their centre) with labels spread around the 1.0 gap, plus exact duplicates.
+    """
+    rng = np.random.default_rng(seed)
+    rows, labels = [], []
+    for _ in range(num_groups):
+        centre = rng.normal(size=dim)
+        centre /= np.linalg.norm(centre)
+        base_label = rng.uniform(0, 10)
+        for _ in range(group_size):
+            direction = rng.normal(size=dim)
+            direction -= direction @ centre * centre
+            direction /= np.linalg.norm(direction)
+            angle = np.arccos(rng.uniform(0.86, 0.99))
+            rows.append(np.cos(angle) * centre + np.sin(angle) * direction)
+            labels.append(base_label + rng.uniform(-1.2, 1.2))
+    features = np.array(rows)
+    labels = np.array(labels)
+    duplicates = rng.choice(len(rows), size=len(rows) // 6, replace=False)
+    features = np.concatenate([features, features[duplicates]])
+    labels = np.concatenate([labels, labels[duplicates]])
+    order = rng.permutation(len(features))
+    return features[order].astype(np.float32), labels[order]
+
+
+def distributed_env(rank: int, world_size: int, port: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    return env

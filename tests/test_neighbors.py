@@ -1,0 +1,117 @@
+"""The FAISS neighbour graph: exactness, rank splitting, IVF recall, the GPU path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.spatial.distance import pdist, squareform
+
+from dist_syndr.config import NeighborsConfig
+from dist_syndr.reshape import neighbors
+from tests.conftest import straddling_pool
+
+
+def _dense_edges(features, threshold):
+    similarity = 1.0 - squareform(pdist(features.astype(np.float64), "cosine"))
+    rows, cols = np.nonzero(np.triu(similarity > threshold, k=1))
+    return set(zip(rows.tolist(), cols.tolist()))
+
+
+@pytest.mark.parametrize("threshold", [0.3, 0.9, 0.97])
+def test_exact_cpu_graph_equals_dense(threshold):
+    features, _ = straddling_pool(4)
+    pairs = neighbors.similar_pairs(features, threshold, settings=NeighborsConfig(database_block=50, query_block=17))
+    assert set(zip(pairs.rows.tolist(), pairs.cols.tolist())) == _dense_edges(features, threshold)
+    assert np.all(pairs.rows < pairs.cols)
+    assert pairs.stats["backend"] == "faiss-cpu"
+
+
+def test_exact_distances_match_scipy():
+    features, _ = straddling_pool(5)
+    pairs = neighbors.similar_pairs(features, 0.5, is_exact_distance=True)
+    dense = squareform(pdist(features.astype(np.float64), "cosine"))
+    np.testing.assert_allclose(pairs.distance, dense[pairs.rows, pairs.cols], rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("world_size", [2, 3, 5])
+def test_rank_shares_partition_the_graph(world_size):
+    features, _ = straddling_pool(6)
+    settings = NeighborsConfig(database_block=16)
+    whole = neighbors.similar_pairs(features, 0.9, settings=settings)
+    shares = [
+        neighbors.similar_pairs(features, 0.9, settings=settings, rank=r, world_size=world_size) for r in range(world_size)
+    ]
+    edge_sets = [set(zip(s.rows.tolist(), s.cols.tolist())) for s in shares]
+    assert sum(len(s) for s in edge_sets) == len(whole)
+    assert set().union(*edge_sets) == set(zip(whole.rows.tolist(), whole.cols.tolist()))
+
+
+def test_balanced_assignment_covers_and_balances():
+    costs = [i + 1 for i in range(10)]
+    owners = [neighbors.balanced_assignment(costs, 3, r) for r in range(3)]
+    assert sorted(sum(owners, [])) == list(range(10))
+    loads = [sum(costs[i] for i in mine) for mine in owners]
+    assert max(loads) - min(loads) <= max(costs) // 2
+
+
+def test_ivf_reports_measured_recall():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(40, 24))
+    features = (np.repeat(centres, 50, axis=0) + 0.15 * rng.normal(size=(2000, 24))).astype(np.float32)
+    exact = neighbors.similar_pairs(features, 0.9)
+    approx = neighbors.similar_pairs(
+        features, 0.9, settings=NeighborsConfig(index="ivf", ivf_nlist=16, ivf_nprobe=4, recall_sample=300)
+    )
+    exact_set = set(zip(exact.rows.tolist(), exact.cols.tolist()))
+    approx_set = set(zip(approx.rows.tolist(), approx.cols.tolist()))
+    assert approx_set <= exact_set  # IVF can miss edges, never invent them
+    assert 0.5 < approx.stats["edge_recall"] <= 1.0
+    true_recall = len(approx_set) / len(exact_set)
+    assert abs(true_recall - approx.stats["edge_recall"]) < 0.1
+
+
+def test_gpu_backend_without_gpu_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(neighbors.runtime, "faiss_gpu_count", lambda: 0)
+    with pytest.raises(ValueError, match="no GPU"):
+        neighbors.similar_pairs(np.eye(3, dtype=np.float32), 0.5, settings=NeighborsConfig(backend="gpu"))
+
+
+class _FakeGpuIndex:
+    """A flat CPU index that refuses k above a limit, standing in for FAISS GPU's k-NN-only API."""
+
+    def __init__(self, cpu_index, max_k):
+        self.index, self.max_k, self.calls = cpu_index, max_k, []
+
+    def search(self, queries, k):
+        assert k <= self.max_k
+        self.calls.append(k)
+        return self.index.search(queries, k)
+
+
+def test_growing_k_path_is_exact(monkeypatch):
+    """The GPU algorithm (k grown until the k-th neighbour drops below the threshold, CPU range
+    search for rows still saturated at the k limit) run over a CPU index."""
+    features, _ = straddling_pool(7, num_groups=4, group_size=40)
+    fake = {}
+
+    def to_gpus(cpu_index):
+        fake["index"] = _FakeGpuIndex(cpu_index, 8)
+        return fake["index"]
+
+    monkeypatch.setattr(neighbors.runtime, "faiss_gpu_count", lambda: 1)
+    monkeypatch.setattr(neighbors.runtime, "faiss_index_to_gpus", to_gpus)
+    settings = NeighborsConfig(backend="gpu", max_gpu_k=8, query_block=50)
+    pairs = neighbors.similar_pairs(features, 0.9, settings=settings)
+    assert set(zip(pairs.rows.tolist(), pairs.cols.tolist())) == _dense_edges(features, 0.9)
+    assert max(fake["index"].calls) == 8 and pairs.stats["backend"] == "faiss-gpu"
+
+
+@pytest.mark.gpu
+def test_real_gpu_graph_equals_cpu_graph():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(200, 64))
+    features = (np.repeat(centres, 100, axis=0) + 0.2 * rng.normal(size=(20000, 64))).astype(np.float32)
+    cpu = neighbors.similar_pairs(features, 0.9, settings=NeighborsConfig(backend="cpu"))
+    gpu = neighbors.similar_pairs(features, 0.9, settings=NeighborsConfig(backend="gpu"))
+    np.testing.assert_array_equal(cpu.rows, gpu.rows)
+    np.testing.assert_array_equal(cpu.cols, gpu.cols)
