@@ -26,7 +26,7 @@ test: $(STAMP)
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
 
 demo: $(STAMP)
-	$(PY) launchers/demo.py
+	$(PY) launchers/demo.py --config configs/demo.yaml
 
 bench: $(STAMP)
 	$(PY) launchers/bench.py all

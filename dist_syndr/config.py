@@ -73,7 +73,7 @@ class NeighborsConfig:
     backend: str = "auto"  # auto | cpu | gpu (auto: GPUs when FAISS sees any)
     index: str = "exact"  # exact | ivf (approximate, reports measured edge recall)
     query_block: int = 8192
-    database_block: int = 32768
+    database_block: int = 8192
     margin: float = 0.0  # float32 band re-decided in float64; 0 = bound derived from D
     max_gpu_k: int = 2048
     ivf_nlist: int = 0  # 0 = 4 sqrt(N)
