@@ -71,9 +71,10 @@ class NeighborsConfig:
     """How the cosine neighbour graph is searched (``dist_syndr.reshape.neighbors``)."""
 
     backend: str = "auto"  # auto | cpu | gpu (auto: GPUs when FAISS sees any)
+    cpu_engine: str = "auto"  # auto (torch) | torch (GEMM tiles) | faiss (IndexFlatIP range search)
     index: str = "exact"  # exact | ivf (approximate, reports measured edge recall)
-    query_block: int = 8192
-    database_block: int = 8192
+    query_block: int = 2048
+    database_block: int = 2048
     margin: float = 0.0  # float32 band re-decided in float64; 0 = bound derived from D
     max_gpu_k: int = 2048
     ivf_nlist: int = 0  # 0 = 4 sqrt(N)
@@ -85,6 +86,7 @@ class NeighborsConfig:
     def __post_init__(self) -> None:
         _require_choice(self.backend, "backend", ("auto", "cpu", "gpu"))
         _require_choice(self.index, "index", ("exact", "ivf"))
+        _require_choice(self.cpu_engine, "cpu_engine", ("auto", "torch", "faiss"))
         for key in ("query_block", "database_block", "max_gpu_k", "ivf_nprobe", "recall_sample"):
             _require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
         _require(self.ivf_nlist >= 0, "ivf_nlist", f"must be >= 0, got {self.ivf_nlist}")

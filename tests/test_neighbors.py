@@ -17,13 +17,15 @@ def _dense_edges(features, threshold):
     return set(zip(rows.tolist(), cols.tolist()))
 
 
+@pytest.mark.parametrize("engine, backend", [("torch", "torch-gemm"), ("faiss", "faiss-cpu")])
 @pytest.mark.parametrize("threshold", [0.3, 0.9, 0.97])
-def test_exact_cpu_graph_equals_dense(threshold):
+def test_exact_cpu_graph_equals_dense(threshold, engine, backend):
     features, _ = straddling_pool(4)
-    pairs = neighbors.similar_pairs(features, threshold, settings=NeighborsConfig(database_block=50, query_block=17))
+    settings = NeighborsConfig(database_block=50, query_block=17, cpu_engine=engine)
+    pairs = neighbors.similar_pairs(features, threshold, settings=settings)
     assert set(zip(pairs.rows.tolist(), pairs.cols.tolist())) == _dense_edges(features, threshold)
-    assert np.all(pairs.rows < pairs.cols)
-    assert pairs.stats["backend"] == "faiss-cpu"
+    assert np.all(pairs.rows < pairs.cols) and len(set(zip(pairs.rows.tolist(), pairs.cols.tolist()))) == len(pairs)
+    assert pairs.stats["backend"] == backend
 
 
 def test_exact_distances_match_scipy():

@@ -26,10 +26,10 @@ class ReshapePlan:
     drcdown_sizes: tuple[int, ...] = (2_000, 10_000, 60_000, 200_000)
     drcdown_dims: tuple[int, ...] = (256, 768)
     drcdown_dense_max: int = 10_000
-    ddcup_sizes: tuple[int, ...] = (1_000, 2_000, 50_000)
+    ddcup_sizes: tuple[int, ...] = (1_000, 4_000, 50_000)
     ddcup_dim: int = 768
     ddcup_train_refs: int = 200
-    ddcup_dense_max: int = 2_000
+    ddcup_dense_max: int = 4_000
     timeout_s: float = 1800.0
 
     @staticmethod
@@ -95,6 +95,9 @@ def _drcdown_case(case: dict):
     from dist_syndr.reshape.reference import dense_redundant_clusters
 
     pool = clustered_pool(case["n"], case["d"], max(4, case["n"] // 50), seed=case.get("seed", 0))
+    # Warm-up outside the timing: library imports and thread pools, for both forms.
+    dense_redundant_clusters(pool.features[:64], pool.labels[:64])
+    drcdown.redundant_clusters(pool.features[:64], pool.labels[:64])
 
     def work():
         if case["impl"] == "dense":
@@ -114,6 +117,8 @@ def _ddcup_case(case: dict):
     from dist_syndr.reshape.reference import dense_select_candidates
 
     sets = reference_sets(case["t"], case["n"], case["d"], seed=case.get("seed", 0))
+    dense_select_candidates(sets.train, sets.candidates[:64])
+    ddcup.select_candidates(sets.train, sets.candidates[:64])
 
     def work():
         select = dense_select_candidates if case["impl"] == "dense" else ddcup.select_candidates
