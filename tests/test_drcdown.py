@@ -127,3 +127,23 @@ def test_float16_and_float64_inputs_match_float32():
     features, labels = straddling_pool(2)
     base = drcdown.redundant_clusters(features, labels)
     _assert_same_clusters(drcdown.redundant_clusters(features.astype(np.float64), labels), base)
+
+
+def test_kept_keys_follow_keys_and_epoch_seed():
+    from dist_syndr.config import DRCDownConfig
+
+    features, labels = straddling_pool(8, num_groups=3, group_size=60)
+    keys = [f"kadid/I{i:05d}" for i in range(features.shape[0])]
+    config = DRCDownConfig(cap=10)
+    kept, result = drcdown.kept_keys(keys, features, labels, config=config, run_seed=3, epoch=2)
+    expected = drcdown.downsample(features, labels, cap=10, seed=drcdown.epoch_seed(3, 2))
+    assert kept == [keys[i] for i in expected] and result is not None
+    # The same samples in another order keep the same keys' count and membership rule.
+    order = np.random.default_rng(0).permutation(len(keys))
+    shuffled, _ = drcdown.kept_keys([keys[i] for i in order], features[order], labels[order], config=config, run_seed=3, epoch=2)
+    assert len(shuffled) == len(kept)
+    assert drcdown.kept_keys(keys, features, labels, config=DRCDownConfig(enabled=False), run_seed=3, epoch=2) == (keys, None)
+    with pytest.raises(ValueError, match="duplicate"):
+        drcdown.kept_keys(keys[:-1] + keys[:1], features, labels, config=config, run_seed=3, epoch=2)
+    with pytest.raises(ValueError, match="keys"):
+        drcdown.kept_keys(keys[:5], features, labels, config=config, run_seed=3, epoch=2)

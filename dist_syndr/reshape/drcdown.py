@@ -13,6 +13,7 @@ Shapes: ``N`` samples, ``D`` feature dimension.
 
 from __future__ import annotations
 
+import collections
 import logging
 from dataclasses import dataclass
 
@@ -21,7 +22,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from dist_syndr import runtime
-from dist_syndr.config import NeighborsConfig
+from dist_syndr.config import DRCDownConfig, NeighborsConfig
 from dist_syndr.reshape import neighbors
 from dist_syndr.reshape._inputs import check_features, check_labels, check_threshold
 
@@ -107,6 +108,41 @@ def run(
         max((c.size for c in clusters), default=0),
     )
     return DRCDownResult(kept_indices, clusters, num_samples, stats)
+
+
+def kept_keys(
+    keys: list[str],
+    features: np.ndarray,
+    labels: np.ndarray,
+    *,
+    config: DRCDownConfig,
+    run_seed: int,
+    epoch: int,
+    search: NeighborsConfig | None = None,
+) -> tuple[list[str], DRCDownResult | None]:
+    """Keys of the original samples kept this epoch (SPEC.md section 4, steps 4-5).
+
+    ``keys[i]`` names row ``i`` of ``features``; the result is in that order.
+    Upsampled samples never enter here: the caller keeps them all. With
+    ``config.enabled`` false every key is kept and no result is returned.
+    """
+    if len(keys) != features.shape[0]:
+        raise ValueError(f"keys: {len(keys)} keys for {features.shape[0]} feature rows")
+    duplicates = [key for key, count in collections.Counter(keys).items() if count > 1]
+    if duplicates:
+        raise ValueError(f"keys: duplicate sample key(s) {duplicates[:3]}; samples are identified by key")
+    if not config.enabled:
+        return list(keys), None
+    result = run(
+        features,
+        labels,
+        cap=config.cap,
+        sim_threshold=config.sim_threshold,
+        label_threshold=config.label_threshold,
+        seed=epoch_seed(run_seed, epoch),
+        search=search,
+    )
+    return [keys[i] for i in result.kept.tolist()], result
 
 
 def clusters_from_edges(num_nodes: int, rows: np.ndarray, cols: np.ndarray) -> list[np.ndarray]:

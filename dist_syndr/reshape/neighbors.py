@@ -379,16 +379,17 @@ class _TorchGemmScanner:
 
     def __call__(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         torch = self.torch
-        shape = (queries.shape[0], self.database_t.shape[1])
-        if self.buffer.numel() < shape[0] * shape[1]:
-            self.buffer = torch.empty(shape[0] * shape[1])
-        sims = self.buffer[: shape[0] * shape[1]].view(shape)
+        num_queries, num_database = queries.shape[0], self.database_t.shape[1]
+        if self.buffer.numel() < num_queries * num_database:
+            self.buffer = torch.empty(num_queries * num_database)
+        sims = self.buffer[: num_queries * num_database].view(num_queries, num_database)
         with torch.inference_mode():
             torch.mm(torch.from_numpy(np.ascontiguousarray(queries)), self.database_t, out=sims)
-            where = (sims > self.radius).nonzero()
-            rows, cols = where[:, 0], where[:, 1]
-            values = sims[rows, cols]
-        return rows.numpy(), cols.numpy(), values.numpy()
+        # numpy's flatnonzero is about 3x torch's nonzero on these masks.
+        flat_sims = sims.numpy().reshape(-1)
+        hits = np.flatnonzero(flat_sims > self.radius)
+        rows, cols = np.divmod(hits, num_database)
+        return rows, cols, flat_sims[hits]
 
 
 def _cpu_scanner(engine: str):
