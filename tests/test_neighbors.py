@@ -66,6 +66,7 @@ def test_ivf_reports_measured_recall():
     )
     exact_set = set(zip(exact.rows.tolist(), exact.cols.tolist()))
     approx_set = set(zip(approx.rows.tolist(), approx.cols.tolist()))
+    assert len(approx_set) == len(approx), "an edge found from both ends must be stored once"
     assert approx_set <= exact_set  # IVF can miss edges, never invent them
     assert 0.5 < approx.stats["edge_recall"] <= 1.0
     true_recall = len(approx_set) / len(exact_set)

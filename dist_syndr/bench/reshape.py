@@ -65,7 +65,7 @@ def _drcdown_section(plan: ReshapePlan) -> str:
             extra = f"{fast.detail['clusters']} / {fast.detail['kept']}" if fast else "-"
             rows.append([f"{size:,}", str(dim), extra, *_compare(fast, dense)])
             log.info("drcdown n=%d d=%d: %s", size, dim, rows[-1])
-    header = ["N", "D", "clusters / kept", "ours (FAISS graph)", "dense baseline", "speed-up", "same clusters"]
+    header = ["N", "D", "clusters / kept", "ours (blocked exact graph)", "dense baseline", "speed-up", "same clusters"]
     return "### DRCDown (clustered features)\n\n" + markdown_table(header, rows)
 
 

@@ -203,7 +203,10 @@ class _Search:
         self.radius = np.float32(min_similarity - self.margin)
         self.unit = normalized_float32(features)
         self.norms = row_norms(features)
-        self.faiss = runtime.import_faiss()
+
+    @property
+    def faiss(self):
+        return runtime.import_faiss()
 
     # -- edge decisions -------------------------------------------------
     def decide(self, rows: np.ndarray, cols: np.ndarray, sims: np.ndarray) -> Pairs:
@@ -319,22 +322,30 @@ class _Search:
 
     def _measure_recall(self, index) -> float:
         """Share of exact edges touching sampled rows that the IVF search also finds."""
-        num_rows, dim = self.unit.shape
+        num_rows = self.unit.shape[0]
         rng = np.random.default_rng(1)
         sample = np.sort(rng.choice(num_rows, min(self.settings.recall_sample, num_rows), replace=False))
-        flat = self.faiss.IndexFlatIP(dim)
-        flat.add(self.unit)
-        exact = self._sampled_edges(flat, sample)
+        exact = self._edge_set(*self._sampled_exact_hits(sample))
         if not exact:
             return 1.0
-        found = self._sampled_edges(index, sample)
+        lims, sims, ids = index.range_search(self.unit[sample], float(self.radius))
+        found = self._edge_set(np.repeat(sample, np.diff(lims).astype(np.int64)), ids.astype(np.int64), sims)
         return len(exact & found) / len(exact)
 
-    def _sampled_edges(self, index, sample: np.ndarray) -> set[tuple[int, int]]:
-        lims, sims, ids = index.range_search(self.unit[sample], float(self.radius))
-        rows = np.repeat(sample, np.diff(lims).astype(np.int64))
-        ids = ids.astype(np.int64)
-        pairs = self.decide(np.minimum(rows, ids), np.maximum(rows, ids), sims)
+    def _sampled_exact_hits(self, sample: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Exact search of the sampled rows against every database chunk (no full copy)."""
+        scanner_type = _cpu_scanner(self.settings.cpu_engine)
+        chunk = self.settings.database_block
+        rows, cols, sims = [], [], []
+        for start in range(0, self.unit.shape[0], chunk):
+            local_rows, local_cols, local_sims = scanner_type(self.unit[start : start + chunk], self.radius)(self.unit[sample])
+            rows.append(sample[local_rows])
+            cols.append(local_cols + start)
+            sims.append(local_sims)
+        return np.concatenate(rows), np.concatenate(cols), np.concatenate(sims)
+
+    def _edge_set(self, rows: np.ndarray, cols: np.ndarray, sims: np.ndarray) -> set[tuple[int, int]]:
+        pairs = self.decide(np.minimum(rows, cols), np.maximum(rows, cols), sims)
         return set(zip(pairs.rows.tolist(), pairs.cols.tolist()))
 
     def _quiet(self) -> bool:
@@ -401,11 +412,14 @@ def _cpu_scanner(engine: str):
 
 
 def _unique_pairs(pairs: Pairs) -> Pairs:
+    """Drop repeated edges; the result is sorted by ``(rows, cols)``."""
     if not len(pairs):
         return pairs
-    keep = np.ones(len(pairs), dtype=bool)
-    keep[1:] = (np.diff(pairs.rows) != 0) | (np.diff(pairs.cols) != 0)
-    return Pairs(pairs.rows[keep], pairs.cols[keep], pairs.distance[keep], pairs.is_exact, pairs.stats)
+    order = np.lexsort((pairs.cols, pairs.rows))
+    rows, cols, distance = pairs.rows[order], pairs.cols[order], pairs.distance[order]
+    keep = np.ones(rows.size, dtype=bool)
+    keep[1:] = (np.diff(rows) != 0) | (np.diff(cols) != 0)
+    return Pairs(rows[keep], cols[keep], distance[keep], pairs.is_exact, pairs.stats)
 
 
 def _with_stats(pairs: Pairs, **stats) -> Pairs:
