@@ -166,6 +166,85 @@ class SyntheticPoolConfig:
         _require(self.spread > 0, "spread", f"must be > 0, got {self.spread}")
 
 
+POOL_KINDS = ("kadid10k", "kadid_add81", "kadis700k", "livec", "koniq10k", "bid", "pipal", "tid2013", "live", "csiq", "csv", "folder")
+
+
+@dataclass
+class FeaturesConfig:
+    """Reference-image embeddings for DDCUp (``dist_syndr.features``)."""
+
+    backbone: str = "resnet50"
+    weights: str = ""  # local .safetensors / .pth / .pt file; never downloaded
+    is_random_init: bool = False  # random weights, only when asked for explicitly
+    batch_size: int = 32
+    crop: int = 224  # centre crop side; smaller images are first resized up to it
+    train_features: str = ""  # precomputed (N, D) .npy for the training references (skips the backbone)
+    train_names: str = ""  # one reference file name per line, rows of train_features
+    candidate_features: str = ""
+    candidate_names: str = ""
+
+    def __post_init__(self) -> None:
+        _require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        _require(self.crop >= 8, "crop", f"must be >= 8, got {self.crop}")
+        for prefix in ("train", "candidate"):
+            features, names = getattr(self, f"{prefix}_features"), getattr(self, f"{prefix}_names")
+            _require(bool(features) == bool(names), f"{prefix}_names", f"{prefix}_features and {prefix}_names go together")
+
+
+@dataclass
+class PoolConfig:
+    """The training pool read by ``dist_syndr.pools`` (SPEC.md section 7 layouts)."""
+
+    kind: str = "folder"
+    root: str = ""
+    types: list[int] = field(default_factory=list)  # KADID types kept; empty: the DDCUp target's types
+    levels: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    training_refs_only: bool = True  # KADID-10k: drop the 7 references SPEC.md section 6 excludes
+    distort: bool = False  # reference pools: make every (type, level) with our distortion engine
+    labels: str = "dataset"  # dataset | weak (full-reference ensemble) | none
+    on_missing: str = "error"  # error | skip: labelled images absent on disk
+
+    def __post_init__(self) -> None:
+        _require_choice(self.kind, "kind", POOL_KINDS)
+        _require_choice(self.labels, "labels", ("dataset", "weak", "none"))
+        _require_choice(self.on_missing, "on_missing", ("error", "skip"))
+        bad = [t for t in self.types if not 1 <= t <= NUM_DISTORTION_TYPES] + [v for v in self.levels if not 1 <= v <= NUM_LEVELS]
+        _require(not bad, "types", f"types must lie in 1..25 and levels in 1..5, got {bad}")
+
+
+@dataclass
+class CandidatesConfig:
+    """DDCUp's candidate contents; ``kind: ""`` turns upsampling off."""
+
+    kind: str = ""  # "" | kadid_add81 (distorted images on disk) | folder (distorted by our engine)
+    root: str = ""
+
+    def __post_init__(self) -> None:
+        _require_choice(self.kind, "kind", ("", "kadid_add81", "folder"))
+
+
+@dataclass
+class ShardConfig:
+    """The sharding step (``launchers/shard.py``)."""
+
+    name: str = "default"
+    output_root: str = "shards"
+    samples_per_shard: int = 1000
+    png_compress_level: int = 1
+    num_workers: int = 2
+    on_error: str = "error"  # error | skip: unreadable images
+    pool: PoolConfig = field(default_factory=PoolConfig)
+    candidates: CandidatesConfig = field(default_factory=CandidatesConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+
+    def __post_init__(self) -> None:
+        _require(bool(self.name) and "/" not in self.name and not self.name.startswith("."), "name", f"must be a plain folder name, got {self.name!r}")
+        _require(self.samples_per_shard >= 1, "samples_per_shard", f"must be >= 1, got {self.samples_per_shard}")
+        _require(0 <= self.png_compress_level <= 9, "png_compress_level", f"must lie in 0..9, got {self.png_compress_level}")
+        _require(self.num_workers >= 1, "num_workers", f"must be >= 1, got {self.num_workers}")
+        _require_choice(self.on_error, "on_error", ("error", "skip"))
+
+
 @dataclass
 class Config:
     """The whole run configuration."""
@@ -175,6 +254,7 @@ class Config:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     reshape: ReshapeConfig = field(default_factory=ReshapeConfig)
     synthetic_pool: SyntheticPoolConfig = field(default_factory=SyntheticPoolConfig)
+    shard: ShardConfig = field(default_factory=ShardConfig)
 
 
 # ---------------------------------------------------------------------------

@@ -1,0 +1,54 @@
+"""Image file I/O for pools and shards: read, decode, lossless PNG encode, engine distortion.
+
+Every failure is a ``ValueError`` that names the file, so a bad image in a
+million-sample pool is found by name, not by a PIL stack trace.
+
+Shapes: images ``(H, W, 3)`` uint8 RGB.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+
+
+def read_bytes(path: Path) -> bytes:
+    """The file's bytes; ValueError naming the file if it cannot be read."""
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise ValueError(f"{path}: cannot read image file ({error.strerror or error})") from None
+
+
+def decode(data: bytes, name: str) -> np.ndarray:
+    """Decode any PIL-readable image to ``(H, W, 3)`` uint8 RGB; ValueError naming ``name`` if corrupt or truncated."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            return np.asarray(image.convert("RGB"))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise ValueError(f"{name}: unreadable or truncated image ({error})") from None
+
+
+def encode_png(pixels: np.ndarray, compress_level: int = 1) -> bytes:
+    """Lossless PNG bytes of an RGB array (level 1: about 2.4x faster than 6, about 4% larger)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=compress_level)
+    return buffer.getvalue()
+
+
+def distort_array(reference: np.ndarray, distortion_type: int, level: int, seed: int) -> np.ndarray:
+    """The KADID distortion ``(type, level)`` of one RGB array, via :mod:`dist_syndr.pools.distortions`."""
+    import torch
+
+    from dist_syndr.pools import distortions
+
+    image = torch.from_numpy(np.ascontiguousarray(reference)).permute(2, 0, 1)
+    distorted = distortions.distort_image(image, int(distortion_type), int(level), int(seed))
+    return distorted.permute(1, 2, 0).contiguous().numpy()

@@ -1,0 +1,304 @@
+"""Writing shard sets: work items -> WebDataset tars + ``index.json``, parallel and resumable.
+
+Samples are cut into shards in plan order. Each shard is produced by one
+worker process: images are read (JPEG and PNG bytes kept as they are, other
+formats decoded and re-encoded losslessly as PNG) or made by the distortion
+engine, written to a tar under a temporary name with fixed headers (so a
+given config always yields the same bytes), then renamed. A sidecar
+``shard-NNNNNN.json`` records the shard's members, offsets and sha256; a rerun
+skips every shard whose tar still matches its sidecar, so a killed run resumes
+where it stopped. Ranks split the shards; rank 0 assembles ``index.json``.
+
+Shapes: images ``(H, W, 3)`` uint8 RGB.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as futures
+import hashlib
+import io
+import json
+import logging
+import multiprocessing
+import os
+import tarfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from dist_syndr import runtime
+from dist_syndr.labels import minmax_to_ten
+from dist_syndr.shardset import FORMAT_VERSION, INDEX_NAME, member_base, scan_tar, sha256_file
+
+log = logging.getLogger(__name__)
+
+_KEPT_AS_IS = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png"}
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """How one sample's image is produced and what is recorded about it."""
+
+    key: str
+    source_path: str | None = None  # image file to store
+    ref_path: str | None = None  # pristine reference: engine input and weak-label reference
+    is_engine: bool = False  # image = distort(reference, distortion_type, level, seed)
+    seed: int = 0
+    score: float | None = None  # known label on [0, 10]; None asks for a weak label
+    wants_weak_label: bool = False
+    meta: dict = field(default_factory=dict)  # ref, type, level, origin, source
+
+
+@dataclass(frozen=True)
+class WriteOptions:
+    """How shards are cut and written."""
+
+    samples_per_shard: int = 1000
+    png_compress_level: int = 1
+    num_workers: int = 2
+    on_error: str = "error"  # error | skip
+
+
+def item_seed(run_seed: int, key: str) -> int:
+    """A stable per-sample seed for the distortion engine."""
+    return int.from_bytes(hashlib.sha256(f"{run_seed}:{key}".encode()).digest()[:4], "little")
+
+
+def shard_name(index: int) -> str:
+    """``shard-000042.tar``."""
+    return f"shard-{index:06d}.tar"
+
+
+def cut_into_shards(items: list[WorkItem], samples_per_shard: int) -> list[list[WorkItem]]:
+    """Consecutive groups of ``samples_per_shard`` items (the last may be shorter)."""
+    return [items[i : i + samples_per_shard] for i in range(0, len(items), samples_per_shard)]
+
+
+def write_shard_set(
+    items: list[WorkItem], out_dir: Path, options: WriteOptions, config: dict, *, rank: int = 0, world_size: int = 1
+) -> Path | None:
+    """Write (or finish) the shard set; rank 0 returns the index path, other ranks None."""
+    keys = [item.key for item in items]
+    if len(set(keys)) != len(keys):
+        raise ValueError("work items contain duplicate sample keys")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shards = cut_into_shards(items, options.samples_per_shard)
+    mine = [i for i in range(len(shards)) if i % world_size == rank]
+    todo = [i for i in mine if not _is_finished(out_dir, i, shards[i])]
+    log.info("rank %d: %d of its %d shards already finished, %d to write", rank, len(mine) - len(todo), len(mine), len(todo))
+    _run_workers(todo, shards, out_dir, options)
+    _barrier()
+    if rank != 0:
+        return None
+    return _write_index(out_dir, len(shards), config)
+
+
+def _run_workers(todo: list[int], shards: list[list[WorkItem]], out_dir: Path, options: WriteOptions) -> None:
+    if not todo:
+        return
+    progress = tqdm(total=sum(len(shards[i]) for i in todo), desc="sharding", unit="img")
+    if options.num_workers <= 1:
+        for i in todo:
+            write_shard(i, shards[i], out_dir, options)
+            progress.update(len(shards[i]))
+        progress.close()
+        return
+    context = multiprocessing.get_context("spawn" if _cuda_initialised() else "fork")
+    with futures.ProcessPoolExecutor(options.num_workers, mp_context=context, initializer=_worker_init) as pool:
+        pending = {pool.submit(write_shard, i, shards[i], out_dir, options): i for i in todo}
+        for done in futures.as_completed(pending):
+            done.result()
+            progress.update(len(shards[pending[done]]))
+    progress.close()
+
+
+def _worker_init() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # one process per core; threads inside would oversubscribe
+
+
+def _cuda_initialised() -> bool:
+    import sys
+
+    return "torch" in sys.modules and sys.modules["torch"].cuda.is_initialized()
+
+
+def _plan_digest(items: list[WorkItem]) -> str:
+    text = json.dumps([asdict(item) for item in items], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _sidecar_path(out_dir: Path, index: int) -> Path:
+    return out_dir / shard_name(index).replace(".tar", ".json")
+
+
+def _is_finished(out_dir: Path, index: int, items: list[WorkItem]) -> bool:
+    sidecar, tar_path = _sidecar_path(out_dir, index), out_dir / shard_name(index)
+    if not (sidecar.is_file() and tar_path.is_file()):
+        return False
+    try:
+        record = json.loads(sidecar.read_text())
+    except json.JSONDecodeError:
+        return False
+    if record.get("plan_digest") != _plan_digest(items):
+        return False
+    if tar_path.stat().st_size != record["bytes"] or sha256_file(tar_path) != record["sha256"]:
+        log.warning("%s: checksum mismatch, rewriting it", tar_path)
+        return False
+    return True
+
+
+def write_shard(index: int, items: list[WorkItem], out_dir: Path, options: WriteOptions) -> dict:
+    """Write one shard and its sidecar atomically; return the sidecar record."""
+    name = shard_name(index)
+    temporary = out_dir / f".{name}.tmp-{os.getpid()}"
+    samples, skipped = [], []
+    with tarfile.open(temporary, "w", format=tarfile.GNU_FORMAT) as archive:
+        reference_cache: dict[str, np.ndarray] = {}
+        for item in items:
+            try:
+                image_bytes, extension, weak = _produce(item, options, reference_cache)
+            except ValueError as error:
+                if options.on_error != "skip":
+                    raise
+                skipped.append({"key": item.key, "path": item.source_path or item.ref_path, "reason": str(error)})
+                continue
+            meta = dict(item.meta, key=item.key, score=item.score)
+            if weak is not None:
+                meta["weak_label"] = weak
+            base = member_base(item.key)
+            _add_member(archive, f"{base}.{extension}", image_bytes)
+            _add_member(archive, f"{base}.json", json.dumps(meta, sort_keys=True).encode())
+            samples.append({"key": item.key, "extension": extension, "meta": meta})
+    _fsync(temporary)
+    offsets = scan_tar(temporary)
+    records = [_index_record(s, name, offsets) for s in samples]
+    final = out_dir / name
+    temporary.replace(final)
+    record = {
+        "name": name,
+        "num_samples": len(records),
+        "bytes": final.stat().st_size,
+        "sha256": sha256_file(final),
+        "plan_digest": _plan_digest(items),
+        "samples": records,
+        "skipped": skipped,
+    }
+    _atomic_write_text(_sidecar_path(out_dir, index), json.dumps(record, sort_keys=True))
+    return record
+
+
+def _index_record(sample: dict, shard: str, offsets: dict[str, tuple[int, int]]) -> dict:
+    base = member_base(sample["key"])
+    meta = sample["meta"]
+    return {
+        "key": sample["key"],
+        "shard": shard,
+        "members": {ext: list(offsets[f"{base}.{ext}"]) for ext in (sample["extension"], "json")},
+        "score": meta.get("score"),
+        "weak_label": meta.get("weak_label"),
+        "ref": meta.get("ref"),
+        "type": meta.get("type"),
+        "level": meta.get("level"),
+        "origin": meta.get("origin", "original"),
+        "source": meta.get("source", ""),
+    }
+
+
+def _add_member(archive: tarfile.TarFile, name: str, data: bytes) -> None:
+    # Fixed owner, mode and time: the same inputs always give the same tar bytes.
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), 0, 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    archive.addfile(info, io.BytesIO(data))
+
+
+def _produce(item: WorkItem, options: WriteOptions, cache: dict[str, np.ndarray]) -> tuple[bytes, str, dict | None]:
+    """The stored image bytes, their extension and the weak-label record (or None)."""
+    from dist_syndr.pools import images
+
+    if item.is_engine:
+        reference = _cached_reference(item.ref_path, cache)
+        pixels = images.distort_array(reference, item.meta["type"], item.meta["level"], item.seed)
+        data, extension = images.encode_png(pixels, options.png_compress_level), "png"
+    else:
+        path = Path(item.source_path)
+        data = images.read_bytes(path)
+        extension = _KEPT_AS_IS.get(path.suffix.lower())
+        pixels = images.decode(data, str(path)) if extension is None or item.wants_weak_label else None
+        if extension is None:
+            data, extension = images.encode_png(pixels, options.png_compress_level), "png"
+    weak = None
+    if item.wants_weak_label:
+        from dist_syndr.pools import weak_labels
+
+        qualities = weak_labels.metric_qualities(pixels, _cached_reference(item.ref_path, cache))
+        weak = {"metrics": qualities, "quality": weak_labels.ensemble_quality(qualities)}
+    return data, extension, weak
+
+
+def _cached_reference(path: str | None, cache: dict[str, np.ndarray]) -> np.ndarray:
+    from dist_syndr.pools import images
+
+    if path is None:
+        raise ValueError("a reference image is needed but the sample names none")
+    if path not in cache:
+        cache.clear()  # items are grouped by reference: one decoded reference at a time
+        cache[path] = images.decode(images.read_bytes(Path(path)), path)
+    return cache[path]
+
+
+def _write_index(out_dir: Path, num_shards: int, config: dict) -> Path:
+    shards, samples, skipped = [], [], []
+    for index in range(num_shards):
+        sidecar = _sidecar_path(out_dir, index)
+        if not sidecar.is_file():
+            raise ValueError(f"{sidecar}: missing; a rank did not finish its shards")
+        record = json.loads(sidecar.read_text())
+        shards.append({k: record[k] for k in ("name", "num_samples", "bytes", "sha256")})
+        samples.extend(record["samples"])
+        skipped.extend(record["skipped"])
+    _assign_weak_scores(samples)
+    if skipped:
+        log.warning("%d input(s) skipped (unreadable); listed under 'skipped' in %s", len(skipped), INDEX_NAME)
+    index = {"version": FORMAT_VERSION, "config": config, "shards": shards, "samples": samples, "skipped": skipped}
+    path = out_dir / INDEX_NAME
+    _atomic_write_text(path, json.dumps(index, indent=1, sort_keys=True))
+    log.info("wrote %s: %d samples in %d shards", path, len(samples), len(shards))
+    return path
+
+
+def _assign_weak_scores(samples: list[dict]) -> None:
+    """One min-max over the pool's weak-label qualities gives their [0, 10] scores."""
+    weak = [s for s in samples if s.get("score") is None and s.get("weak_label")]
+    if not weak:
+        return
+    if len(weak) == 1:
+        weak[0]["score"] = 10.0 * weak[0]["weak_label"]["quality"]
+        return
+    scores = minmax_to_ten(np.array([s["weak_label"]["quality"] for s in weak]))
+    for sample, score in zip(weak, scores):
+        sample["score"] = float(score)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temporary.write_text(text)
+    _fsync(temporary)
+    temporary.replace(path)
+
+
+def _fsync(path: Path) -> None:
+    with path.open("rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _barrier() -> None:
+    if runtime.is_distributed():
+        import torch.distributed as dist
+
+        dist.barrier()

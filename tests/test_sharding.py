@@ -1,0 +1,169 @@
+"""Shard sets: lossless round trip, determinism, resume after SIGKILL, bad input, unsafe tars."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dist_syndr import sharding
+from dist_syndr.shardset import ShardSet, decode_image, scan_tar
+from tests.conftest import PROJECT_ROOT
+from tests.shard_worker import items_from_folder
+
+
+def _make_images(folder: Path, count: int, size=(48, 40)) -> dict[str, np.ndarray]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    pixels = {}
+    for i in range(count):
+        array = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+        extension = ("png", "bmp", "jpg")[i % 3]
+        path = folder / f"img{i:03d}.{extension}"
+        Image.fromarray(array).save(path, quality=90) if extension == "jpg" else Image.fromarray(array).save(path)
+        pixels[f"test/img{i:03d}"] = np.asarray(Image.open(path).convert("RGB"))
+    return pixels
+
+
+def _write(source: Path, out: Path, workers: int = 1, samples_per_shard: int = 4, on_error: str = "error") -> ShardSet:
+    options = sharding.WriteOptions(samples_per_shard=samples_per_shard, num_workers=workers, on_error=on_error)
+    sharding.write_shard_set(items_from_folder(source), out, options, {"test": True})
+    return ShardSet(out)
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if not p.name.startswith(".")}
+
+
+def test_round_trip_is_bit_exact_with_metadata(tmp_path):
+    pixels = _make_images(tmp_path / "src", 10)
+    shard_set = _write(tmp_path / "src", tmp_path / "out")
+    assert len(shard_set) == 10 and len(shard_set.shards) == 3
+    shard_set.verify()
+    for number, key in enumerate(sorted(pixels)):
+        entry = shard_set.by_key[key]
+        np.testing.assert_array_equal(decode_image(shard_set.read_image_bytes(key), key), pixels[key])
+        meta = shard_set.read_meta(key)
+        assert meta["key"] == key and meta["score"] == entry.score == (number % 11) * 1.0
+        assert (entry.ref, entry.distortion_type, entry.level) == (f"test/ref{number % 3}", 1 + number % 25, 1 + number % 5)
+    # JPEG and PNG sources keep their bytes; BMP becomes PNG.
+    assert shard_set.read_image_bytes("test/img002") == (tmp_path / "src" / "img002.jpg").read_bytes()
+    assert shard_set.read_image_bytes("test/img000") == (tmp_path / "src" / "img000.png").read_bytes()
+    assert shard_set.by_key["test/img001"].image_extension == "png"
+
+
+def test_output_is_deterministic_across_worker_counts(tmp_path):
+    _make_images(tmp_path / "src", 13)
+    _write(tmp_path / "src", tmp_path / "one", workers=1)
+    _write(tmp_path / "src", tmp_path / "two", workers=2)
+    assert _snapshot(tmp_path / "one") == _snapshot(tmp_path / "two")
+
+
+def test_rerun_skips_finished_shards_and_rewrites_corrupt_ones(tmp_path):
+    _make_images(tmp_path / "src", 12)
+    _write(tmp_path / "src", tmp_path / "out")
+    before = _snapshot(tmp_path / "out")
+    shard = tmp_path / "out" / "shard-000001.tar"
+    mtime = (tmp_path / "out" / "shard-000000.tar").stat().st_mtime_ns
+    shard.write_bytes(shard.read_bytes()[:-700])  # truncate one shard
+    with pytest.raises(ValueError, match="shard-000001.tar: checksum mismatch"):
+        ShardSet(tmp_path / "out").verify()
+    _write(tmp_path / "src", tmp_path / "out")
+    assert _snapshot(tmp_path / "out") == before
+    assert (tmp_path / "out" / "shard-000000.tar").stat().st_mtime_ns == mtime  # untouched
+
+
+@pytest.mark.timeout(240)
+def test_sigkill_mid_run_then_rerun_gives_identical_set(tmp_path):
+    _make_images(tmp_path / "src", 120, size=(160, 120))
+    reference = tmp_path / "reference"
+    _write(tmp_path / "src", reference)
+    killed = tmp_path / "killed"
+    command = [sys.executable, "-m", "tests.shard_worker", str(tmp_path / "src"), str(killed), "2"]
+    process = subprocess.Popen(command, cwd=PROJECT_ROOT, start_new_session=True, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(killed.glob("shard-*.json"))) < 5:
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    finished = len(list(killed.glob("shard-*.json")))
+    assert 5 <= finished < 30, f"the kill should land mid-run ({finished} of 30 shards done)"
+    assert not (killed / "index.json").exists()
+    subprocess.run(command, cwd=PROJECT_ROOT, check=True, stderr=subprocess.DEVNULL, timeout=180)
+    assert _snapshot(killed) == _snapshot(reference)
+
+
+def test_unreadable_image_is_an_error_naming_the_file_or_a_listed_skip(tmp_path):
+    _make_images(tmp_path / "src", 6)
+    bad = tmp_path / "src" / "img001.bmp"
+    bad.write_bytes(bad.read_bytes()[:60])  # truncated BMP
+    with pytest.raises(ValueError, match="img001.bmp"):
+        _write(tmp_path / "src", tmp_path / "out")
+    shard_set = _write(tmp_path / "src", tmp_path / "skip", on_error="skip")
+    assert len(shard_set) == 5 and "test/img001" not in shard_set.by_key
+    assert [s["key"] for s in shard_set.skipped] == ["test/img001"]
+    assert "img001.bmp" in shard_set.skipped[0]["path"]
+
+
+def test_missing_file_is_an_error_naming_it(tmp_path):
+    item = sharding.WorkItem(key="test/gone", source_path=str(tmp_path / "gone.png"), score=1.0)
+    with pytest.raises(ValueError, match="gone.png"):
+        sharding.write_shard_set([item], tmp_path / "out", sharding.WriteOptions(num_workers=1), {})
+
+
+@pytest.mark.parametrize("name", ["../escape.png", "/abs/path.png", "a/../../b.json"])
+def test_unsafe_member_names_are_refused_on_read(tmp_path, name):
+    path = tmp_path / "evil.tar"
+    with tarfile.open(path, "w") as archive:
+        info = tarfile.TarInfo(name)
+        info.size = 3
+        archive.addfile(info, io.BytesIO(b"abc"))
+    with pytest.raises(ValueError, match="unsafe member name"):
+        scan_tar(path)
+
+
+def test_index_with_unsafe_shard_name_is_refused(tmp_path):
+    _make_images(tmp_path / "src", 3)
+    _write(tmp_path / "src", tmp_path / "out")
+    index_path = tmp_path / "out" / "index.json"
+    index = json.loads(index_path.read_text())
+    index["samples"][0]["shard"] = "../outside.tar"
+    index_path.write_text(json.dumps(index))
+    with pytest.raises(ValueError, match="unsafe shard name"):
+        ShardSet(tmp_path / "out")
+
+
+def test_duplicate_keys_are_refused(tmp_path):
+    item = sharding.WorkItem(key="test/a", source_path="x.png")
+    with pytest.raises(ValueError, match="duplicate"):
+        sharding.write_shard_set([item, item], tmp_path / "out", sharding.WriteOptions(), {})
+
+
+def test_missing_index_names_the_folder(tmp_path):
+    with pytest.raises(ValueError, match="no index.json"):
+        ShardSet(tmp_path)
+
+
+def test_webdataset_reads_the_shards(tmp_path):
+    import webdataset as wds
+
+    pixels = _make_images(tmp_path / "src", 5)
+    shard_set = _write(tmp_path / "src", tmp_path / "out", samples_per_shard=10)
+    dataset = wds.WebDataset(str(tmp_path / "out" / "shard-000000.tar"), shardshuffle=False).decode("rgb8")
+    seen = {}
+    for sample in dataset:
+        image = sample.get("png", sample.get("jpg"))
+        seen[sample["__key__"]] = image
+        assert sample["json"]["key"] == sample["__key__"]
+    assert set(seen) == set(shard_set.keys())
+    np.testing.assert_array_equal(seen["test/img001"], pixels["test/img001"])
