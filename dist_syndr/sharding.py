@@ -115,9 +115,10 @@ def _run_workers(todo: list[int], shards: list[list[WorkItem]], out_dir: Path, o
 
 
 def _worker_init() -> None:
-    import torch
+    import sys
 
-    torch.set_num_threads(1)  # one process per core; threads inside would oversubscribe
+    if "torch" in sys.modules:  # one process per core; threads inside would oversubscribe
+        sys.modules["torch"].set_num_threads(1)
 
 
 def _cuda_initialised() -> bool:

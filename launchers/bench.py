@@ -1,6 +1,7 @@
 """Benchmarks, each beside a baseline measured in the same run.
 
     python launchers/bench.py reshape [--quick] [--out bench-results/reshape.md]
+    python launchers/bench.py shard [--quick]
     python launchers/bench.py all [--quick]
 """
 
@@ -12,9 +13,12 @@ import sys
 from pathlib import Path
 
 from dist_syndr import runtime
-from dist_syndr.bench import reshape
+from dist_syndr.bench import reshape, shard
 
-BENCHMARKS = {"reshape": lambda quick: reshape.run(reshape.ReshapePlan.quick() if quick else reshape.ReshapePlan())}
+BENCHMARKS = {
+    "reshape": lambda quick: reshape.run(reshape.ReshapePlan.quick() if quick else reshape.ReshapePlan()),
+    "shard": lambda quick: shard.run(shard.ShardPlan.quick() if quick else shard.ShardPlan()),
+}
 
 
 def main(argv: list[str] | None = None) -> int:

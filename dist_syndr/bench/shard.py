@@ -1,0 +1,149 @@
+"""``bench.py shard``: sharding throughput against a naive PIL + tarfile writer, and the distortion engine.
+
+Baseline ("naive"): one process, PIL decodes each source image, saves it as PNG
+at PIL's default level 6 and appends it to a ``tarfile`` archive. Ours: the
+sharding step with 1 and 2 worker processes (PNG level 1, fixed tar headers,
+sidecars and checksums included). Both run on the same generated pool of
+512x384 BMP crops of scikit-image's photographs, in the same benchmark run;
+ratios are ours / naive.
+The engine table gives distortion images/s per KADID type at 512x384.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dist_syndr.bench.harness import markdown_table
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """Pool size and image size for the benchmark."""
+
+    num_images: int = 240
+    width: int = 512
+    height: int = 384
+    engine_images_per_type: int = 8
+
+    @staticmethod
+    def quick() -> "ShardPlan":
+        return ShardPlan(num_images=24, width=128, height=96, engine_images_per_type=2)
+
+
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "retina", "immunohistochemistry")
+"""Colour photographs bundled with scikit-image (no download)."""
+
+
+def photo_crops(rng: np.random.Generator, count: int, width: int, height: int) -> list[np.ndarray]:
+    """``count`` random ``width x height`` crops (some flipped) of scikit-image's photographs."""
+    import skimage.data
+    from PIL import Image
+
+    photos = []
+    for name in PHOTOS:
+        photo = Image.fromarray(getattr(skimage.data, name)())
+        scale = max(width / photo.width, height / photo.height, 1.0)
+        photos.append(np.asarray(photo.resize((round(photo.width * scale), round(photo.height * scale)), Image.BICUBIC)))
+    crops = []
+    for i in range(count):
+        photo = photos[i % len(photos)]
+        top = int(rng.integers(0, photo.shape[0] - height + 1))
+        left = int(rng.integers(0, photo.shape[1] - width + 1))
+        crop = photo[top : top + height, left : left + width]
+        crops.append(np.ascontiguousarray(crop[:, ::-1] if rng.random() < 0.5 else crop))
+    return crops
+
+
+def make_pool(folder: Path, plan: ShardPlan) -> list[Path]:
+    """``plan.num_images`` BMP photo crops (the format of on-disk distortion pools such as kadid_add81)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, crop in enumerate(photo_crops(rng, plan.num_images, plan.width, plan.height)):
+        path = folder / f"pool{i:05d}.bmp"
+        Image.fromarray(crop).save(path)
+        paths.append(path)
+    return paths
+
+
+def naive_write(paths: list[Path], target: Path) -> None:
+    """The baseline: PIL decode, PNG at the default level, ``tarfile`` append, one process."""
+    from PIL import Image
+
+    with tarfile.open(target, "w") as archive:
+        for path in paths:
+            buffer = io.BytesIO()
+            Image.open(path).convert("RGB").save(buffer, format="PNG")
+            info = tarfile.TarInfo(f"{path.stem}.png")
+            info.size = buffer.tell()
+            buffer.seek(0)
+            archive.addfile(info, buffer)
+
+
+def ours_write(paths: list[Path], target: Path, workers: int) -> None:
+    """The sharding step's writer on the same files."""
+    from dist_syndr import sharding
+
+    items = [sharding.WorkItem(key=f"bench/{p.stem}", source_path=str(p), score=5.0) for p in paths]
+    options = sharding.WriteOptions(samples_per_shard=max(1, len(paths) // (4 * workers)), num_workers=workers)
+    sharding.write_shard_set(items, target, options, {"bench": True})
+
+
+def _timed(function, *args) -> float:
+    started = time.perf_counter()
+    function(*args)
+    return time.perf_counter() - started
+
+
+def run(plan: ShardPlan) -> str:
+    """Measure both writers and the engine; return the Markdown report."""
+    with tempfile.TemporaryDirectory(prefix="bench-shard-") as scratch:
+        root = Path(scratch)
+        paths = make_pool(root / "pool", plan)
+        ours_write(paths[:4], root / "warm", 1)  # imports and first-use costs outside the timing
+        naive = _timed(naive_write, paths, root / "naive.tar")
+        one = _timed(ours_write, paths, root / "ours1", 1)
+        two = _timed(ours_write, paths, root / "ours2", 2)
+    count = len(paths)
+    rows = [
+        ["naive: PIL PNG level 6 + tarfile, 1 process", f"{count / naive:.1f}", "1.00x (baseline)"],
+        ["ours: sharding step, 1 worker", f"{count / one:.1f}", f"{naive / one:.2f}x naive"],
+        ["ours: sharding step, 2 workers", f"{count / two:.1f}", f"{naive / two:.2f}x naive, {one / two:.2f}x 1 worker"],
+    ]
+    writers = markdown_table(["writer", "images/s", "ratio"], rows)
+    pool = f"{count} BMP images of {plan.width}x{plan.height}"
+    return f"### Sharding ({pool})\n\n{writers}\n\n### Distortion engine (CPU, {plan.width}x{plan.height})\n\n{engine_table(plan)}"
+
+
+def engine_table(plan: ShardPlan) -> str:
+    """Images/s of every KADID type at 5 levels, batched, on the machine's default device."""
+    import torch
+
+    from dist_syndr.pools import distortions
+
+    rng = np.random.default_rng(1)
+    batch = np.stack(photo_crops(rng, plan.engine_images_per_type, plan.width, plan.height))
+    images = torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous()
+    if torch.cuda.is_available():
+        images = images.cuda()
+    seeds = list(range(images.shape[0]))
+    rows = []
+    for distortion_type in range(1, distortions.NUM_TYPES + 1):
+        distortions.distort(images[:1], distortion_type, 3, seeds[:1])  # warm-up
+        started = time.perf_counter()
+        for level in range(1, distortions.NUM_LEVELS + 1):
+            distortions.distort(images, distortion_type, level, seeds)
+        if images.is_cuda:
+            torch.cuda.synchronize()
+        per_second = images.shape[0] * distortions.NUM_LEVELS / (time.perf_counter() - started)
+        rows.append([str(distortion_type), distortions.TYPE_NAMES[distortion_type], f"{per_second:.1f}"])
+    return markdown_table(["type", "name", "images/s"], rows)

@@ -1,0 +1,62 @@
+"""The sharding step: pool -> (distort) -> (features -> DDCUp) -> shards/<set>/.
+
+    python launchers/shard.py --config configs/shard/<preset>.yaml [key=value ...]
+    python launchers/shard.py --config configs/shard/<preset>.yaml --verify
+    torchrun --nproc_per_node 2 launchers/shard.py --config ...   # ranks split the shards
+
+A rerun (or a run after a kill) skips every finished shard whose checksum
+still matches and writes only what is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from dist_syndr import config, runtime, shard_plan, sharding
+from dist_syndr.shardset import ShardSet
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("--verify", action="store_true", help="re-read and check an existing set, write nothing")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    args = parser.parse_args(argv)
+
+    # ---- configuration, backends, output folder
+    cfg = config.load(args.config, args.overrides)
+    backends = runtime.init(cfg.runtime)
+    out_dir = Path(cfg.shard.output_root) / cfg.shard.name
+
+    # ---- verify only
+    if args.verify:
+        shard_set = ShardSet(out_dir)
+        shard_set.verify()
+        print(f"{out_dir}: {len(shard_set)} samples in {len(shard_set.shards)} shards verified")
+        return 0
+
+    # ---- plan, write, index
+    plan = shard_plan.build_plan(cfg)
+    options = sharding.WriteOptions(
+        samples_per_shard=cfg.shard.samples_per_shard,
+        png_compress_level=cfg.shard.png_compress_level,
+        num_workers=cfg.shard.num_workers,
+        on_error=cfg.shard.on_error,
+    )
+    index = sharding.write_shard_set(
+        plan.items, out_dir, options, config.to_dict(cfg), rank=backends.rank, world_size=backends.world_size
+    )
+    if index is not None:
+        shard_set = ShardSet(out_dir)
+        print(
+            f"{out_dir}: {len(shard_set)} samples ({plan.num_original} original, {plan.num_upsampled} upsampled) "
+            f"in {len(shard_set.shards)} shards; {len(shard_set.skipped)} skipped"
+        )
+    runtime.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""The sharding step end to end: plans from real layouts, DDCUp samples, the launcher, resume."""
+
+from __future__ import annotations
+
+import csv
+import io
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dist_syndr import config
+from dist_syndr.config import TARGET_TYPES
+from dist_syndr.pools import kadid
+from dist_syndr.shard_plan import build_plan
+from dist_syndr.shardset import ShardSet
+from launchers import shard as shard_launcher
+from tests.conftest import fixture_file
+
+
+def _tiny_png(value: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((6, 8, 3), value, dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _tiny_bmp(value: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((6, 8, 3), value, dtype=np.uint8)).save(buffer, format="BMP")
+    return buffer.getvalue()
+
+
+def _kadid_replica(root):
+    """A KADID-10k + kadid_add81 layout with placeholder pixels and the real scores and features."""
+    images = root / "kadid10k" / "images"
+    images.mkdir(parents=True)
+    shutil.copy(fixture_file("kadid10k/dmos.csv"), root / "kadid10k" / "dmos.csv")
+    png = _tiny_png(120)
+    for record in kadid.read_dmos_csv(root / "kadid10k" / "dmos.csv"):
+        (images / record.dist_img).write_bytes(png)
+    for i in range(1, 82):
+        (images / f"I{i:02d}.png").write_bytes(png)
+    add81 = root / "kadid_add81"
+    (add81 / "ref_imgs").mkdir(parents=True)
+    (add81 / "dist_imgs").mkdir()
+    bmp = _tiny_bmp(60)
+    for name in fixture_file("refset/additional_ref_names.txt").read_text().split():
+        (add81 / "ref_imgs" / name).write_bytes(png)
+        stem = name.rsplit(".", 1)[0]
+        for t in range(1, 26):
+            for level in range(1, 6):
+                (add81 / "dist_imgs" / f"{stem}_{t:02d}_{level:02d}.bmp").write_bytes(bmp)
+    return root
+
+
+def _kadid_overrides(root, out_root, target="bid"):
+    refset = fixture_file("refset/train_ref_features.npy").parent
+    return [
+        f"reshape.ddcup.target={target}",
+        f"shard.name=kadid-{target}",
+        f"shard.output_root={out_root}",
+        f"shard.pool.root={root / 'kadid10k'}",
+        f"shard.candidates.root={root / 'kadid_add81'}",
+        f"shard.features.train_features={refset / 'train_ref_features.npy'}",
+        f"shard.features.train_names={refset / 'train_ref_names.txt'}",
+        f"shard.features.candidate_features={refset / 'additional_ref_features.npy'}",
+        f"shard.features.candidate_names={refset / 'additional_ref_names.txt'}",
+        "shard.samples_per_shard=700",
+    ]
+
+
+@pytest.mark.timeout(300)
+def test_kadid_bid_preset_selects_spec_rows_plus_ddcup_samples(tmp_path, fixtures_dir):
+    root = _kadid_replica(tmp_path / "data")
+    preset = "configs/shard/kadid-bid.yaml"
+    assert shard_launcher.main(["--config", preset, *_kadid_overrides(root, tmp_path / "shards")]) == 0
+    shard_set = ShardSet(tmp_path / "shards" / "kadid-bid")
+    shard_set.verify()
+    original = [e for e in shard_set.samples if e.origin == "original"]
+    upsampled = [e for e in shard_set.samples if e.origin == "upsampled"]
+    assert len(original) == 74 * 6 * 5 and len(upsampled) == 432
+    excluded = {f"kadid10k/{r}" for r in kadid.KADID_EXCLUDED_TRAINING_REFS}
+    assert not {e.ref for e in original} & excluded and len({e.ref for e in original}) == 74
+    assert {e.distortion_type for e in original} == set(TARGET_TYPES["bid"])
+    with fixture_file("refset/expected_upsampled_bid.csv").open() as handle:
+        expected = {row["dist_img"].rsplit(".", 1)[0]: float(row["score"]) for row in csv.DictReader(handle)}
+    got = {e.key.rsplit("/", 1)[-1]: e.score for e in upsampled}
+    assert set(got) == set(expected)
+    assert max(abs(got[k] - expected[k]) for k in expected) < 1e-4
+    scores = {r.dist_img.rsplit(".", 1)[0]: r.score for r in kadid.read_dmos_csv(root / "kadid10k" / "dmos.csv")}
+    assert all(abs(e.score - scores[e.key.rsplit("/", 1)[-1]]) < 1e-12 for e in original)
+    # BMP candidates became PNG, the PNG originals kept their bytes.
+    assert all(e.image_extension == "png" for e in shard_set.samples)
+    assert shard_launcher.main(["--config", preset, "--verify", *_kadid_overrides(root, tmp_path / "shards")]) == 0
+
+
+def test_livec_preset_uses_its_types(tmp_path, fixtures_dir):
+    root = _kadid_replica(tmp_path / "data")
+    overrides = _kadid_overrides(root, tmp_path / "shards", target="livec")
+    cfg = config.load("configs/shard/kadid-livec.yaml", overrides)
+    plan = build_plan(cfg)
+    assert plan.num_original == 74 * 6 * 5
+    assert {item.meta["type"] for item in plan.items} == set(TARGET_TYPES["livec"])
+    assert plan.num_upsampled == len(plan.selected_candidates) * 6 * 3
+
+
+def test_ddcup_needs_a_labelled_pool(tmp_path):
+    (tmp_path / "pristine").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "pristine" / "a.png")
+    cfg = config.load(
+        "configs/shard/folder-weak.yaml",
+        [f"shard.pool.root={tmp_path / 'pristine'}", "shard.candidates.kind=folder", f"shard.candidates.root={tmp_path}"],
+    )
+    with pytest.raises(ValueError, match="labelled pool"):
+        build_plan(cfg)
+
+
+def test_missing_pool_root_is_a_clear_error(tmp_path):
+    cfg = config.load("configs/shard/folder-weak.yaml", [f"shard.pool.root={tmp_path / 'nope'}"])
+    with pytest.raises(ValueError, match="does not exist"):
+        build_plan(cfg)
