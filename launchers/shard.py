@@ -18,6 +18,15 @@ from dist_syndr import config, runtime, shard_plan, sharding
 from dist_syndr.shardset import ShardSet
 
 
+def recorded_config(cfg: config.Config) -> dict:
+    """The config stored in ``index.json``, without execution-only settings (workers, backends),
+    so the same data config gives the same bytes however it was run."""
+    recorded = config.to_dict(cfg)
+    recorded.pop("runtime")
+    recorded["shard"].pop("num_workers")
+    return recorded
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, required=True)
@@ -46,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         on_error=cfg.shard.on_error,
     )
     index = sharding.write_shard_set(
-        plan.items, out_dir, options, config.to_dict(cfg), rank=backends.rank, world_size=backends.world_size
+        plan.items, out_dir, options, recorded_config(cfg), rank=backends.rank, world_size=backends.world_size
     )
     if index is not None:
         shard_set = ShardSet(out_dir)
