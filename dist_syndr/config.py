@@ -246,6 +246,31 @@ class ShardConfig:
 
 
 @dataclass
+class DataConfig:
+    """The input pipeline (``dist_syndr.loader``)."""
+
+    loader: str = "auto"  # auto (DALI when installed) | dali | torch
+    batch_size: int = 32  # per rank
+    num_workers: int = 2  # reader processes (DALI external_source workers / DataLoader workers)
+    crop: int = 224  # random crop side for training; no resize, flip or colour change (SPEC.md section 5)
+    eval_crops: int = 5  # crops per image at evaluation, predictions averaged per image
+    eval_crop_mode: str = "random"  # random | centre
+    shuffle_block: int = 0  # 0: global shuffle; n > 0: shuffle blocks of n index-consecutive samples, then within
+    drop_last: bool = True  # training: equal, full batches on every rank
+    on_error: str = "error"  # error | skip: corrupt members or checksum mismatches
+    verify_checksums: bool = True  # check shard sha256 once before the first epoch
+    prefetch: int = 2
+
+    def __post_init__(self) -> None:
+        _require_choice(self.loader, "loader", ("auto", "dali", "torch"))
+        for key in ("batch_size", "num_workers", "crop", "eval_crops", "prefetch"):
+            _require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
+        _require_choice(self.eval_crop_mode, "eval_crop_mode", ("random", "centre"))
+        _require(self.shuffle_block >= 0, "shuffle_block", f"must be >= 0, got {self.shuffle_block}")
+        _require_choice(self.on_error, "on_error", ("error", "skip"))
+
+
+@dataclass
 class Config:
     """The whole run configuration."""
 
@@ -255,6 +280,7 @@ class Config:
     reshape: ReshapeConfig = field(default_factory=ReshapeConfig)
     synthetic_pool: SyntheticPoolConfig = field(default_factory=SyntheticPoolConfig)
     shard: ShardConfig = field(default_factory=ShardConfig)
+    data: DataConfig = field(default_factory=DataConfig)
 
 
 # ---------------------------------------------------------------------------
