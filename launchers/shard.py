@@ -19,11 +19,12 @@ from dist_syndr.shardset import ShardSet
 
 
 def recorded_config(cfg: config.Config) -> dict:
-    """The config stored in ``index.json``, without execution-only settings (workers, backends),
+    """The config stored in ``index.json``, without execution-only settings (workers, backends, location),
     so the same data config gives the same bytes however it was run."""
     recorded = config.to_dict(cfg)
     recorded.pop("runtime")
     recorded["shard"].pop("num_workers")
+    recorded["shard"].pop("output_root")
     return recorded
 
 

@@ -120,3 +120,71 @@ def test_missing_pool_root_is_a_clear_error(tmp_path):
     cfg = config.load("configs/shard/folder-weak.yaml", [f"shard.pool.root={tmp_path / 'nope'}"])
     with pytest.raises(ValueError, match="does not exist"):
         build_plan(cfg)
+
+
+def _pristine_folder(folder, count=2):
+    folder.mkdir(parents=True)
+    y, x = np.mgrid[0:48, 0:64]
+    for i in range(count):
+        image = np.stack([x * 4 + i * 20, y * 5, (x + y) * 2 + 40 * (((x // 8) + (y // 8)) % 2)], -1)
+        Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(folder / f"photo{i}.png")
+
+
+@pytest.mark.timeout(300)
+def test_folder_pool_engine_distortions_with_weak_labels_and_resume(tmp_path):
+    _pristine_folder(tmp_path / "pristine")
+    overrides = [
+        f"shard.pool.root={tmp_path / 'pristine'}",
+        f"shard.output_root={tmp_path / 'shards'}",
+        "shard.pool.types=[1, 11]",
+        "shard.samples_per_shard=7",
+        "shard.num_workers=2",
+    ]
+    assert shard_launcher.main(["--config", "configs/shard/folder-weak.yaml", *overrides]) == 0
+    out = tmp_path / "shards" / "folder-weak"
+    shard_set = ShardSet(out)
+    shard_set.verify()
+    assert len(shard_set) == 2 * 2 * 5
+    scores = shard_set.scores()
+    assert scores.min() == 0.0 and scores.max() == 10.0
+    for entry in shard_set.samples:
+        assert entry.origin == "distorted" and entry.key == f"pristine/{entry.ref.split('/')[-1]}_{entry.distortion_type:02d}_{entry.level:02d}"
+        assert shard_set.read_meta(entry.key)["weak_label"]["metrics"]
+    for ref in ("pristine/photo0", "pristine/photo1"):
+        for distortion_type in (1, 11):
+            by_level = sorted((e.level, e.score) for e in shard_set.samples if e.ref == ref and e.distortion_type == distortion_type)
+            assert [s for _, s in by_level] == sorted((s for _, s in by_level), reverse=True)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    (out / "shard-000001.tar").unlink()
+    (out / "index.json").unlink()
+    assert shard_launcher.main(["--config", "configs/shard/folder-weak.yaml", *overrides, "shard.num_workers=1"]) == 0
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+@pytest.mark.dist
+@pytest.mark.timeout(240)
+def test_two_ranks_write_the_same_set_as_one(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import PROJECT_ROOT, distributed_env
+    from tests.test_runtime import _free_port
+
+    _pristine_folder(tmp_path / "pristine", count=9)
+    common = [
+        "--config", "configs/shard/folder-weak.yaml",
+        f"shard.pool.root={tmp_path / 'pristine'}", "shard.pool.distort=false", "shard.pool.labels=none",
+        "shard.samples_per_shard=2", "shard.num_workers=1", "runtime.device=cpu",
+    ]
+    assert shard_launcher.main([*common, f"shard.output_root={tmp_path / 'one'}"]) == 0
+    port = _free_port()
+    command = [sys.executable, "launchers/shard.py", *common, f"shard.output_root={tmp_path / 'two'}"]
+    workers = [
+        subprocess.Popen(command, cwd=PROJECT_ROOT, env=distributed_env(rank, 2, port), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for rank in range(2)
+    ]
+    outputs = [w.communicate(timeout=200)[0] for w in workers]
+    assert all(w.returncode == 0 for w in workers), "\n".join(outputs)
+    one, two = tmp_path / "one" / "folder-weak", tmp_path / "two" / "folder-weak"
+    assert {p.name: p.read_bytes() for p in one.iterdir()} == {p.name: p.read_bytes() for p in two.iterdir()}
+    assert len(ShardSet(two)) == 9 and len(ShardSet(two).shards) == 5
