@@ -31,10 +31,11 @@ class ShardPlan:
     width: int = 512
     height: int = 384
     engine_images_per_type: int = 8
+    engine_references: int = 6
 
     @staticmethod
     def quick() -> "ShardPlan":
-        return ShardPlan(num_images=24, width=128, height=96, engine_images_per_type=2)
+        return ShardPlan(num_images=24, width=128, height=96, engine_images_per_type=2, engine_references=2)
 
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "retina", "immunohistochemistry")
@@ -98,6 +99,51 @@ def ours_write(paths: list[Path], target: Path, workers: int) -> None:
     sharding.write_shard_set(items, target, options, {"bench": True})
 
 
+ENGINE_TYPES = (1, 3, 10, 11, 16, 21)
+"""A mix of cheap and costly distortions for the engine-pool comparison."""
+
+
+def engine_items(references: list[Path]):
+    """Work items distorting every reference with ``ENGINE_TYPES`` at 5 levels."""
+    from dist_syndr import sharding
+
+    items = []
+    for reference in references:
+        for distortion_type in ENGINE_TYPES:
+            for level in range(1, 6):
+                key = f"bench/{reference.stem}_{distortion_type:02d}_{level:02d}"
+                meta = {"ref": f"bench/{reference.stem}", "type": distortion_type, "level": level, "origin": "distorted"}
+                items.append(sharding.WorkItem(key=key, ref_path=str(reference), is_engine=True, seed=sharding.item_seed(0, key), meta=meta))
+    return items
+
+
+def naive_engine_write(references: list[Path], target: Path) -> None:
+    """The baseline with distortion: engine, then PIL PNG level 6 and ``tarfile``, one process."""
+    from PIL import Image
+
+    from dist_syndr.pools import images
+
+    with tarfile.open(target, "w") as archive:
+        for item in engine_items(references):
+            reference = np.asarray(Image.open(item.ref_path).convert("RGB"))
+            pixels = images.distort_array(reference, item.meta["type"], item.meta["level"], item.seed)
+            buffer = io.BytesIO()
+            Image.fromarray(pixels).save(buffer, format="PNG")
+            info = tarfile.TarInfo(f"{item.key}.png")
+            info.size = buffer.tell()
+            buffer.seek(0)
+            archive.addfile(info, buffer)
+
+
+def ours_engine_write(references: list[Path], target: Path, workers: int) -> None:
+    """The sharding step on the same engine work."""
+    from dist_syndr import sharding
+
+    items = engine_items(references)
+    options = sharding.WriteOptions(samples_per_shard=len(ENGINE_TYPES) * 5, num_workers=workers)
+    sharding.write_shard_set(items, target, options, {"bench": True})
+
+
 def _timed(function, *args) -> float:
     started = time.perf_counter()
     function(*args)
@@ -110,18 +156,29 @@ def run(plan: ShardPlan) -> str:
         root = Path(scratch)
         paths = make_pool(root / "pool", plan)
         ours_write(paths[:4], root / "warm", 1)  # imports and first-use costs outside the timing
-        naive = _timed(naive_write, paths, root / "naive.tar")
-        one = _timed(ours_write, paths, root / "ours1", 1)
-        two = _timed(ours_write, paths, root / "ours2", 2)
-    count = len(paths)
+        file_times = [_timed(naive_write, paths, root / "naive.tar")]
+        file_times += [_timed(ours_write, paths, root / f"ours{w}", w) for w in (1, 2)]
+        references = paths[: plan.engine_references]
+        engine_times = [_timed(naive_engine_write, references, root / "naive-engine.tar")]
+        engine_times += [_timed(ours_engine_write, references, root / f"engine{w}", w) for w in (1, 2)]
+    file_pool = f"{len(paths)} BMP photo crops of {plan.width}x{plan.height} (encode + write)"
+    engine_pool = f"{len(references)} references x types {list(ENGINE_TYPES)} x 5 levels (distort + encode + write)"
+    sections = [
+        f"### Sharding an on-disk pool: {file_pool}\n\n{_writer_table(len(paths), file_times)}",
+        f"### Sharding with the distortion engine: {engine_pool}\n\n{_writer_table(len(references) * len(ENGINE_TYPES) * 5, engine_times)}",
+        f"### Distortion engine alone (CPU, {plan.width}x{plan.height}, batches of {plan.engine_images_per_type})\n\n{engine_table(plan)}",
+    ]
+    return "\n\n".join(sections)
+
+
+def _writer_table(count: int, times: list[float]) -> str:
+    naive, one, two = times
     rows = [
         ["naive: PIL PNG level 6 + tarfile, 1 process", f"{count / naive:.1f}", "1.00x (baseline)"],
         ["ours: sharding step, 1 worker", f"{count / one:.1f}", f"{naive / one:.2f}x naive"],
         ["ours: sharding step, 2 workers", f"{count / two:.1f}", f"{naive / two:.2f}x naive, {one / two:.2f}x 1 worker"],
     ]
-    writers = markdown_table(["writer", "images/s", "ratio"], rows)
-    pool = f"{count} BMP images of {plan.width}x{plan.height}"
-    return f"### Sharding ({pool})\n\n{writers}\n\n### Distortion engine (CPU, {plan.width}x{plan.height})\n\n{engine_table(plan)}"
+    return markdown_table(["writer", "images/s", "ratio"], rows)
 
 
 def engine_table(plan: ShardPlan) -> str:
