@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
+from tqdm.auto import tqdm
 
 INDEX_NAME = "index.json"
 FORMAT_VERSION = 1
@@ -129,9 +130,10 @@ class ShardSet:
         """The ``.json`` member of sample ``key``."""
         return json.loads(self.read_member(key, "json"))
 
-    def verify(self, *, check_members: bool = True) -> None:
-        """Check every shard's size and sha256 and, with ``check_members``, that each tar's
-        members (names, offsets, sizes) match the index. Raises ValueError naming the shard."""
+    def verify(self, *, check_members: bool = True, decode_images: bool = False) -> None:
+        """Check every shard's size and sha256; with ``check_members``, that each tar's members
+        (names, offsets, sizes) match the index; with ``decode_images``, that every image and
+        metadata member decodes. Raises ValueError naming the shard or sample."""
         for info in self.shards.values():
             path = self.root / info.name
             if not path.is_file():
@@ -144,6 +146,13 @@ class ShardSet:
                 by_shard.setdefault(entry.shard, []).append(entry)
             for name, entries in by_shard.items():
                 _check_tar_members(self.root / name, entries)
+        if decode_images:
+            for entry in tqdm(self.samples, desc="decoding", unit="img", disable=len(self.samples) < 1000):
+                decode_image(self.read_image_bytes(entry.key), f"{entry.key} in {entry.shard}")
+                try:
+                    self.read_meta(entry.key)
+                except json.JSONDecodeError:
+                    raise ValueError(f"{self.root / entry.shard}: metadata of sample {entry.key} is not JSON") from None
 
 
 def scan_tar(path: Path) -> dict[str, tuple[int, int]]:

@@ -43,8 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     # ---- verify only
     if args.verify:
         shard_set = ShardSet(out_dir)
-        shard_set.verify()
-        print(f"{out_dir}: {len(shard_set)} samples in {len(shard_set.shards)} shards verified")
+        shard_set.verify(decode_images=True)
+        print(f"{out_dir}: {len(shard_set)} samples in {len(shard_set.shards)} shards verified (checksums, members, images)")
         return 0
 
     # ---- plan, write, index

@@ -115,6 +115,24 @@ def test_unreadable_image_is_an_error_naming_the_file_or_a_listed_skip(tmp_path)
     assert "img001.bmp" in shard_set.skipped[0]["path"]
 
 
+def test_verify_decodes_every_image(tmp_path):
+    _make_images(tmp_path / "src", 4)
+    shard_set = _write(tmp_path / "src", tmp_path / "out", samples_per_shard=10)
+    shard_set.verify(decode_images=True)
+    entry = shard_set.by_key["test/img000"]
+    offset, size = entry.members["png"]
+    path = tmp_path / "out" / entry.shard
+    data = bytearray(path.read_bytes())
+    data[offset + 40 : offset + size - 20] = bytes(size - 60)  # zero the PNG body, keep sizes
+    path.write_bytes(bytes(data))
+    damaged = ShardSet(tmp_path / "out")
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        damaged.verify()
+    damaged.shards = {}  # skip the checksum step to reach the decoder
+    with pytest.raises(ValueError, match="test/img000 in shard-000000.tar"):
+        damaged.verify(decode_images=True)
+
+
 def test_missing_file_is_an_error_naming_it(tmp_path):
     item = sharding.WorkItem(key="test/gone", source_path=str(tmp_path / "gone.png"), score=1.0)
     with pytest.raises(ValueError, match="gone.png"):
