@@ -245,6 +245,24 @@ class ShardConfig:
         _require_choice(self.on_error, "on_error", ("error", "skip"))
 
 
+BACKBONES = ("resnet18", "resnet50", "vit_tiny_patch16_224", "vit_base_patch16_224", "vit_large_patch16_224", "vit_huge_patch14_224")
+
+
+@dataclass
+class ModelConfig:
+    """The regression model (``dist_syndr.model``): a timm backbone and a linear head."""
+
+    backbone: str = "resnet50"
+    weights: str = ""  # local .safetensors / .pth / .pt backbone weights; never downloaded
+    is_random_init: bool = False  # random backbone weights, only when asked for explicitly
+    image_size: int = 224  # ViT position embeddings are built for this input side
+    is_grad_checkpointing: bool = False  # ViTs: recompute blocks in backward to save memory
+
+    def __post_init__(self) -> None:
+        _require_choice(self.backbone, "backbone", BACKBONES)
+        _require(self.image_size >= 16, "image_size", f"must be >= 16, got {self.image_size}")
+
+
 @dataclass
 class DataConfig:
     """The input pipeline (``dist_syndr.loader``)."""
@@ -281,6 +299,7 @@ class Config:
     synthetic_pool: SyntheticPoolConfig = field(default_factory=SyntheticPoolConfig)
     shard: ShardConfig = field(default_factory=ShardConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
 
 
 # ---------------------------------------------------------------------------

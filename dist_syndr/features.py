@@ -28,7 +28,7 @@ IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
 
-def build_backbone(config: FeaturesConfig):
+def build_backbone(config: FeaturesConfig, **timm_options):
     """A timm model returning pooled features, with weights from ``config.weights``."""
     import timm
 
@@ -38,7 +38,7 @@ def build_backbone(config: FeaturesConfig):
             "(weights are never downloaded) or set features.is_random_init=true to use random weights"
         )
     try:
-        model = timm.create_model(config.backbone, pretrained=False, num_classes=0)
+        model = timm.create_model(config.backbone, pretrained=False, num_classes=0, **timm_options)
     except RuntimeError as error:  # timm raises RuntimeError for unknown model names
         raise ValueError(f"features.backbone: {error}") from None
     if config.weights:
