@@ -13,11 +13,12 @@ import sys
 from pathlib import Path
 
 from dist_syndr import runtime
-from dist_syndr.bench import reshape, shard
+from dist_syndr.bench import loader, reshape, shard
 
 BENCHMARKS = {
     "reshape": lambda quick: reshape.run(reshape.ReshapePlan.quick() if quick else reshape.ReshapePlan()),
     "shard": lambda quick: shard.run(shard.ShardPlan.quick() if quick else shard.ShardPlan()),
+    "loader": lambda quick: loader.run(loader.LoaderPlan.quick() if quick else loader.LoaderPlan()),
 }
 
 

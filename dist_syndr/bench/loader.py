@@ -1,0 +1,236 @@
+"""``bench.py loader``: our planned DALI pipeline and torch fallback against plain webdataset + PIL.
+
+All three read the same shard set (crops, 512x384 by default, of scikit-image's
+photographs, written by the sharding step) with the same batch size and the
+same number of worker processes, one random crop per image, ImageNet
+normalisation, float32 NCHW out. Two kinds of PNG are measured, because PIL's
+decoder is much slower on adaptively filtered PNGs (as datasets ship them,
+kept byte for byte by the sharding step) than on the libpng level-1 PNGs the
+sharding step writes itself (from BMP pools and the distortion engine):
+
+- baseline: ``webdataset.WebDataset`` over the tars (each worker reads whole
+  shards front to back), PIL decode, numpy random crop, torch ``DataLoader``;
+- ours, torch: :class:`~dist_syndr.loader.torch_loader.TorchLoader` over the
+  epoch plan (members read by offset, hashed anchors);
+- ours, DALI: :class:`~dist_syndr.loader.dali_pipeline.DaliLoader` over the same
+  plan, on the CPU and, where a GPU is visible, with the mixed decoder.
+
+The consumer sleeps ``step_ms`` per batch, standing in for a training step
+that does not use the CPU. ``images/s`` counts every image after the first
+batch (start-up is its own column); ``consumer wait`` is the share of that
+time spent blocked on the next batch. Each case runs ``repeats`` times,
+alternating, and the best run is kept; ratios are against the baseline.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dist_syndr.bench.harness import markdown_table
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoaderPlan:
+    """Shard set and loader settings of the benchmark."""
+
+    num_images: int = 200
+    width: int = 512
+    height: int = 384
+    samples_per_shard: int = 50
+    batch_size: int = 32
+    num_workers: int = 2
+    epochs: int = 2
+    step_ms: float = 5.0
+    repeats: int = 3
+    encodings: tuple[str, ...] = ("dataset", "sharded")
+
+    @staticmethod
+    def quick() -> "LoaderPlan":
+        """A smoke-run plan that finishes in seconds."""
+        return LoaderPlan(num_images=48, width=320, height=256, samples_per_shard=12, batch_size=8, repeats=1, encodings=("dataset",))
+
+
+@dataclass(frozen=True)
+class LoaderRun:
+    """One measured run of one loader."""
+
+    images: int
+    seconds: float  # after the first batch
+    wait_seconds: float  # of those, blocked on the next batch
+    first_batch_seconds: float
+
+    @property
+    def images_per_second(self) -> float:
+        """Images delivered per second after the first batch."""
+        return self.images / self.seconds
+
+    @property
+    def wait_share(self) -> float:
+        """Share of that time the consumer spent blocked on the next batch."""
+        return self.wait_seconds / self.seconds
+
+
+ENCODINGS = {
+    "dataset": "PNG as datasets ship them (PIL, level 6, adaptive filters), stored as is",
+    "sharded": "PNG re-encoded by the sharding step from BMP (libpng, level 1)",
+}
+
+
+def run(plan: LoaderPlan) -> str:
+    """Measure every loader on each kind of shard set; return the Markdown report."""
+    sections = []
+    with tempfile.TemporaryDirectory(prefix="bench-loader-") as scratch:
+        for encoding in plan.encodings:
+            shard_root = make_shard_set(Path(scratch) / encoding, plan, encoding)
+            table = markdown_table(["loader", "images/s", "consumer wait", "first batch (s)", "vs baseline"], _measure(shard_root, plan))
+            sections.append(f"#### {ENCODINGS[encoding]}\n\n{table}")
+    setting = (
+        f"{plan.num_images} photo crops of {plan.width}x{plan.height}, {plan.epochs} epochs, batch {plan.batch_size},"
+        f" {plan.num_workers} workers each, one random 224x224 crop, consumer step {plan.step_ms:g} ms, best of {plan.repeats}"
+    )
+    return f"### Input pipeline ({setting})\n\n" + "\n\n".join(sections)
+
+
+def _measure(shard_root: Path, plan: LoaderPlan) -> list[list[str]]:
+    from dist_syndr import runtime
+
+    cases = {"baseline: webdataset + PIL, torch DataLoader": lambda: _baseline(shard_root, plan)}
+    cases["ours: torch DataLoader over the plan"] = lambda: _ours(shard_root, plan, "torch")
+    cases["ours: DALI over the plan, CPU"] = lambda: _ours(shard_root, plan, "cpu")
+    if runtime.dali_mode("auto") == "gpu":
+        cases["ours: DALI over the plan, GPU (mixed decoder)"] = lambda: _ours(shard_root, plan, "gpu")
+    best: dict[str, LoaderRun] = {}
+    for repeat in range(plan.repeats):
+        # Alternating the order spreads slow moments of a shared machine over all cases.
+        for name, measure in cases.items() if repeat % 2 == 0 else reversed(cases.items()):
+            result = measure()
+            log.info("%s: %.1f images/s, wait %.0f%%", name, result.images_per_second, 100 * result.wait_share)
+            if name not in best or result.images_per_second > best[name].images_per_second:
+                best[name] = result
+    baseline = next(iter(best.values()))
+    rows = []
+    for name, result in best.items():
+        ratio = result.images_per_second / baseline.images_per_second
+        rows.append(
+            [
+                name,
+                f"{result.images_per_second:.1f}",
+                f"{100 * result.wait_share:.0f}%",
+                f"{result.first_batch_seconds:.2f}",
+                "1.00x (baseline)" if result is baseline else f"{ratio:.2f}x",
+            ]
+        )
+    return rows
+
+
+def make_shard_set(folder: Path, plan: LoaderPlan, encoding: str) -> Path:
+    """Photo crops sharded by the sharding step: PNG files kept as they are, or BMP files it encodes."""
+    from PIL import Image
+
+    from dist_syndr import sharding
+    from dist_syndr.bench.shard import photo_crops
+
+    source = folder / "pool"
+    source.mkdir(parents=True)
+    suffix = "png" if encoding == "dataset" else "bmp"
+    items = []
+    for number, crop in enumerate(photo_crops(np.random.default_rng(0), plan.num_images, plan.width, plan.height)):
+        path = source / f"photo{number:05d}.{suffix}"
+        Image.fromarray(crop).save(path)
+        items.append(sharding.WorkItem(key=f"bench/photo{number:05d}", source_path=str(path), score=float(number % 11)))
+    options = sharding.WriteOptions(samples_per_shard=plan.samples_per_shard, num_workers=plan.num_workers)
+    sharding.write_shard_set(items, folder / "shards", options, {"bench": True})
+    return folder / "shards"
+
+
+def _consume(batches, plan: LoaderPlan, clock: dict) -> None:
+    # Drains the batches like a training loop whose step does not use the CPU, timing the waits.
+    iterator = iter(batches)
+    while True:
+        started = time.perf_counter()
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        now = time.perf_counter()
+        if clock["first"] is None:
+            clock["first"] = now - clock["start"]
+            clock["steady_start"] = now
+        else:
+            clock["wait"] += now - started
+            clock["images"] += _count(batch)
+        time.sleep(plan.step_ms / 1000)
+
+
+def _count(batch) -> int:
+    if isinstance(batch, (tuple, list)):
+        return int(batch[0].shape[0])
+    return len(batch)
+
+
+def _timed(epochs) -> LoaderRun:
+    clock = {"start": time.perf_counter(), "first": None, "wait": 0.0, "images": 0, "steady_start": 0.0}
+    for make_batches, plan in epochs:
+        _consume(make_batches(), plan, clock)
+    return LoaderRun(clock["images"], time.perf_counter() - clock["steady_start"], clock["wait"], clock["first"])
+
+
+def _ours(shard_root: Path, plan: LoaderPlan, kind: str) -> LoaderRun:
+    from dist_syndr.config import DataConfig
+    from dist_syndr.loader import plan_epoch
+    from dist_syndr.loader.dali_pipeline import DaliLoader
+    from dist_syndr.loader.torch_loader import TorchLoader
+    from dist_syndr.shardset import ShardSet
+
+    shard_set = ShardSet(shard_root)
+    config = DataConfig(batch_size=plan.batch_size, num_workers=plan.num_workers, verify_checksums=False)
+    if kind == "torch":
+        loader = TorchLoader(shard_set, config, is_training=True)
+    else:
+        device_id = 0 if kind == "gpu" else None
+        loader = DaliLoader(shard_set, config, is_training=True, device=kind, device_id=device_id)
+    keys = shard_set.keys()
+    with loader:
+        epochs = []
+        for epoch in range(plan.epochs):
+            rank_plan = plan_epoch(keys, config, seed=0, epoch=epoch).for_rank(0)
+            epochs.append((lambda rank_plan=rank_plan: loader.batches(rank_plan), plan))
+        return _timed(epochs)
+
+
+def _baseline(shard_root: Path, plan: LoaderPlan) -> LoaderRun:
+    import torch
+    import webdataset as wds
+
+    urls = sorted(str(path) for path in shard_root.glob("shard-*.tar"))
+    dataset = (
+        wds.WebDataset(urls, shardshuffle=len(urls), nodesplitter=None, workersplitter=wds.split_by_worker, empty_check=False)
+        .shuffle(100)
+        .decode("pil")
+        .map(_baseline_sample)
+        .batched(plan.batch_size, partial=False)
+    )
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=plan.num_workers, prefetch_factor=2)
+    return _timed([(lambda: loader, plan) for _ in range(plan.epochs)])
+
+
+def _baseline_sample(sample: dict):
+    import torch
+
+    from dist_syndr.loader.crops import normalise
+
+    image = sample.get("png") or sample.get("jpg")
+    rng = np.random.default_rng()
+    x = int(rng.integers(0, image.width - 224 + 1))
+    y = int(rng.integers(0, image.height - 224 + 1))
+    crop = np.asarray(image.convert("RGB").crop((x, y, x + 224, y + 224)))
+    return torch.from_numpy(normalise(crop)), float(sample["json"]["score"])
+

@@ -1,0 +1,406 @@
+"""The DALI input pipeline: planned tar members -> decode -> fixed-anchor crop -> normalise.
+
+::
+
+    fn.external_source (parallel Python workers, one sample per call)
+        reads the member by (offset, size) with os.pread, checks its header,
+        computes the crop anchors (crops.py) -> bytes, anchors, score, position, status
+    fn.decoders.image_slice  (one crop)      "mixed" with a GPU, "cpu" without
+    fn.decoders.image + fn.slice per anchor  (n evaluation crops)
+    fn.crop_mirror_normalize -> float32 CHW, ImageNet mean/std
+    DALIGenericIterator -> Batch
+
+The source callable is stateless as DALI requires: it finds its epoch's feed
+(rows, statuses, seed, epoch) in a small ``.npz`` file written by the main
+process before the pipeline starts or is reset, keyed by DALI's epoch index,
+so one pipeline and its worker processes serve every epoch although the
+samples change each time. Each rank's list is padded with a placeholder image
+to whole batches (status "padding"), and those rows never leave the loader.
+
+Errors: a member that is truncated, has no image header or is smaller than
+the crop fails in the source with a message naming the shard and the key. A
+decoder failure is caught at the iterator, the samples in flight are rerun
+through the same graph one at a time to find the bad one, and the error names
+its shard and key.
+Under ``on_error=skip`` both are dropped from their batch instead (the batch
+shrinks, the number of batches does not) and counted; after a decoder
+failure the pipeline is rebuilt and resumes at the failed batch.
+
+Shapes: ``B`` batch size, ``n`` crops per image, ``C`` crop side.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import re
+import shutil
+import tempfile
+import weakref
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dist_syndr.config import DataConfig
+from dist_syndr.loader.batch import STATUS_OK, STATUS_PADDING, STATUS_SKIPPED, Batch
+from dist_syndr.loader.crops import IMAGENET_MEAN, IMAGENET_STD, CropSpec
+from dist_syndr.loader.members import MemberReader, SampleError, SampleTable, placeholder_png
+from dist_syndr.loader.plan import RankPlan
+from dist_syndr.shardset import ShardSet
+
+log = logging.getLogger(__name__)
+
+_SOURCE_ERROR = re.compile(r"SampleError: (.+)")
+
+
+class PlannedSource:
+    """The ``fn.external_source`` callable: sample ``i`` of DALI epoch ``e`` from ``feed_dir/epoch-e.npz``."""
+
+    def __init__(self, reader: MemberReader, spec: CropSpec, feed_dir: Path, on_error: str):
+        self.reader = reader
+        self.spec = spec
+        self.feed_dir = Path(feed_dir)
+        self.on_error = on_error
+        self.placeholder = np.frombuffer(placeholder_png(spec.size), dtype=np.uint8)
+        self._feed: tuple[int, dict[str, np.ndarray]] | None = None
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_feed"} | {"_feed": None}
+
+    def __call__(self, sample_info) -> tuple[np.ndarray, ...]:
+        feed = self._feed_for(sample_info.epoch_idx)
+        index = sample_info.idx_in_epoch
+        if index >= len(feed["rows"]):
+            raise StopIteration
+        row, status = int(feed["rows"][index]), int(feed["status"][index])
+        anchors = np.zeros((self.spec.num_crops, 2), dtype=np.int32)
+        encoded = self.placeholder
+        if status == STATUS_OK:
+            try:
+                data, width, height = self.reader.read_checked(row, self.spec.size)
+            except SampleError:
+                if self.on_error != "skip":
+                    raise
+                status = STATUS_SKIPPED
+            else:
+                key = self.reader.table.keys[row]
+                anchors = self.spec.anchors(key, width, height, seed=int(feed["seed"]), epoch=int(feed["epoch"]))
+                encoded = np.frombuffer(data, dtype=np.uint8)
+        score = self.reader.table.scores[row] if row >= 0 else np.nan
+        return (
+            encoded,
+            *anchors,
+            np.array(score, dtype=np.float32),
+            np.array(feed["positions"][index], dtype=np.int64),
+            np.array(status, dtype=np.uint8),
+        )
+
+    def _feed_for(self, epoch_index: int) -> dict[str, np.ndarray]:
+        if self._feed is None or self._feed[0] != epoch_index:
+            path = self.feed_dir / f"epoch-{epoch_index:06d}.npz"
+            if not path.is_file():
+                raise RuntimeError(f"{path}: the loader wrote no feed for DALI epoch {epoch_index}")
+            with np.load(path) as archive:
+                self._feed = (epoch_index, {name: archive[name] for name in archive.files})
+        return self._feed[1]
+
+
+class DaliLoader:
+    """Batches of planned samples through DALI; ``device`` is ``gpu`` (mixed decoding) or ``cpu``."""
+
+    def __init__(self, shard_set: ShardSet, config: DataConfig, *, is_training: bool, device: str = "cpu", device_id: int | None = None):
+        if device not in ("cpu", "gpu"):
+            raise ValueError(f"DALI device must be cpu or gpu, got {device!r}")
+        self.config = config
+        self.spec = CropSpec.from_config(config, is_training=is_training)
+        self.device = device
+        self.device_id = device_id
+        self.table = SampleTable.from_shard_set(shard_set)
+        self.reader = MemberReader(self.table)
+        self.num_skipped = 0
+        scratch = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+        self._feed_root = Path(tempfile.mkdtemp(prefix="dist_syndr-feed-", dir=scratch))
+        self._remove_feeds = weakref.finalize(self, shutil.rmtree, self._feed_root, ignore_errors=True)
+        self._pipeline = None
+        self._iterator = None
+        self._num_builds = 0
+        self._dali_epoch = 0
+        self._is_exhausted = False  # the last DALI epoch ran to its end, so reset() may start the next
+
+    # -- public -------------------------------------------------------------
+
+    def batches(self, plan: RankPlan) -> Iterator[Batch]:
+        """Every batch of ``plan`` in order (samples skipped under ``on_error=skip`` left out)."""
+        if plan.batch_size != self.config.batch_size:
+            raise ValueError(f"plan batch size {plan.batch_size} differs from data.batch_size={self.config.batch_size}")
+        rows = self.table.rows(plan.keys)
+        known_bad: dict[int, str] = {}  # plan position -> why it is skipped (decoder failures)
+        num_skipped_before = self.num_skipped
+        position = 0
+        is_finished = False
+        try:
+            while position < len(rows):
+                # Runs until the epoch ends, or until a sample fails: then known_bad has grown and
+                # the pipeline is rebuilt to resume at the failed batch.
+                for batch in self._run(plan, rows, position, known_bad):
+                    position += plan.batch_size
+                    yield batch
+            is_finished = True
+        finally:
+            if not is_finished:  # abandoned mid-epoch: DALI cannot reset before the end, so rebuild next time
+                self._discard_pipeline()
+        if self.num_skipped > num_skipped_before:
+            log.warning("epoch %d: %d sample(s) skipped on this rank (data.on_error=skip)", plan.epoch, self.num_skipped - num_skipped_before)
+
+    def close(self) -> None:
+        """Stop the pipeline and its workers and remove the feed files."""
+        self._discard_pipeline()
+        self.reader.close()
+        self._remove_feeds()
+
+    def __enter__(self) -> "DaliLoader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- pipeline lifetime --------------------------------------------------
+
+    def _run(self, plan: RankPlan, rows: np.ndarray, position: int, known_bad: dict[int, str]) -> Iterator[Batch]:
+        iterator, is_reused = self._start(plan, rows, position, known_bad)
+        while True:
+            try:
+                if is_reused:  # resetting already schedules the first batches, so it can fail like them
+                    iterator.reset()
+                    is_reused = False
+                outputs = next(iterator)[0]
+            except StopIteration:
+                assert position >= len(rows), f"DALI ended the epoch at position {position} of {len(rows)}"
+                self._is_exhausted = True
+                return
+            except Exception as error:  # DALI raises RuntimeError / Exception carrying worker tracebacks
+                self._discard_pipeline()
+                known_bad.update(self._diagnose(error, plan, rows, position, known_bad))
+                return
+            position += plan.batch_size
+            yield self._to_batch(outputs, plan, rows, known_bad)
+
+    def _start(self, plan: RankPlan, rows: np.ndarray, position: int, known_bad: dict[int, str]):
+        # The feed for the next DALI epoch is written first; a finished pipeline is then reset onto
+        # it (by the caller, where failures are handled), anything else is rebuilt.
+        is_reused = self._iterator is not None and self._is_exhausted
+        if is_reused:
+            self._dali_epoch += 1
+        else:
+            self._discard_pipeline()
+            self._num_builds += 1
+            self._dali_epoch = 0
+        feed_dir = self._feed_root / f"build-{self._num_builds}"
+        feed_dir.mkdir(exist_ok=True)
+        self._write_feed(feed_dir, plan, rows, position, known_bad)
+        self._is_exhausted = False
+        if not is_reused:
+            self._pipeline, self._iterator = self._build(feed_dir)
+        return self._iterator, is_reused
+
+    def _write_feed(self, feed_dir: Path, plan: RankPlan, rows: np.ndarray, position: int, known_bad: dict[int, str]) -> None:
+        batch_size = plan.batch_size
+        count = len(rows) - position
+        padded = -(-count // batch_size) * batch_size
+        feed_rows = np.full(padded, -1, dtype=np.int64)
+        feed_rows[:count] = rows[position:]
+        status = np.full(padded, STATUS_PADDING, dtype=np.uint8)
+        status[:count] = STATUS_OK
+        for bad in known_bad:
+            if bad >= position:
+                status[bad - position] = STATUS_SKIPPED
+        positions = np.arange(position, position + padded, dtype=np.int64)
+        temporary = feed_dir / f".epoch-{self._dali_epoch:06d}.tmp.npz"
+        np.savez(temporary, rows=feed_rows, status=status, positions=positions, seed=np.int64(plan.seed), epoch=np.int64(plan.epoch))
+        temporary.replace(feed_dir / f"epoch-{self._dali_epoch:06d}.npz")
+
+    def _build(self, feed_dir: Path):
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator
+
+        source = PlannedSource(self.reader, self.spec, feed_dir, self.config.on_error)
+        pipeline = build_pipeline(source, self.spec, self.config, device=self.device, device_id=self.device_id)
+        output_map = [f"crop{i}" for i in range(self.spec.num_crops)] + ["scores", "positions", "status"]
+        # prepare_first_batch=False: nothing runs before the first next(), where failures are handled.
+        iterator = DALIGenericIterator([pipeline], output_map, auto_reset=False, size=-1, prepare_first_batch=False)
+        return pipeline, iterator
+
+    def _discard_pipeline(self) -> None:
+        if self._pipeline is None and self._iterator is None:
+            return
+        self._iterator = None
+        self._pipeline = None
+        self._is_exhausted = False
+        gc.collect()  # DALI stops its Python workers when the pipeline object is collected
+
+    # -- outputs and errors -------------------------------------------------
+
+    def _to_batch(self, outputs: dict[str, torch.Tensor], plan: RankPlan, rows: np.ndarray, known_bad: dict[int, str]) -> Batch:
+        status = outputs["status"].reshape(-1).numpy()
+        positions = outputs["positions"].reshape(-1).numpy()
+        if self.spec.num_crops == 1:  # no stacking copy for the common training case
+            crops = outputs["crop0"].unsqueeze(1)
+        else:
+            crops = torch.stack([outputs[f"crop{i}"] for i in range(self.spec.num_crops)], dim=1)
+        keep = np.flatnonzero(status == STATUS_OK)
+        skipped = []
+        for index in np.flatnonzero(status == STATUS_SKIPPED):
+            where = int(positions[index])
+            skipped.append(plan.keys[where])
+            reason = known_bad.get(where) or self._reason(int(rows[where]))
+            log.warning("skipping %s (data.on_error=skip)", reason)
+        self.num_skipped += len(skipped)
+        if len(keep) < len(status):
+            crops = crops[torch.as_tensor(keep, device=crops.device)]
+        return Batch(
+            images=crops.reshape(-1, *crops.shape[2:]),
+            scores=outputs["scores"].reshape(-1)[torch.as_tensor(keep)].float(),
+            keys=[plan.keys[int(positions[i])] for i in keep],
+            num_crops=self.spec.num_crops,
+            skipped_keys=tuple(skipped),
+        )
+
+    def _reason(self, row: int) -> str:
+        try:
+            self.reader.read_checked(row, self.spec.size)
+        except SampleError as error:
+            return str(error)
+        return f"{self.table.describe(row)}: unreadable"
+
+    def _diagnose(self, error: Exception, plan: RankPlan, rows: np.ndarray, position: int, known_bad: dict[int, str]) -> dict[int, str]:
+        # Positions to skip after a failure at `position`, or a ValueError naming the sample.
+        source_message = _source_error(error)
+        if source_message is not None:  # only raised with on_error=error
+            raise ValueError(source_message) from None
+        summary = _summary(error)
+        # Errors may surface a few batches early (prefetch), so the whole in-flight window is suspect.
+        window = range(position, min(len(rows), position + (self.config.prefetch + 1) * plan.batch_size))
+        candidates = [p for p in window if p not in known_bad]
+        failing = self._pinpoint(plan, rows, candidates)
+        if not failing:
+            keys = ", ".join(plan.keys[p] for p in candidates[: plan.batch_size])
+            raise RuntimeError(f"DALI pipeline failed near samples {keys}; none fails alone: {summary}") from error
+        reasons = {p: f"{self.table.describe(int(rows[p]))}: image bytes are corrupt (DALI decoder: {summary})" for p in failing}
+        if self.config.on_error != "skip":
+            raise ValueError(reasons[failing[0]]) from None
+        return reasons
+
+    def _pinpoint(self, plan: RankPlan, rows: np.ndarray, candidates: list[int]) -> list[int]:
+        # Reruns the candidates through this very graph one sample at a time. PIL is no judge
+        # here: it decodes some damaged JPEGs that DALI's decoder rejects, and the reverse.
+        failing: list[int] = []
+        remaining = list(candidates)
+        while remaining:
+            self._num_builds += 1
+            feed_dir = self._feed_root / f"pinpoint-{self._num_builds}"
+            feed_dir.mkdir()
+            np.savez(
+                feed_dir / "epoch-000000.npz",
+                rows=rows[remaining],
+                status=np.full(len(remaining), STATUS_OK, dtype=np.uint8),
+                positions=np.array(remaining, dtype=np.int64),
+                seed=np.int64(plan.seed),
+                epoch=np.int64(plan.epoch),
+            )
+            # Source-side problems become skipped placeholders here: only decoder failures are sought.
+            source = PlannedSource(self.reader, self.spec, feed_dir, "skip")
+            pipeline = build_pipeline(source, self.spec, self.config, device=self.device, device_id=self.device_id, is_one_by_one=True)
+            done = 0
+            try:
+                for _ in remaining:
+                    pipeline.run()
+                    done += 1
+            except Exception:
+                failing.append(remaining[done])
+            del pipeline
+            gc.collect()
+            remaining = remaining[done + 1 :]
+        return failing
+
+
+def build_pipeline(
+    source: PlannedSource, spec: CropSpec, config: DataConfig, *, device: str, device_id: int | None, is_one_by_one: bool = False
+):
+    """The DALI pipeline over ``source``: ``n`` normalised crops, score, position and status per sample.
+
+    ``is_one_by_one``: batches of one, no workers, no pipelining, so an error belongs to the sample just run.
+    """
+    from nvidia.dali import fn, pipeline_def, types
+
+    num_crops = spec.num_crops
+    # Forked workers must start before this process holds a CUDA context; with a GPU that is not
+    # guaranteed (the model may be there already), so spawn them instead.
+    start_method = "spawn" if device == "gpu" else "fork"
+
+    # Parallel workers prepare `prefetch` batches ahead; the one-by-one form runs the source inline.
+    parallel = {} if is_one_by_one else {"parallel": True, "prefetch_queue_depth": config.prefetch}
+
+    @pipeline_def(
+        batch_size=1 if is_one_by_one else config.batch_size,
+        num_threads=config.num_workers,
+        device_id=device_id if device == "gpu" else None,
+        py_num_workers=0 if is_one_by_one else config.num_workers,
+        py_start_method=start_method,
+        prefetch_queue_depth=1 if is_one_by_one else config.prefetch,
+        exec_pipelined=not is_one_by_one,
+        exec_async=not is_one_by_one,
+    )
+    def graph():
+        outputs = fn.external_source(
+            source,
+            num_outputs=num_crops + 4,
+            batch=False,
+            **parallel,
+            dtype=[types.UINT8, *[types.INT32] * num_crops, types.FLOAT, types.INT64, types.UINT8],
+            ndim=[1, *[1] * num_crops, 0, 0, 0],
+        )
+        encoded, anchors, tail = outputs[0], outputs[1 : 1 + num_crops], outputs[1 + num_crops :]
+        shape = np.array([spec.size, spec.size], dtype=np.int32)
+        decoder = {
+            "device": "mixed" if device == "gpu" else "cpu",
+            "output_type": types.RGB,
+            "adjust_orientation": False,  # PIL and the sharding step keep stored orientation
+            "jpeg_fancy_upsampling": True,  # the GPU decoder then matches libjpeg-turbo (CPU, PIL)
+        }
+        absolute = {"normalized_anchor": False, "normalized_shape": False}
+        if num_crops == 1:
+            crops = [fn.decoders.image_slice(encoded, anchors[0], shape, **decoder, **absolute)]
+        else:
+            decoded = fn.decoders.image(encoded, **decoder)
+            crops = [fn.slice(decoded, anchor, shape, **absolute) for anchor in anchors]
+        normalised = [
+            fn.crop_mirror_normalize(crop, dtype=types.FLOAT, output_layout="CHW", mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD))
+            for crop in crops
+        ]
+        return (*normalised, *tail)
+
+    pipeline = graph()
+    pipeline.build()
+    return pipeline
+
+
+def _source_error(error: BaseException) -> str | None:
+    seen = error
+    while seen is not None:
+        match = _SOURCE_ERROR.search(str(seen))
+        if match is not None:
+            return match.group(1).strip()
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _summary(error: BaseException) -> str:
+    # DALI puts what went wrong on the line after "encountered:".
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for number, line in enumerate(lines[:-1]):
+        if line.endswith("encountered:"):
+            # "Failed to decode sample #2": that number is a place in DALI's batch, not ours.
+            return re.sub(r"\s*sample #\d+", "", lines[number + 1]).rstrip(" :")
+    return lines[-1] if lines else type(error).__name__
