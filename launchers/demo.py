@@ -18,6 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=PROJECT_ROOT / "configs" / "demo.yaml")
     parser.add_argument("--fixtures", type=Path, default=PROJECT_ROOT.parent / "shared" / "fixtures")
+    parser.add_argument("--work-dir", type=Path, default=PROJECT_ROOT / ".cache" / "demo", help="demo photos and shards")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     args = parser.parse_args(argv)
 
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     runtime.init(cfg.runtime)
 
     # ---- the stages
-    print(demo.run(cfg, args.fixtures if args.fixtures.is_dir() else None), flush=True)
+    print(demo.run(cfg, args.fixtures if args.fixtures.is_dir() else None, args.work_dir), flush=True)
     return 0
 
 
