@@ -12,7 +12,6 @@ Shapes: none (bytes and records).
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import tarfile
 from dataclasses import dataclass
@@ -20,6 +19,8 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 from tqdm.auto import tqdm
+
+from dist_syndr.pools import images
 
 INDEX_NAME = "index.json"
 FORMAT_VERSION = 1
@@ -148,7 +149,7 @@ class ShardSet:
                 _check_tar_members(self.root / name, entries)
         if decode_images:
             for entry in tqdm(self.samples, desc="decoding", unit="img", disable=len(self.samples) < 1000):
-                decode_image(self.read_image_bytes(entry.key), f"{entry.key} in {entry.shard}")
+                images.decode(self.read_image_bytes(entry.key), f"sample {entry.key} in {entry.shard}")
                 try:
                     self.read_meta(entry.key)
                 except json.JSONDecodeError:
@@ -205,15 +206,3 @@ def _entry(record: dict, index_path: Path) -> SampleEntry:
     if not is_safe_member_name(member_base(entry.key)):
         raise ValueError(f"{index_path}: refusing unsafe sample key {entry.key!r}")
     return entry
-
-
-def decode_image(data: bytes, key: str = "") -> np.ndarray:
-    """Decode PNG/JPEG/BMP bytes to an ``(H, W, 3)`` uint8 RGB array; ValueError naming ``key`` if corrupt."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            return np.asarray(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
-        raise ValueError(f"sample {key}: image bytes are corrupt ({error})") from None

@@ -20,7 +20,8 @@ from dist_syndr.loader import make_loader, plan_epoch, verify_shard_set
 from dist_syndr.loader.crops import IMAGENET_STD, crop_anchors, cut, image_size, normalise
 from dist_syndr.loader.dali_pipeline import DaliLoader
 from dist_syndr.loader.torch_loader import TorchLoader
-from dist_syndr.shardset import ShardSet, decode_image
+from dist_syndr.pools.images import decode as decode_image
+from dist_syndr.shardset import ShardSet
 
 CROP = 224
 SEED = 11

@@ -17,7 +17,8 @@ import pytest
 from PIL import Image
 
 from dist_syndr import sharding
-from dist_syndr.shardset import ShardSet, decode_image, scan_tar
+from dist_syndr.pools.images import decode as decode_image
+from dist_syndr.shardset import ShardSet, scan_tar
 from tests.conftest import PROJECT_ROOT
 from tests.shard_worker import items_from_folder
 
