@@ -53,6 +53,8 @@ def distort_array(reference: np.ndarray, distortion_type: int, level: int, seed:
 
     from dist_syndr.pools import distortions
 
+    if not reference.flags.writeable:  # torch refuses to wrap read-only memory without a warning
+        reference = reference.copy()
     image = torch.from_numpy(np.ascontiguousarray(reference)).permute(2, 0, 1)
     distorted = distortions.distort_image(image, int(distortion_type), int(level), int(seed))
     return distorted.permute(1, 2, 0).contiguous().numpy()
