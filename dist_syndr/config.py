@@ -289,6 +289,32 @@ class DataConfig:
 
 
 @dataclass
+class TrainConfig:
+    """Optimisation and DeepSpeed settings (SPEC.md section 5 defaults)."""
+
+    epochs: int = 24
+    learning_rate: float = 2e-5  # backbone; the head trains at head_lr_multiplier times it
+    head_lr_multiplier: float = 10.0
+    weight_decay: float = 5e-4
+    zero_stage: int = 0  # DeepSpeed ZeRO stage 0-3
+    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
+    gradient_accumulation_steps: int = 1
+    gradient_clipping: float = 0.0  # 0 = off
+    is_optimizer_offloaded: bool = False  # ZeRO optimizer state on the CPU
+
+    def __post_init__(self) -> None:
+        _require(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
+        _require(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
+        _require(self.head_lr_multiplier > 0, "head_lr_multiplier", f"must be > 0, got {self.head_lr_multiplier}")
+        _require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _require(self.zero_stage in (0, 1, 2, 3), "zero_stage", f"must be 0, 1, 2 or 3, got {self.zero_stage}")
+        _require_choice(self.precision, "precision", ("auto", "fp32", "bf16", "fp16"))
+        _require(self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps", f"must be >= 1, got {self.gradient_accumulation_steps}")
+        _require(self.gradient_clipping >= 0, "gradient_clipping", f"must be >= 0, got {self.gradient_clipping}")
+        _require(not self.is_optimizer_offloaded or self.zero_stage >= 1, "is_optimizer_offloaded", "needs zero_stage >= 1")
+
+
+@dataclass
 class Config:
     """The whole run configuration."""
 
@@ -300,6 +326,7 @@ class Config:
     shard: ShardConfig = field(default_factory=ShardConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
 
 # ---------------------------------------------------------------------------

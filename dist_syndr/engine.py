@@ -1,0 +1,75 @@
+"""DeepSpeed from our config: the JSON is generated here, one source of truth, and saved with the run.
+
+:func:`deepspeed_config` turns the ``train`` and ``data`` sections into DeepSpeed's
+config dict (ZeRO stage, precision, micro batch and accumulation, clipping,
+optimizer offload). :func:`build_optimizer` makes Adam over the model's
+parameter groups with the head at ``head_lr_multiplier`` times the backbone
+rate and L2 weight decay, as the reference (SPEC.md section 5); a ``torch.optim``
+optimizer also avoids DeepSpeed's compiled CPU Adam. :func:`l1_loss` is the
+training loss.
+
+Shapes: scores ``(B,)``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from dist_syndr.config import DataConfig, TrainConfig
+
+
+def resolved_precision(train: TrainConfig, device: str) -> str:
+    """``fp32``, ``bf16`` or ``fp16``: ``auto`` is bf16 on CUDA and fp32 on the CPU."""
+    if train.precision == "auto":
+        return "bf16" if device == "cuda" else "fp32"
+    if train.precision == "fp16" and device != "cuda":
+        raise ValueError("train.precision=fp16 needs a CUDA device (use fp32 or bf16 on the CPU)")
+    return train.precision
+
+
+def deepspeed_config(train: TrainConfig, data: DataConfig, *, world_size: int, device: str) -> dict:
+    """DeepSpeed's config dict for this run (micro batch = ``data.batch_size`` per rank)."""
+    precision = resolved_precision(train, device)
+    zero: dict = {"stage": train.zero_stage}
+    if train.zero_stage == 3:
+        # Export needs whole weights: gather the 16-bit shards on save.
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    if train.is_optimizer_offloaded:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": device == "cuda"}
+    config = {
+        "train_micro_batch_size_per_gpu": data.batch_size,
+        "gradient_accumulation_steps": train.gradient_accumulation_steps,
+        "train_batch_size": data.batch_size * train.gradient_accumulation_steps * world_size,
+        "zero_optimization": zero,
+        "bf16": {"enabled": precision == "bf16"},
+        "fp16": {"enabled": precision == "fp16", "initial_scale_power": 16},
+        "steps_per_print": 10**9,  # our own logging and tracking report progress
+        "wall_clock_breakdown": False,
+    }
+    if train.gradient_clipping > 0:
+        config["gradient_clipping"] = train.gradient_clipping
+    return config
+
+
+def save_deepspeed_config(config: dict, path: Path) -> None:
+    """Write the generated JSON beside the run, atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(config, indent=2, sort_keys=True))
+    temporary.replace(path)
+
+
+def build_optimizer(model, train: TrainConfig):
+    """Adam over the backbone and head groups (head at ``head_lr_multiplier`` x the backbone rate)."""
+    import torch
+
+    groups = model.parameter_groups(train.learning_rate, train.head_lr_multiplier)
+    return torch.optim.Adam(groups, lr=train.learning_rate, weight_decay=train.weight_decay)
+
+
+def l1_loss(predictions, targets):
+    """Mean absolute error, the training loss of the method."""
+    import torch
+
+    return torch.nn.functional.l1_loss(predictions, targets)

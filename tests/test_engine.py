@@ -1,0 +1,43 @@
+"""DeepSpeed config generation and the optimizer of SPEC.md section 5."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dist_syndr import config, engine
+from dist_syndr.config import ModelConfig
+from dist_syndr.model import build_model
+
+
+def test_generated_config_follows_our_sections(tmp_path):
+    cfg = config.load(None, ["train.zero_stage=3", "train.gradient_accumulation_steps=2", "train.gradient_clipping=1.0", "data.batch_size=8", "train.is_optimizer_offloaded=true"])
+    generated = engine.deepspeed_config(cfg.train, cfg.data, world_size=4, device="cpu")
+    assert generated["train_micro_batch_size_per_gpu"] == 8 and generated["train_batch_size"] == 64
+    assert generated["zero_optimization"]["stage"] == 3
+    assert generated["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
+    assert generated["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    assert generated["gradient_clipping"] == 1.0
+    assert not generated["bf16"]["enabled"] and not generated["fp16"]["enabled"]  # auto on CPU: fp32
+    assert engine.deepspeed_config(cfg.train, cfg.data, world_size=1, device="cuda")["bf16"]["enabled"]
+    path = tmp_path / "run" / "deepspeed.json"
+    engine.save_deepspeed_config(generated, path)
+    assert path.is_file() and '"stage": 3' in path.read_text()
+
+
+def test_bad_combinations_name_the_key():
+    with pytest.raises(ValueError, match="train.is_optimizer_offloaded"):
+        config.load(None, ["train.is_optimizer_offloaded=true"])
+    with pytest.raises(ValueError, match="train.zero_stage"):
+        config.load(None, ["train.zero_stage=4"])
+    with pytest.raises(ValueError, match="fp16 needs a CUDA"):
+        engine.resolved_precision(config.load(None, ["train.precision=fp16"]).train, "cpu")
+
+
+def test_optimizer_uses_reference_rates_and_l1():
+    model = build_model(ModelConfig(backbone="resnet18", is_random_init=True))
+    optimizer = engine.build_optimizer(model, config.load().train)
+    rates = {group["name"]: group["lr"] for group in optimizer.param_groups}
+    assert rates == {"backbone": 2e-5, "head": pytest.approx(2e-4)}
+    assert all(group["weight_decay"] == 5e-4 for group in optimizer.param_groups)
+    assert engine.l1_loss(torch.tensor([1.0, 3.0]), torch.tensor([2.0, 1.0])).item() == pytest.approx(1.5)
