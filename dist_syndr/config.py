@@ -301,8 +301,17 @@ class TrainConfig:
     gradient_accumulation_steps: int = 1
     gradient_clipping: float = 0.0  # 0 = off
     is_optimizer_offloaded: bool = False  # ZeRO optimizer state on the CPU
+    shard_set: str = ""  # training shard set folder (written by launchers/shard.py)
+    targets: list[str] = field(default_factory=list)  # evaluation sets as name=folder (shard sets)
+    output_dir: str = "runs"  # checkpoints and run files under <output_dir>/<run_name>
+    resume: str = "auto"  # auto: continue from the latest checkpoint | never
+    experiment: str = "dist_syndr"  # MLflow experiment
+    is_smoke_data: bool = False  # build tiny photo shard sets at shard_set / targets when missing
 
     def __post_init__(self) -> None:
+        _require_choice(self.resume, "resume", ("auto", "never"))
+        bad = [t for t in self.targets if "=" not in t]
+        _require(not bad, "targets", f"entries must read name=folder, got {bad}")
         _require(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
         _require(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
         _require(self.head_lr_multiplier > 0, "head_lr_multiplier", f"must be > 0, got {self.head_lr_multiplier}")

@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 
 def logistic4(x: np.ndarray, upper: float, lower: float, centre: float, slope: float) -> np.ndarray:
     """The usual 4-parameter logistic mapping of predictions onto the subjective scale (VQEG)."""
-    return (upper - lower) / (1.0 + np.exp(-(x - centre) / slope)) + lower
+    with np.errstate(over="ignore"):  # far tails saturate to the asymptotes, as they should
+        return (upper - lower) / (1.0 + np.exp(-(x - centre) / slope)) + lower
 
 
 def fit_logistic4(predictions: np.ndarray, targets: np.ndarray) -> np.ndarray:

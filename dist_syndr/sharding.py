@@ -89,7 +89,8 @@ def write_shard_set(
     todo = [i for i in mine if not _is_finished(out_dir, i, shards[i])]
     log.info("rank %d: %d of its %d shards already finished, %d to write", rank, len(mine) - len(todo), len(mine), len(todo))
     _run_workers(todo, shards, out_dir, options)
-    _barrier()
+    if world_size > 1:  # a single-writer call inside a distributed job must not meet other ranks' barriers
+        _barrier()
     if rank != 0:
         return None
     return _write_index(out_dir, len(shards), config)

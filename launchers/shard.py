@@ -69,4 +69,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except ValueError as error:  # bad config or input: the message says what, no stack trace
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
