@@ -97,36 +97,17 @@ def _ddcup_stage(config: Config) -> str:
 
 def _shard_and_load_stage(config: Config, work_dir: Path) -> str:
     """Shard real photographs (engine distortions, weak labels), then read one epoch through the loader."""
-    from dist_syndr import config as config_module
-    from dist_syndr import sharding
-    from dist_syndr.bench.shard import photo_crops
     from dist_syndr.loader import make_loader, plan_epoch, verify_shard_set
-    from dist_syndr.shard_plan import build_plan
-    from dist_syndr.shardset import ShardSet
-    from PIL import Image
+    from dist_syndr.photo_pools import photo_shard_set
 
-    pristine = work_dir / "pristine"
-    pristine.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(config.seed)
-    for name, crop in zip(DEMO_PHOTOS, photo_crops(rng, len(DEMO_PHOTOS), 256, 256)):
-        if not (pristine / f"{name}.png").is_file():
-            Image.fromarray(crop).save(pristine / f"{name}.png")
-    overrides = [
-        f"shard.pool.root={pristine}", "shard.pool.kind=folder", "shard.pool.distort=true", "shard.pool.labels=weak",
-        f"shard.pool.types={list(DEMO_TYPES)}", "shard.samples_per_shard=25", f"shard.output_root={work_dir / 'shards'}",
-        "shard.name=demo-photos", "data.crop=224", "data.batch_size=16",
-    ]
-    cfg = config_module.load(None, [f"seed={config.seed}", *overrides])
     started = time.perf_counter()
-    plan = build_plan(cfg)
-    options = sharding.WriteOptions(samples_per_shard=25, num_workers=cfg.shard.num_workers)
-    sharding.write_shard_set(plan.items, work_dir / "shards" / "demo-photos", options, {"demo": True})
+    shard_set = photo_shard_set(work_dir / "shards" / "demo-photos", DEMO_PHOTOS, DEMO_TYPES, size=256, seed=config.seed)
     shard_seconds = time.perf_counter() - started
-    shard_set = ShardSet(work_dir / "shards" / "demo-photos")
-    excluded = verify_shard_set(shard_set, cfg.data)
-    epoch = plan_epoch(shard_set.keys(), cfg.data, seed=cfg.seed, epoch=0, excluded_keys=excluded)
+    data = config.data
+    excluded = verify_shard_set(shard_set, data)
+    epoch = plan_epoch(shard_set.keys(), data, seed=config.seed, epoch=0, excluded_keys=excluded)
     started, images = time.perf_counter(), 0
-    with make_loader(shard_set, cfg.data, is_training=True, dali=config.runtime.dali) as loader:
+    with make_loader(shard_set, data, is_training=True, dali=config.runtime.dali) as loader:
         for batch in loader.batches(epoch.for_rank(0)):
             images += batch.images.shape[0]
         loader_name = type(loader).__name__
@@ -138,7 +119,7 @@ def _shard_and_load_stage(config: Config, work_dir: Path) -> str:
             f"{len(shard_set)} samples in {len(shard_set.shards)} shards under {shard_set.root} in {shard_seconds:.1f} s"
             " (a rerun reuses finished shards)",
             f"weak-label scores (full-reference ensemble, not human scores): {scores.min():.1f} .. {scores.max():.1f}",
-            f"one training epoch through {loader_name}: {images} random 224x224 crops in {load_seconds:.1f} s",
+            f"one training epoch through {loader_name}: {images} random {data.crop}x{data.crop} crops in {load_seconds:.1f} s",
         ]
     )
 
