@@ -11,10 +11,9 @@ still matches and writes only what is missing.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from dist_syndr import config, runtime, shard_plan, sharding
+from dist_syndr import cli, config, runtime, shard_plan, sharding
 from dist_syndr.shardset import ShardSet
 
 
@@ -69,8 +68,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except ValueError as error:  # bad config or input: the message says what, no stack trace
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    cli.run(main)

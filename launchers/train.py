@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
-from dist_syndr import config, engine, runtime, tracking, trainer
+from dist_syndr import cli, config, engine, runtime, tracking, trainer
 from dist_syndr.model import build_model
 from dist_syndr.shardset import INDEX_NAME, ShardSet
 
@@ -103,8 +102,4 @@ def _build_smoke_sets(cfg: config.Config, targets: dict[str, str], rank: int) ->
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except ValueError as error:  # bad config or input: the message says what, no stack trace
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    cli.run(main)
