@@ -31,7 +31,7 @@ def photo_shard_set(
     pristine = out_dir.parent / ".pristine" / out_dir.name
     pristine.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    for photo, crop in zip(photos, photo_crops_for(photos, rng, size)):
+    for photo, crop in zip(photos, photo_crops(rng, len(photos), size, size, photos)):
         if not (pristine / f"{photo}.png").is_file():
             Image.fromarray(crop).save(pristine / f"{photo}.png")
     overrides = [
@@ -44,17 +44,27 @@ def photo_shard_set(
     return ShardSet(out_dir)
 
 
-def photo_crops_for(photos: tuple[str, ...], rng, size: int) -> list[np.ndarray]:
-    """One ``size`` x ``size`` crop of each named scikit-image photograph."""
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "retina", "immunohistochemistry")
+"""Colour photographs bundled with scikit-image (no download)."""
+
+
+def photo_crops(
+    rng: np.random.Generator, count: int, width: int, height: int, photos: tuple[str, ...] = PHOTOS
+) -> list[np.ndarray]:
+    """``count`` random ``width x height`` crops (some flipped), cycling through ``photos``."""
     import skimage.data
     from PIL import Image
 
-    out = []
-    for photo in photos:
-        image = Image.fromarray(getattr(skimage.data, photo)())
-        scale = max(size / image.width, size / image.height, 1.0)
-        image = np.asarray(image.resize((round(image.width * scale), round(image.height * scale)), Image.BICUBIC))
-        top = int(rng.integers(0, image.shape[0] - size + 1))
-        left = int(rng.integers(0, image.shape[1] - size + 1))
-        out.append(np.ascontiguousarray(image[top : top + size, left : left + size]))
-    return out
+    sources = []
+    for name in photos:
+        photo = Image.fromarray(getattr(skimage.data, name)())
+        scale = max(width / photo.width, height / photo.height, 1.0)
+        sources.append(np.asarray(photo.resize((round(photo.width * scale), round(photo.height * scale)), Image.BICUBIC)))
+    crops = []
+    for i in range(count):
+        photo = sources[i % len(sources)]
+        top = int(rng.integers(0, photo.shape[0] - height + 1))
+        left = int(rng.integers(0, photo.shape[1] - width + 1))
+        crop = photo[top : top + height, left : left + width]
+        crops.append(np.ascontiguousarray(crop[:, ::-1] if rng.random() < 0.5 else crop))
+    return crops

@@ -136,7 +136,7 @@ def make_shard_set(folder: Path, plan: LoaderPlan, encoding: str) -> Path:
     from PIL import Image
 
     from dist_syndr import sharding
-    from dist_syndr.bench.shard import photo_crops
+    from dist_syndr.photo_pools import photo_crops
 
     source = folder / "pool"
     source.mkdir(parents=True)

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from dist_syndr.bench.harness import markdown_table
+from dist_syndr.photo_pools import photo_crops
 
 
 @dataclass(frozen=True)
@@ -36,30 +37,6 @@ class ShardPlan:
     @staticmethod
     def quick() -> "ShardPlan":
         return ShardPlan(num_images=24, width=128, height=96, engine_images_per_type=2, engine_references=2)
-
-
-PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "retina", "immunohistochemistry")
-"""Colour photographs bundled with scikit-image (no download)."""
-
-
-def photo_crops(rng: np.random.Generator, count: int, width: int, height: int) -> list[np.ndarray]:
-    """``count`` random ``width x height`` crops (some flipped) of scikit-image's photographs."""
-    import skimage.data
-    from PIL import Image
-
-    photos = []
-    for name in PHOTOS:
-        photo = Image.fromarray(getattr(skimage.data, name)())
-        scale = max(width / photo.width, height / photo.height, 1.0)
-        photos.append(np.asarray(photo.resize((round(photo.width * scale), round(photo.height * scale)), Image.BICUBIC)))
-    crops = []
-    for i in range(count):
-        photo = photos[i % len(photos)]
-        top = int(rng.integers(0, photo.shape[0] - height + 1))
-        left = int(rng.integers(0, photo.shape[1] - width + 1))
-        crop = photo[top : top + height, left : left + width]
-        crops.append(np.ascontiguousarray(crop[:, ::-1] if rng.random() < 0.5 else crop))
-    return crops
 
 
 def make_pool(folder: Path, plan: ShardPlan) -> list[Path]:
