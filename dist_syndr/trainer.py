@@ -45,7 +45,7 @@ def fit(cfg: Config, run: Run, start_epoch: int) -> dict[str, float]:
     results: dict[str, float] = {}
     for epoch in range(start_epoch, cfg.train.epochs):
         kept, reshape_stats = _drcdown(cfg, run, original, epoch)
-        train_stats = _train_epoch(cfg, run, kept, sorted(upsampled), epoch)
+        train_stats = train_epoch(cfg, run, kept, sorted(upsampled), epoch)
         results = {**reshape_stats, **train_stats, **_evaluate(cfg, run)}
         run.model_engine.save_checkpoint(str(run.checkpoint_dir), tag=f"epoch{epoch:04d}", client_state={"epoch": epoch})
         run.tracker.log_metrics(results, step=epoch)
@@ -91,7 +91,7 @@ def _features(cfg: Config, run: Run, keys: list[str]) -> tuple[np.ndarray, np.nd
     return gathered, np.concatenate(runtime.all_gather_array(np.array(positions, dtype=np.int64)))
 
 
-def _train_epoch(cfg: Config, run: Run, kept: list[str], always: list[str], epoch: int) -> dict[str, float]:
+def train_epoch(cfg: Config, run: Run, kept: list[str], always: list[str], epoch: int) -> dict[str, float]:
     plan = plan_epoch(
         run.train_set.keys(), cfg.data, seed=cfg.seed, epoch=epoch, world_size=run.world_size, kept_keys=kept, always_kept_keys=always
     )
