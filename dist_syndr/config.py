@@ -299,12 +299,16 @@ class TrainConfig:
     zero_stage: int = 0  # DeepSpeed ZeRO stage 0-3
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
     gradient_accumulation_steps: int = 1
+    global_batch_size: int = 0  # 0 = data.batch_size x world size x accumulation; else checked against them
     gradient_clipping: float = 0.0  # 0 = off
     is_optimizer_offloaded: bool = False  # ZeRO optimizer state on the CPU
     shard_set: str = ""  # training shard set folder (written by launchers/shard.py)
     targets: list[str] = field(default_factory=list)  # evaluation sets as name=folder (shard sets)
     output_dir: str = "runs"  # checkpoints and run files under <output_dir>/<run_name>
-    resume: str = "auto"  # auto: continue from the latest checkpoint | never
+    resume: str = "auto"  # auto: continue from the last complete checkpoint | never
+    checkpoint_every_steps: int = 0  # also checkpoint mid-epoch every this many steps (0 = at epoch ends only)
+    keep_checkpoints: int = 2  # checkpoint tags kept on disk (older ones are removed)
+    log_every_steps: int = 10  # step metrics (loss, lr, images/s, data-wait share) every this many steps
     experiment: str = "dist_syndr"  # MLflow experiment
     is_smoke_data: bool = False  # build tiny photo shard sets at shard_set / targets when missing
 
@@ -319,6 +323,10 @@ class TrainConfig:
         _require(self.zero_stage in (0, 1, 2, 3), "zero_stage", f"must be 0, 1, 2 or 3, got {self.zero_stage}")
         _require_choice(self.precision, "precision", ("auto", "fp32", "bf16", "fp16"))
         _require(self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps", f"must be >= 1, got {self.gradient_accumulation_steps}")
+        _require(self.global_batch_size >= 0, "global_batch_size", f"must be >= 0, got {self.global_batch_size}")
+        _require(self.checkpoint_every_steps >= 0, "checkpoint_every_steps", f"must be >= 0, got {self.checkpoint_every_steps}")
+        _require(self.keep_checkpoints >= 1, "keep_checkpoints", f"must be >= 1, got {self.keep_checkpoints}")
+        _require(self.log_every_steps >= 1, "log_every_steps", f"must be >= 1, got {self.log_every_steps}")
         _require(self.gradient_clipping >= 0, "gradient_clipping", f"must be >= 0, got {self.gradient_clipping}")
         _require(not self.is_optimizer_offloaded or self.zero_stage >= 1, "is_optimizer_offloaded", "needs zero_stage >= 1")
 

@@ -258,6 +258,25 @@ def all_gather_array(array: np.ndarray) -> list[np.ndarray]:
     return [g[: int(n)].cpu().numpy() for g, n in zip(gathered, lengths)]
 
 
+def all_gather_objects(value: object) -> list:
+    """Every rank's picklable ``value``, in rank order (``[value]`` without a process group)."""
+    if not is_distributed():
+        return [value]
+    import torch.distributed as dist
+
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
+def barrier() -> None:
+    """Wait for every rank (nothing to wait for without a process group)."""
+    if is_distributed():
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
 def broadcast_array(array: np.ndarray | None, src: int = 0) -> np.ndarray:
     """Rank ``src``'s array on every rank (other ranks pass None)."""
     if not is_distributed():

@@ -1,8 +1,12 @@
 """The epoch loop: features -> DRCDown -> train -> evaluate -> checkpoint -> track.
 
-Every rank runs the same loop. DRCDown runs on rank 0 over the gathered
-features of the original (non-upsampled) samples and its keep-list is
-broadcast, so all ranks train on one plan with the same number of steps.
+Every rank runs the same loop. The feature pass is split across ranks and
+gathered; DRCDown's neighbour search is split across ranks too, and rank 0's
+keep-list is broadcast, so all ranks train on one plan with the same number of
+steps (both are checked, and recorded per rank in ``<run_dir>/ranks/``).
+Checkpoints carry a :class:`~dist_syndr.train_state.TrainState`, also every
+``train.checkpoint_every_steps`` steps, so a killed run resumes mid-epoch with
+the same keep-list, loader position, loss sums and RNG state.
 
 Shapes: ``N`` original samples, ``D`` pooled feature dimension.
 """
@@ -10,17 +14,22 @@ Shapes: ``N`` original samples, ``D`` pooled feature dimension.
 from __future__ import annotations
 
 import dataclasses
+import gzip
+import hashlib
+import json
 import logging
-import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from dist_syndr import engine, metrics, runtime
+from dist_syndr import engine, metrics, runtime, train_state
 from dist_syndr.config import Config
 from dist_syndr.loader import make_loader, plan_epoch, upsampled_keys
 from dist_syndr.reshape import drcdown
 from dist_syndr.shardset import ShardSet
+from dist_syndr.step_meter import StepMeter
+from dist_syndr.train_state import RankProgress, TrainState
 
 log = logging.getLogger(__name__)
 
@@ -33,44 +42,87 @@ class Run:
     train_set: ShardSet
     targets: dict[str, ShardSet]
     tracker: object
-    checkpoint_dir: object  # pathlib.Path
+    checkpoint_dir: Path
     rank: int
     world_size: int
+    run_dir: Path | None = None  # keep-lists and per-rank records; default: checkpoint_dir's parent
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.run_dir) if self.run_dir is not None else Path(self.checkpoint_dir).parent
 
 
-def fit(cfg: Config, run: Run, start_epoch: int) -> dict[str, float]:
-    """Train from ``start_epoch`` to ``cfg.train.epochs``; returns the last epoch's metrics."""
-    upsampled = set(upsampled_keys(run.train_set))
-    original = [key for key in run.train_set.keys() if key not in upsampled]
+def fit(cfg: Config, run: Run, state: TrainState | None = None, progress: RankProgress | None = None) -> tuple[dict[str, float], TrainState]:
+    """Train until ``cfg.train.epochs``, from ``state`` (a resumed checkpoint) or the start.
+
+    Returns the last epoch's metrics and the final state (``state.best`` holds each target's best epoch).
+    """
+    state, progress = state or TrainState(), progress or RankProgress()
+    upsampled = sorted(upsampled_keys(run.train_set))
+    excluded = set(upsampled)
+    original = [key for key in run.train_set.keys() if key not in excluded]
     results: dict[str, float] = {}
-    for epoch in range(start_epoch, cfg.train.epochs):
-        kept, reshape_stats = _drcdown(cfg, run, original, epoch)
-        train_stats = train_epoch(cfg, run, kept, sorted(upsampled), epoch)
-        results = {**reshape_stats, **train_stats, **_evaluate(cfg, run)}
-        run.model_engine.save_checkpoint(str(run.checkpoint_dir), tag=f"epoch{epoch:04d}", client_state={"epoch": epoch})
-        run.tracker.log_metrics(results, step=epoch)
+    while state.epoch < cfg.train.epochs:
+        epoch = state.epoch
+        if not state.is_mid_epoch:
+            state.kept_positions, state.reshape_stats = _drcdown(cfg, run, original, epoch)
+        kept = [original[i] for i in state.kept_positions.tolist()]
+        train_stats = train_epoch(cfg, run, kept, upsampled, epoch, state=state, progress=progress)
+        evaluation = _evaluate(cfg, run)
+        best = state.update_best(evaluation, list(run.targets), epoch)
+        results = {**state.reshape_stats, **train_stats, **evaluation}
+        run.tracker.log_metrics({**results, **best}, step=epoch)  # before the checkpoint: a kill in between repeats, never loses
+        state.finish_epoch()
+        progress = RankProgress()
+        train_state.save(run.model_engine, run.checkpoint_dir, state, progress, keep=cfg.train.keep_checkpoints)
         log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in results.items()})
-    return results
+    return results, state
 
 
-def _drcdown(cfg: Config, run: Run, original: list[str], epoch: int) -> tuple[list[str], dict[str, float]]:
+def _drcdown(cfg: Config, run: Run, original: list[str], epoch: int) -> tuple[np.ndarray, dict[str, float]]:
+    """Positions (into ``original``) of the samples kept this epoch, identical on every rank, and statistics."""
     if not cfg.reshape.drcdown.enabled:
-        return original, {"kept": float(len(original))}
-    features, positions = _features(cfg, run, original)
-    order = np.argsort(positions)
-    assert np.array_equal(positions[order], np.arange(len(original))), "feature pass must cover each sample once"
-    row_of = {key: i for i, key in enumerate(run.train_set.keys())}
-    labels = run.train_set.scores()[[row_of[k] for k in original]]
-    # Every rank takes part: the neighbour search is split across ranks and its edges gathered.
-    keys, result = drcdown.kept_keys(
-        original, features[order], labels, config=cfg.reshape.drcdown, run_seed=cfg.seed, epoch=epoch, search=cfg.reshape.neighbors
-    )
-    position_of = {key: i for i, key in enumerate(original)}
-    positions_kept = np.array([position_of[k] for k in keys], dtype=np.int64)
-    stats = {"clusters": float(len(result.clusters)), "largest_cluster": float(result.largest_cluster)}
-    # Rank 0's list is the one every rank trains on, whatever floating-point noise might do.
-    positions_kept = runtime.broadcast_array(positions_kept if run.rank == 0 else None)
-    return [original[i] for i in positions_kept.tolist()], {**stats, "kept": float(positions_kept.size)}
+        positions, stats = np.arange(len(original), dtype=np.int64), {}
+    else:
+        features, feature_positions = _features(cfg, run, original)
+        order = np.argsort(feature_positions)
+        assert np.array_equal(feature_positions[order], np.arange(len(original))), "feature pass must cover each sample once"
+        row_of = {key: i for i, key in enumerate(run.train_set.keys())}
+        labels = run.train_set.scores()[[row_of[k] for k in original]]
+        # Every rank takes part: the neighbour search is split across ranks and its edges gathered.
+        keys, result = drcdown.kept_keys(
+            original, features[order], labels, config=cfg.reshape.drcdown, run_seed=cfg.seed, epoch=epoch, search=cfg.reshape.neighbors
+        )
+        position_of = {key: i for i, key in enumerate(original)}
+        positions = np.array([position_of[k] for k in keys], dtype=np.int64)
+        stats = {"clusters": float(len(result.clusters)), "largest_cluster": float(result.largest_cluster)}
+        # Rank 0's list is the one every rank trains on, whatever floating-point noise might do.
+        positions = runtime.broadcast_array(positions if run.rank == 0 else None)
+    _check_same_on_all_ranks(run, epoch, "keep_list_sha256", hashlib.sha256(positions.tobytes()).hexdigest())
+    if run.rank == 0:
+        _write_keep_list(run, epoch, [original[i] for i in positions.tolist()])
+    return positions, {**stats, "kept": float(positions.size)}
+
+
+def _check_same_on_all_ranks(run: Run, epoch: int, name: str, value: object) -> None:
+    """Record ``value`` in this rank's file and stop the run if any rank disagrees."""
+    folder = run.folder / "ranks"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"rank-{run.rank:04d}.jsonl", "a") as record:
+        record.write(json.dumps({"epoch": epoch, name: value}) + "\n")
+    values = runtime.all_gather_objects(value)
+    if len(set(map(str, values))) != 1:
+        raise RuntimeError(f"epoch {epoch}: ranks disagree on {name}: {values}")
+
+
+def _write_keep_list(run: Run, epoch: int, keys: list[str]) -> None:
+    path = run.folder / "keep_lists" / f"epoch{epoch:04d}.txt.gz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    with gzip.open(temporary, "wt") as handle:
+        handle.write("\n".join(keys) + "\n")
+    temporary.replace(path)
+    run.tracker.log_artifact(path, "keep_lists")
 
 
 def _features(cfg: Config, run: Run, keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -91,21 +143,46 @@ def _features(cfg: Config, run: Run, keys: list[str]) -> tuple[np.ndarray, np.nd
     return gathered, np.concatenate(runtime.all_gather_array(np.array(positions, dtype=np.int64)))
 
 
-def train_epoch(cfg: Config, run: Run, kept: list[str], always: list[str], epoch: int) -> dict[str, float]:
+def train_epoch(
+    cfg: Config, run: Run, kept: list[str], always: list[str], epoch: int, *, state: TrainState | None = None, progress: RankProgress | None = None
+) -> dict[str, float]:
+    """One epoch (or its remainder after ``state.batches_done`` batches) on ``kept`` + ``always`` samples.
+
+    Logs step metrics every ``train.log_every_steps`` steps and checkpoints every
+    ``train.checkpoint_every_steps``; returns the epoch's loss, images/s per process,
+    data-wait share and steps.
+    """
+    state = state if state is not None else TrainState(epoch=epoch, kept_positions=np.zeros(0, np.int64))
+    progress = progress if progress is not None else RankProgress()
+    start = state.batches_done * cfg.data.batch_size * run.world_size
     plan = plan_epoch(
-        run.train_set.keys(), cfg.data, seed=cfg.seed, epoch=epoch, world_size=run.world_size, kept_keys=kept, always_kept_keys=always
+        run.train_set.keys(), cfg.data, seed=cfg.seed, epoch=epoch, world_size=run.world_size, kept_keys=kept, always_kept_keys=always, start=start
     )
-    losses, images, started = [], 0, time.perf_counter()
+    rank_plan = plan.for_rank(run.rank)
+    last_batch = state.batches_done + rank_plan.num_batches
+    meter, model, device = StepMeter(), run.model_engine, run.model_engine.device
     with make_loader(run.train_set, cfg.data, is_training=True, dali=cfg.runtime.dali) as loader:
-        for batch in loader.batches(plan.for_rank(run.rank)):
-            device = run.model_engine.device
-            loss = engine.l1_loss(run.model_engine(batch.images.to(device)).float(), batch.scores.to(device))
-            run.model_engine.backward(loss)
-            run.model_engine.step()
-            losses.append(float(loss))
-            images += len(batch)
-    seconds = time.perf_counter() - started
-    return {"loss": float(np.mean(losses)) if losses else float("nan"), "images_per_second": images / max(seconds, 1e-9), "steps": float(len(losses))}
+        for batch in meter.batches(loader.batches(rank_plan)):
+            loss = engine.l1_loss(model(batch.images.to(device)).float(), batch.scores.to(device))
+            model.backward(loss)
+            model.step()
+            loss_value = float(loss.detach())
+            meter.step_done(loss_value, len(batch))
+            progress.loss_sum += loss_value
+            progress.images += len(batch)
+            state.batches_done += 1
+            state.global_step += 1
+            if state.global_step % cfg.train.log_every_steps == 0:
+                step_metrics = {f"train/{k}": v for k, v in meter.report().items()} | {"train/lr": float(model.get_lr()[0])}
+                run.tracker.log_metrics(step_metrics, step=state.global_step)
+            every = cfg.train.checkpoint_every_steps
+            if every and state.batches_done % every == 0 and state.batches_done < last_batch:
+                with meter.pause():
+                    train_state.save(model, run.checkpoint_dir, state, progress, keep=cfg.train.keep_checkpoints)
+    _check_same_on_all_ranks(run, epoch, "steps", state.batches_done)
+    loss_sums = [p[0] for p in runtime.all_gather_objects((progress.loss_sum, progress.images))]
+    mean_loss = sum(loss_sums) / (state.batches_done * run.world_size) if state.batches_done else float("nan")
+    return {"loss": mean_loss, **meter.epoch_rates(), "steps": float(state.batches_done)}
 
 
 def _evaluate(cfg: Config, run: Run) -> dict[str, float]:
@@ -127,3 +204,12 @@ def _evaluate(cfg: Config, run: Run) -> dict[str, float]:
         results |= {f"{name}/{k}": v for k, v in metrics.iqa_metrics(all_predictions, all_scores).items()}
     module.train()
     return results
+
+
+def summary(results: dict[str, float], state: TrainState) -> str:
+    """The last epoch's metrics and each target's best epoch, labelled as such (the paper reports the best)."""
+    lines = [f"last epoch ({state.epoch - 1}): " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(results.items()))]
+    for target, values in sorted(state.best.items()):
+        chosen = ", ".join(f"{k}={v:.4f}" for k, v in sorted(values.items()) if k != "epoch")
+        lines.append(f"best epoch for {target} ({int(values['epoch'])}, chosen on the test set by SRCC): {chosen}")
+    return "\n".join(lines)

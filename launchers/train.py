@@ -10,7 +10,7 @@ import argparse
 import os
 from pathlib import Path
 
-from dist_syndr import cli, config, engine, runtime, tracking, trainer
+from dist_syndr import cli, config, engine, runtime, tracking, train_state, trainer
 from dist_syndr.model import build_model
 from dist_syndr.shardset import INDEX_NAME, ShardSet
 
@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config.load(args.config, args.overrides)
     targets = dict(entry.split("=", 1) for entry in cfg.train.targets)
     _check_inputs(cfg, targets)
+    _check_batch(cfg, world_size=int(os.environ.get("WORLD_SIZE", "1")))
     for name, default in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29533")):
         os.environ.setdefault(name, default)  # one process without a launcher: DeepSpeed would look for MPI
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(PROJECT_ROOT / ".cache" / "torch_extensions"))
@@ -44,32 +45,33 @@ def main(argv: list[str] | None = None) -> int:
 
     # ---- model and DeepSpeed engine
     import deepspeed
+    import torch
 
+    torch.manual_seed(cfg.seed)  # random-init weights (and any torch RNG use) are the same in every run of this config
     model = build_model(cfg.model)
     ds_config = engine.deepspeed_config(cfg.train, cfg.data, world_size=backends.world_size, device=backends.device)
     model_engine, *_ = deepspeed.initialize(model=model, optimizer=engine.build_optimizer(model, cfg.train), config=ds_config)
 
     # ---- resume, tracking
     checkpoints = run_dir / "checkpoints"
-    start_epoch, run_id = 0, None
-    if cfg.train.resume == "auto" and (checkpoints / "latest").is_file():
-        _, client_state = model_engine.load_checkpoint(str(checkpoints))
-        start_epoch = int(client_state["epoch"]) + 1
-        run_id = (run_dir / "mlflow_run_id").read_text().strip() if (run_dir / "mlflow_run_id").is_file() else None
+    resumed = train_state.resume(model_engine, checkpoints) if cfg.train.resume == "auto" else None
+    state, progress = resumed if resumed is not None else (None, None)
+    run_id_file = run_dir / "mlflow_run_id"
+    run_id = run_id_file.read_text().strip() if resumed is not None and run_id_file.is_file() else None
     tags = {"git_commit": tracking.git_commit(PROJECT_ROOT), "world_size": str(backends.world_size), "device": backends.device, "dali": backends.dali}
     tracker = tracking.make_tracker(cfg, rank=backends.rank, experiment=cfg.train.experiment, root=Path("mlruns"), tags=tags, run_id=run_id)
     if backends.rank == 0:
         config.dump(cfg, run_dir / "config.yaml")
         engine.save_deepspeed_config(ds_config, run_dir / "deepspeed.json")
-        (run_dir / "mlflow_run_id").write_text(str(tracker.run_id))
-
-    # ---- the loop
-    run = trainer.Run(model_engine, train_set, target_sets, tracker, checkpoints, backends.rank, backends.world_size)
-    results = trainer.fit(cfg, run, start_epoch)
-    if backends.rank == 0:
+        run_id_file.write_text(str(tracker.run_id))
         tracker.log_artifact(run_dir / "config.yaml")
         tracker.log_artifact(run_dir / "deepspeed.json")
-        print({key: round(value, 4) for key, value in results.items()}, flush=True)
+
+    # ---- the loop
+    run = trainer.Run(model_engine, train_set, target_sets, tracker, checkpoints, backends.rank, backends.world_size, run_dir)
+    results, state = trainer.fit(cfg, run, state, progress)
+    if backends.rank == 0:
+        print(trainer.summary(results, state), flush=True)
     tracker.close()
     runtime.shutdown()
     return 0
@@ -86,6 +88,21 @@ def _check_inputs(cfg: config.Config, targets: dict[str, str]) -> None:
         raise ValueError(f"model.weights: {cfg.model.weights} does not exist")
     if not cfg.model.weights and not cfg.model.is_random_init:
         raise ValueError("model.weights: no pretrained weights file given (or set model.is_random_init=true)")
+
+
+def _check_batch(cfg: config.Config, world_size: int) -> None:
+    per_step = cfg.data.batch_size * world_size
+    if cfg.train.global_batch_size and cfg.train.global_batch_size != per_step * cfg.train.gradient_accumulation_steps:
+        accumulation, remainder = divmod(cfg.train.global_batch_size, per_step)
+        hint = (
+            f"set train.gradient_accumulation_steps={accumulation}"
+            if not remainder and cfg.train.gradient_accumulation_steps == 1
+            else f"it must be a multiple of data.batch_size x world size = {cfg.data.batch_size} x {world_size}"
+        )
+        raise ValueError(
+            f"train.global_batch_size={cfg.train.global_batch_size} does not match data.batch_size={cfg.data.batch_size} "
+            f"x world size {world_size} x train.gradient_accumulation_steps={cfg.train.gradient_accumulation_steps}: {hint}"
+        )
 
 
 def _build_smoke_sets(cfg: config.Config, targets: dict[str, str], rank: int) -> None:
