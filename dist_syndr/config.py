@@ -97,7 +97,7 @@ class NeighborsConfig:
 class DDCUpConfig:
     """Diverse content upsampling (SPEC.md section 3)."""
 
-    enabled: bool = True
+    enabled: bool = True  # training: train on the shard set's upsampled samples (false: a baseline without them)
     target: str = "bid"  # preset naming the distortion types kept (SPEC.md section 6)
     types: list[int] = field(default_factory=list)  # explicit types; overrides target
     levels: list[int] = field(default_factory=lambda: [1, 3, 5])

@@ -16,12 +16,15 @@ from pathlib import Path
 
 import numpy as np
 
+from dist_syndr import config as config_module
 from dist_syndr import features as feature_extraction
+from dist_syndr import runtime
 from dist_syndr.config import NUM_LEVELS, Config
+from dist_syndr.labels import minmax_to_ten
 from dist_syndr.pools import kadid, readers
 from dist_syndr.pools.sample import Sample
 from dist_syndr.reshape import ddcup
-from dist_syndr.sharding import WorkItem, item_seed
+from dist_syndr.sharding import WorkItem, WriteOptions, item_seed
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +37,7 @@ class Plan:
     num_original: int
     num_upsampled: int
     selected_candidates: list[str]
+    is_upsampling_deferred: bool = False  # weak labels: DDCUp runs once the originals are written (upsample_weakly_labelled)
 
 
 def build_plan(config: Config) -> Plan:
@@ -47,13 +51,36 @@ def build_plan(config: Config) -> Plan:
         kept = _filter(samples, pool.kind, types, pool.levels, pool.training_refs_only)
         originals = [_file_item(s, pool.labels) for s in kept]
     originals.sort(key=lambda item: item.key)
-    upsampled, selected = ([], [])
+    upsampled, selected, is_deferred = [], [], False
     if config.shard.candidates.kind:
-        if pool.distort or pool.labels != "dataset":
-            raise ValueError("shard.candidates: DDCUp needs a labelled pool (pool.labels=dataset, pool.distort=false)")
-        upsampled, selected = _upsample(config, samples, types)
+        if pool.labels == "none":
+            raise ValueError("shard.candidates: DDCUp needs labels (shard.pool.labels=dataset or weak)")
+        if pool.labels == "weak":
+            is_deferred = True  # the training labels exist only once the originals are written
+        else:
+            # Every labelled reference of the pool, before the training-reference filter: the
+            # published method measures the content distribution on all 81 KADID references.
+            refs = sorted({(s.ref, str(s.ref_path) if s.ref_path else None) for s in samples if s.ref and s.score is not None})
+            rows = [(s.ref, s.distortion_type, s.level, s.score) for s in samples if s.score is not None]
+            upsampled, selected = _upsample(config, refs, rows, types)
     log.info("plan: %d original and %d upsampled samples (%d contents selected)", len(originals), len(upsampled), len(selected))
-    return Plan(originals + upsampled, len(originals), len(upsampled), selected)
+    return Plan(originals + upsampled, len(originals), len(upsampled), selected, is_deferred)
+
+
+def upsample_weakly_labelled(config: Config, originals: list[WorkItem], qualities: dict[str, float]) -> tuple[list[WorkItem], list[str]]:
+    """DDCUp for a weakly labelled pool, from the ensemble qualities of its written originals.
+
+    The qualities get the same single min-max to [0, 10] as the index gives them, so
+    the label table holds the scores the training samples carry.
+    """
+    labelled = [item for item in originals if item.key in qualities]
+    if not labelled:
+        raise ValueError("shard.candidates: no weakly labelled original sample to transfer labels from")
+    scores = minmax_to_ten(np.array([qualities[item.key] for item in labelled]))
+    refs = sorted({(item.meta["ref"], item.ref_path) for item in labelled})
+    rows = [(item.meta["ref"], item.meta["type"], item.meta["level"], float(score)) for item, score in zip(labelled, scores)]
+    types = tuple(config.shard.pool.types) or config.reshape.ddcup.distortion_types
+    return _upsample(config, refs, rows, types)
 
 
 def _read(kind: str, root: str, on_missing: str) -> list[Sample]:
@@ -121,12 +148,10 @@ def _meta(ref, distortion_type, level, origin, source) -> dict:
 # DDCUp
 
 
-def _upsample(config: Config, pool_samples: list[Sample], types) -> tuple[list[WorkItem], list[str]]:
+def _upsample(config: Config, refs: list[tuple[str, str | None]], rows, types) -> tuple[list[WorkItem], list[str]]:
+    """DDCUp over training references ``refs`` (key, path) labelled by ``rows`` (ref, type, level, score)."""
     shard, settings = config.shard, config.reshape.ddcup
-    # Every labelled reference of the pool, before the training-reference filter: the
-    # published method measures the content distribution on all 81 KADID references.
-    refs = {s.ref: str(s.ref_path) if s.ref_path else None for s in pool_samples if s.ref and s.score is not None}
-    train_refs = _in_feature_order(sorted(refs.items()), shard.features.train_names)
+    train_refs = _in_feature_order(sorted(dict(refs).items()), shard.features.train_names)
     if len(train_refs) < 2:
         raise ValueError("shard.candidates: DDCUp needs at least two training references in the pool")
     candidates = _candidate_references(shard.candidates.kind, shard.candidates.root)
@@ -135,7 +160,7 @@ def _upsample(config: Config, pool_samples: list[Sample], types) -> tuple[list[W
     candidates = [c for _, c in _in_feature_order([(c.key, c) for c in candidates], shard.features.candidate_names)]
     train_features = _reference_features([r for r, _ in train_refs], [p for _, p in train_refs], "train", config)
     candidate_features = _reference_features([c.key for c in candidates], [str(c.path) for c in candidates], "candidate", config)
-    table = _label_table(pool_samples, [r for r, _ in train_refs])
+    table = _label_table(rows, [r for r, _ in train_refs], types, settings.levels)
     selected = ddcup.select_candidates(train_features, candidate_features, search=config.reshape.neighbors)
     labels = ddcup.transfer_labels(
         train_features, candidate_features, selected, table,
@@ -179,16 +204,20 @@ def _reference_features(keys: list[str], paths: list[str], prefix: str, config: 
     return features[[row_of[key.rsplit("/", 1)[-1]] for key in keys]]
 
 
-def _label_table(samples: list[Sample], refs: list[str]) -> np.ndarray:
+def _label_table(rows, refs: list[str], types, levels) -> np.ndarray:
+    """``(len(refs), 25 * 5)`` scores; the columns of ``types`` x ``levels`` (the ones DDCUp transfers) must all be known."""
     table = np.full((len(refs), 25 * NUM_LEVELS), np.nan)
     row_of = {ref: i for i, ref in enumerate(refs)}
-    for sample in samples:
-        if sample.ref in row_of and sample.distortion_type and sample.level and sample.score is not None:
-            table[row_of[sample.ref], (sample.distortion_type - 1) * NUM_LEVELS + sample.level - 1] = sample.score
-    if np.isnan(table).any():
-        ref, column = np.argwhere(np.isnan(table))[0]
+    for ref, distortion_type, level, score in rows:
+        if ref in row_of and distortion_type and level and score is not None:
+            table[row_of[ref], (distortion_type - 1) * NUM_LEVELS + level - 1] = score
+    needed = [(t - 1) * NUM_LEVELS + v - 1 for t in types for v in levels]
+    missing = np.argwhere(np.isnan(table[:, needed]))
+    if missing.size:
+        ref, column = missing[0][0], needed[missing[0][1]]
         raise ValueError(f"DDCUp label table: no score for {refs[ref]} type {column // 5 + 1} level {column % 5 + 1}")
-    return table
+    # Columns outside types x levels are never transferred (no upsampled image is made for them).
+    return np.nan_to_num(table, nan=0.0)
 
 
 def _on_disk_upsampled(chosen: list[Sample], scores, types, levels, root: str) -> list[WorkItem]:
@@ -211,3 +240,38 @@ def _on_disk_upsampled(chosen: list[Sample], scores, types, levels, root: str) -
                     )
                 )
     return items
+
+
+def run_shard_step(config: Config, out_dir: Path, options: WriteOptions, *, rank: int = 0, world_size: int = 1) -> Plan:
+    """Plan and write the shard set ``out_dir`` (resumable); returns the plan with every item written.
+
+    For a weakly labelled pool with DDCUp candidates the originals are written
+    first, their weak labels read back, and the upsampled samples written after
+    them as further shards of the same set.
+    """
+    from dist_syndr import sharding
+
+    plan = build_plan(config)
+    recorded = recorded_config(config)
+    if not plan.is_upsampling_deferred:
+        sharding.write_shard_set(plan.items, out_dir, options, recorded, rank=rank, world_size=world_size)
+        return plan
+    num_original_shards = sharding.write_shards(plan.items, out_dir, options, rank=rank, world_size=world_size)
+    if world_size > 1:
+        runtime.barrier()
+    qualities = sharding.weak_qualities(out_dir, range(num_original_shards))
+    upsampled, selected = upsample_weakly_labelled(config, plan.items, qualities)
+    num_upsampled_shards = sharding.write_shards(upsampled, out_dir, options, first_shard=num_original_shards, rank=rank, world_size=world_size)
+    sharding.finish_index(out_dir, num_original_shards + num_upsampled_shards, recorded, rank=rank, world_size=world_size)
+    log.info("DDCUp on weak labels: %d contents selected, %d upsampled samples", len(selected), len(upsampled))
+    return Plan(plan.items + upsampled, plan.num_original, len(upsampled), selected)
+
+
+def recorded_config(cfg: Config) -> dict:
+    """The config stored in ``index.json``, without execution-only settings (workers, backends, location),
+    so the same data config gives the same bytes however it was run."""
+    recorded = config_module.to_dict(cfg)
+    recorded.pop("runtime")
+    recorded["shard"].pop("num_workers")
+    recorded["shard"].pop("output_root")
+    return recorded

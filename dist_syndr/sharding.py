@@ -44,7 +44,7 @@ class WorkItem:
     key: str
     source_path: str | None = None  # image file to store
     ref_path: str | None = None  # pristine reference: engine input and weak-label reference
-    is_engine: bool = False  # image = distort(reference, distortion_type, level, seed)
+    is_engine: bool = False  # image = distort(reference, type, level, seed), or meta["chain"] of (type, level) in turn
     seed: int = 0
     score: float | None = None  # known label on [0, 10]; None asks for a weak label
     wants_weak_label: bool = False
@@ -80,23 +80,53 @@ def write_shard_set(
     items: list[WorkItem], out_dir: Path, options: WriteOptions, config: dict, *, rank: int = 0, world_size: int = 1
 ) -> Path | None:
     """Write (or finish) the shard set; rank 0 returns the index path, other ranks None."""
+    num_shards = write_shards(items, out_dir, options, rank=rank, world_size=world_size)
+    return finish_index(out_dir, num_shards, config, rank=rank, world_size=world_size)
+
+
+def write_shards(
+    items: list[WorkItem], out_dir: Path, options: WriteOptions, *, first_shard: int = 0, rank: int = 0, world_size: int = 1
+) -> int:
+    """Write this rank's unfinished shards of ``items``, numbered from ``first_shard``; returns how many shards ``items`` fill.
+
+    A set can be written in segments (originals, then samples planned from them), each
+    starting on a new shard; :func:`finish_index` then indexes all of them.
+    """
     keys = [item.key for item in items]
     if len(set(keys)) != len(keys):
         raise ValueError("work items contain duplicate sample keys")
     out_dir.mkdir(parents=True, exist_ok=True)
-    shards = cut_into_shards(items, options.samples_per_shard)
-    mine = [i for i in range(len(shards)) if i % world_size == rank]
+    shards = dict(enumerate(cut_into_shards(items, options.samples_per_shard), start=first_shard))
+    mine = [i for i in shards if i % world_size == rank]
     todo = [i for i in mine if not _is_finished(out_dir, i, shards[i])]
     log.info("rank %d: %d of its %d shards already finished, %d to write", rank, len(mine) - len(todo), len(mine), len(todo))
     _run_workers(todo, shards, out_dir, options)
+    return len(shards)
+
+
+def finish_index(out_dir: Path, num_shards: int, config: dict, *, rank: int = 0, world_size: int = 1) -> Path | None:
+    """After every rank's shards: rank 0 writes ``index.json`` over shards ``0 .. num_shards - 1``."""
     if world_size > 1:  # a single-writer call inside a distributed job must not meet other ranks' barriers
         _barrier()
     if rank != 0:
         return None
-    return _write_index(out_dir, len(shards), config)
+    return _write_index(out_dir, num_shards, config)
 
 
-def _run_workers(todo: list[int], shards: list[list[WorkItem]], out_dir: Path, options: WriteOptions) -> None:
+def weak_qualities(out_dir: Path, shard_numbers: range) -> dict[str, float]:
+    """Key -> weak-label ensemble quality of the samples in finished shards ``shard_numbers`` (read from their sidecars)."""
+    qualities = {}
+    for index in shard_numbers:
+        sidecar = _sidecar_path(out_dir, index)
+        if not sidecar.is_file():
+            raise ValueError(f"{sidecar}: missing; the shard was not written")
+        for sample in json.loads(sidecar.read_text())["samples"]:
+            if sample.get("weak_label"):
+                qualities[sample["key"]] = sample["weak_label"]["quality"]
+    return qualities
+
+
+def _run_workers(todo: list[int], shards: dict[int, list[WorkItem]], out_dir: Path, options: WriteOptions) -> None:
     if not todo:
         return
     progress = tqdm(total=sum(len(shards[i]) for i in todo), desc="sharding", unit="img")
@@ -224,8 +254,9 @@ def _produce(item: WorkItem, options: WriteOptions, cache: dict[str, np.ndarray]
     from dist_syndr.pools import images
 
     if item.is_engine:
-        reference = _cached_reference(item.ref_path, cache)
-        pixels = images.distort_array(reference, item.meta["type"], item.meta["level"], item.seed)
+        pixels = _cached_reference(item.ref_path, cache)
+        for step, (distortion_type, level) in enumerate(item.meta.get("chain") or [(item.meta["type"], item.meta["level"])]):
+            pixels = images.distort_array(pixels, distortion_type, level, item.seed + step)
         data, extension = images.encode_png(pixels, options.png_compress_level), "png"
     else:
         path = Path(item.source_path)

@@ -61,6 +61,8 @@ def fit(cfg: Config, run: Run, state: TrainState | None = None, progress: RankPr
     upsampled = sorted(upsampled_keys(run.train_set))
     excluded = set(upsampled)
     original = [key for key in run.train_set.keys() if key not in excluded]
+    if not cfg.reshape.ddcup.enabled:  # a baseline run: the set's DDCUp samples stay out of training
+        upsampled = []
     results: dict[str, float] = {}
     while state.epoch < cfg.train.epochs:
         epoch = state.epoch

@@ -17,16 +17,6 @@ from dist_syndr import cli, config, runtime, shard_plan, sharding
 from dist_syndr.shardset import ShardSet
 
 
-def recorded_config(cfg: config.Config) -> dict:
-    """The config stored in ``index.json``, without execution-only settings (workers, backends, location),
-    so the same data config gives the same bytes however it was run."""
-    recorded = config.to_dict(cfg)
-    recorded.pop("runtime")
-    recorded["shard"].pop("num_workers")
-    recorded["shard"].pop("output_root")
-    return recorded
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, required=True)
@@ -47,17 +37,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     # ---- plan, write, index
-    plan = shard_plan.build_plan(cfg)
     options = sharding.WriteOptions(
         samples_per_shard=cfg.shard.samples_per_shard,
         png_compress_level=cfg.shard.png_compress_level,
         num_workers=cfg.shard.num_workers,
         on_error=cfg.shard.on_error,
     )
-    index = sharding.write_shard_set(
-        plan.items, out_dir, options, recorded_config(cfg), rank=backends.rank, world_size=backends.world_size
-    )
-    if index is not None:
+    plan = shard_plan.run_shard_step(cfg, out_dir, options, rank=backends.rank, world_size=backends.world_size)
+    if backends.rank == 0:
         shard_set = ShardSet(out_dir)
         print(
             f"{out_dir}: {len(shard_set)} samples ({plan.num_original} original, {plan.num_upsampled} upsampled) "

@@ -110,10 +110,50 @@ def test_ddcup_needs_a_labelled_pool(tmp_path):
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "pristine" / "a.png")
     cfg = config.load(
         "configs/shard/folder-weak.yaml",
-        [f"shard.pool.root={tmp_path / 'pristine'}", "shard.candidates.kind=folder", f"shard.candidates.root={tmp_path}"],
+        [f"shard.pool.root={tmp_path / 'pristine'}", "shard.candidates.kind=folder", f"shard.candidates.root={tmp_path}", "shard.pool.labels=none"],
     )
-    with pytest.raises(ValueError, match="labelled pool"):
+    with pytest.raises(ValueError, match="DDCUp needs labels"):
         build_plan(cfg)
+
+
+@pytest.mark.timeout(300)
+def test_ddcup_on_a_weakly_labelled_engine_pool(tmp_path):
+    """Originals are written and weakly labelled first; DDCUp transfers those labels to the selected contents."""
+    from dist_syndr.photo_pools import photo_crops
+    from dist_syndr.shard_plan import run_shard_step
+    from dist_syndr.sharding import WriteOptions
+
+    crops = photo_crops(np.random.default_rng(0), 6, 64, 64)
+    for folder, names in (("pristine", ["a", "b", "c", "d"]), ("candidates", ["x", "y"])):
+        (tmp_path / folder).mkdir()
+        for name in names:
+            Image.fromarray(crops.pop()).save(tmp_path / folder / f"{name}.png")
+    # Two tight pairs of training contents; x sits between the pairs (selected), y is orthogonal to all (outside).
+    e = np.eye(4, dtype=np.float32)
+    np.save(tmp_path / "train.npy", np.stack([e[0], e[0] + 0.1 * e[1], e[1], e[1] + 0.1 * e[0]]))
+    np.save(tmp_path / "candidates.npy", np.stack([e[0] + e[1], e[2]]))
+    (tmp_path / "train.txt").write_text("a b c d")
+    (tmp_path / "candidates.txt").write_text("x y")
+    overrides = [
+        f"shard.pool.root={tmp_path / 'pristine'}", "shard.pool.types=[1, 11]", "shard.candidates.kind=folder",
+        f"shard.candidates.root={tmp_path / 'candidates'}", "shard.samples_per_shard=16",
+        f"shard.features.train_features={tmp_path / 'train.npy'}", f"shard.features.train_names={tmp_path / 'train.txt'}",
+        f"shard.features.candidate_features={tmp_path / 'candidates.npy'}", f"shard.features.candidate_names={tmp_path / 'candidates.txt'}",
+    ]
+    cfg = config.load("configs/shard/folder-weak.yaml", overrides)
+    out = tmp_path / "shards" / "weak-ddcup"
+    plan = run_shard_step(cfg, out, WriteOptions(samples_per_shard=16, num_workers=1))
+    assert plan.selected_candidates == ["candidates/x"] and plan.num_original == 4 * 2 * 5 and plan.num_upsampled == 2 * 3
+    shard_set = ShardSet(out)
+    entries = shard_set.by_key
+    upsampled = [e for e in entries.values() if e.origin == "upsampled"]
+    assert len(entries) == 46 and len(upsampled) == 6 and all(e.ref == "candidates/x" for e in upsampled)
+    for e in upsampled:  # a weighted mean of the training contents' weak scores at the same (type, level)
+        same = [o.score for o in entries.values() if o.origin != "upsampled" and (o.distortion_type, o.level) == (e.distortion_type, e.level)]
+        assert min(same) - 1e-9 <= e.score <= max(same) + 1e-9
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    run_shard_step(cfg, out, WriteOptions(samples_per_shard=16, num_workers=1))  # a rerun reuses every shard
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.suffix == ".tar"} == {k: v for k, v in before.items() if k.endswith(".tar")}
 
 
 def test_missing_pool_root_is_a_clear_error(tmp_path):

@@ -145,7 +145,7 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
 @pytest.mark.parametrize("stage", [2, 3])
 def test_zero_stage_trains_checkpoints_and_resumes(tmp_path, stage):
     """ZeRO-1 runs in the tests above; stages 2 and 3 train an epoch, checkpoint, and resume from it."""
-    command = [sys.executable, str(PROJECT_ROOT / "launchers" / "train.py"), "--config", str(PRESET), *_overrides(tmp_path), f"train.zero_stage={stage}"]
+    command = [sys.executable, str(PROJECT_ROOT / "launchers" / "train.py"), "--config", str(PRESET), *_overrides(tmp_path), f"train.zero_stage={stage}", "train.log_every_steps=2"]
     subprocess.run([*command, "train.epochs=1"], cwd=tmp_path, env=_env(), check=True, timeout=400, capture_output=True)
     checkpoint = tmp_path / "runs" / "cpu-smoke" / "checkpoints" / "epoch0000"
     assert any(checkpoint.glob("*optim_states.pt")) and f'"stage": {stage}' in (tmp_path / "runs" / "cpu-smoke" / "deepspeed.json").read_text()
