@@ -24,6 +24,7 @@ from dist_syndr.pools import images
 
 log = logging.getLogger(__name__)
 
+RANDOM_INIT_SEED = 0
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
@@ -37,8 +38,12 @@ def build_backbone(config: FeaturesConfig, **timm_options):
             "features.weights: no pretrained weights file given; set it to a local .safetensors/.pth file "
             "(weights are never downloaded) or set features.is_random_init=true to use random weights"
         )
+    import torch
+
     try:
-        model = timm.create_model(config.backbone, pretrained=False, num_classes=0, **timm_options)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_INIT_SEED)  # random weights are the same in every process and every rerun
+            model = timm.create_model(config.backbone, pretrained=False, num_classes=0, **timm_options)
     except RuntimeError as error:  # timm raises RuntimeError for unknown model names
         raise ValueError(f"features.backbone: {error}") from None
     if config.weights:

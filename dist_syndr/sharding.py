@@ -15,6 +15,7 @@ Shapes: images ``(H, W, 3)`` uint8 RGB.
 from __future__ import annotations
 
 import concurrent.futures as futures
+import contextlib
 import hashlib
 import io
 import json
@@ -131,9 +132,10 @@ def _run_workers(todo: list[int], shards: dict[int, list[WorkItem]], out_dir: Pa
         return
     progress = tqdm(total=sum(len(shards[i]) for i in todo), desc="sharding", unit="img")
     if options.num_workers <= 1:
-        for i in todo:
-            write_shard(i, shards[i], out_dir, options)
-            progress.update(len(shards[i]))
+        with _one_torch_thread():  # per-image work is small: intra-op threads only add overhead
+            for i in todo:
+                write_shard(i, shards[i], out_dir, options)
+                progress.update(len(shards[i]))
         progress.close()
         return
     context = multiprocessing.get_context("spawn" if _cuda_initialised() else "fork")
@@ -143,6 +145,18 @@ def _run_workers(todo: list[int], shards: dict[int, list[WorkItem]], out_dir: Pa
             done.result()
             progress.update(len(shards[pending[done]]))
     progress.close()
+
+
+@contextlib.contextmanager
+def _one_torch_thread():
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _worker_init() -> None:

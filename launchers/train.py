@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 from pathlib import Path
 
-from dist_syndr import cli, config, engine, runtime, tracking, train_state, trainer
+from dist_syndr import cli, config, engine, export, runtime, tracking, train_state, trainer
 from dist_syndr.model import build_model
 from dist_syndr.shardset import INDEX_NAME, ShardSet
 
@@ -56,23 +57,34 @@ def main(argv: list[str] | None = None) -> int:
     checkpoints = run_dir / "checkpoints"
     resumed = train_state.resume(model_engine, checkpoints) if cfg.train.resume == "auto" else None
     state, progress = resumed if resumed is not None else (None, None)
-    run_id_file = run_dir / "mlflow_run_id"
-    run_id = run_id_file.read_text().strip() if resumed is not None and run_id_file.is_file() else None
     tags = {"git_commit": tracking.git_commit(PROJECT_ROOT), "world_size": str(backends.world_size), "device": backends.device, "dali": backends.dali}
-    tracker = tracking.make_tracker(cfg, rank=backends.rank, experiment=cfg.train.experiment, root=Path("mlruns"), tags=tags, run_id=run_id)
+    journal = run_dir / tracking.LOCAL_DIR_NAME  # every record is journalled here first: a tracking outage loses nothing
+    if backends.rank == 0 and resumed is None and journal.exists():
+        journal.rename(run_dir / f"{tracking.LOCAL_DIR_NAME}-before-{time.strftime('%Y%m%d-%H%M%S')}")  # a fresh run gets a fresh record
+    tracker = tracking.make_tracker(cfg, rank=backends.rank, experiment=cfg.train.experiment, root=Path("mlruns"), tags=tags, local_dir=journal)
     if backends.rank == 0:
         config.dump(cfg, run_dir / "config.yaml")
         engine.save_deepspeed_config(ds_config, run_dir / "deepspeed.json")
-        run_id_file.write_text(str(tracker.run_id))
         tracker.log_artifact(run_dir / "config.yaml")
         tracker.log_artifact(run_dir / "deepspeed.json")
 
     # ---- the loop
     run = trainer.Run(model_engine, train_set, target_sets, tracker, checkpoints, backends.rank, backends.world_size, run_dir)
-    results, state = trainer.fit(cfg, run, state, progress)
-    if backends.rank == 0:
-        print(trainer.summary(results, state), flush=True)
+    try:
+        results, state = trainer.fit(cfg, run, state, progress)
+
+        # ---- consolidated fp32 weights (any ZeRO stage), once every rank's checkpoint is on disk
+        runtime.barrier()
+        if backends.rank == 0:
+            weights = export.export_checkpoint(checkpoints, run_dir / "export" / "model_fp32.pt", tag=train_state.completed_tag(checkpoints))
+            tracker.log_artifact(weights, "model")
+            print(trainer.summary(results, state), flush=True)
+    except BaseException:
+        tracker.close("FAILED")
+        raise
     tracker.close()
+    if backends.rank == 0 and (run_id := tracking.journal_run_id(journal)) is not None:
+        (run_dir / "mlflow_run_id").write_text(run_id)
     runtime.shutdown()
     return 0
 
