@@ -21,9 +21,8 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from dist_syndr import engine, metrics, runtime, train_state
+from dist_syndr import diagnostics, engine, evaluation, runtime, train_state
 from dist_syndr.config import Config
 from dist_syndr.loader import make_loader, plan_epoch, upsampled_keys
 from dist_syndr.reshape import drcdown
@@ -86,18 +85,20 @@ def _drcdown(cfg: Config, run: Run, original: list[str], epoch: int) -> tuple[np
     if not cfg.reshape.drcdown.enabled:
         positions, stats = np.arange(len(original), dtype=np.int64), {}
     else:
-        features, feature_positions = _features(cfg, run, original)
-        order = np.argsort(feature_positions)
-        assert np.array_equal(feature_positions[order], np.arange(len(original))), "feature pass must cover each sample once"
-        row_of = {key: i for i, key in enumerate(run.train_set.keys())}
-        labels = run.train_set.scores()[[row_of[k] for k in original]]
+        module = run.model_engine.module
+        features = evaluation.embed(module, run.train_set, cfg.data, original, device=run.model_engine.device, dali=cfg.runtime.dali)
+        entries = [run.train_set.by_key[key] for key in original]
+        labels = np.array([entry.score for entry in entries], dtype=np.float64)
         # Every rank takes part: the neighbour search is split across ranks and its edges gathered.
         keys, result = drcdown.kept_keys(
-            original, features[order], labels, config=cfg.reshape.drcdown, run_seed=cfg.seed, epoch=epoch, search=cfg.reshape.neighbors
+            original, features, labels, config=cfg.reshape.drcdown, run_seed=cfg.seed, epoch=epoch, search=cfg.reshape.neighbors
         )
         position_of = {key: i for i, key in enumerate(original)}
         positions = np.array([position_of[k] for k in keys], dtype=np.int64)
         stats = {"clusters": float(len(result.clusters)), "largest_cluster": float(result.largest_cluster)}
+        if run.rank == 0:  # how tightly features cluster by content and by distortion (sampled: well under a second)
+            measures = diagnostics.cheap_measures(features, [e.ref for e in entries], [e.distortion_type for e in entries], seed=epoch)
+            stats |= {f"diag/{name}": value for name, value in measures.items()}
         # Rank 0's list is the one every rank trains on, whatever floating-point noise might do.
         positions = runtime.broadcast_array(positions if run.rank == 0 else None)
     _check_same_on_all_ranks(run, epoch, "keep_list_sha256", hashlib.sha256(positions.tobytes()).hexdigest())
@@ -125,24 +126,6 @@ def _write_keep_list(run: Run, epoch: int, keys: list[str]) -> None:
         handle.write("\n".join(keys) + "\n")
     temporary.replace(path)
     run.tracker.log_artifact(path, "keep_lists")
-
-
-def _features(cfg: Config, run: Run, keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Pooled features of ``keys`` (centre crops, eval mode) gathered from all ranks, with their positions."""
-    data = dataclasses.replace(cfg.data, eval_crop_mode="centre", eval_crops=1)
-    plan = plan_epoch(keys, data, seed=cfg.seed, epoch=0, world_size=run.world_size, is_training=False)
-    position = {key: i for i, key in enumerate(keys)}
-    module = run.model_engine.module
-    module.eval()
-    rows, positions = [], []
-    with make_loader(run.train_set, data, is_training=False, dali=cfg.runtime.dali) as loader, torch.no_grad():
-        for batch in loader.batches(plan.for_rank(run.rank)):
-            rows.append(module.features(batch.images.to(run.model_engine.device)).float().cpu().numpy())
-            positions.extend(position[key] for key in batch.keys)
-    module.train()
-    local = np.concatenate(rows) if rows else np.zeros((0, module.backbone.num_features), np.float32)
-    gathered = np.concatenate(runtime.all_gather_array(local))
-    return gathered, np.concatenate(runtime.all_gather_array(np.array(positions, dtype=np.int64)))
 
 
 def train_epoch(
@@ -188,23 +171,9 @@ def train_epoch(
 
 
 def _evaluate(cfg: Config, run: Run) -> dict[str, float]:
-    results = {}
-    module = run.model_engine.module
-    module.eval()
-    for name, shard_set in run.targets.items():
-        plan = plan_epoch(shard_set.keys(), cfg.data, seed=cfg.seed, epoch=0, world_size=run.world_size, is_training=False)
-        predictions, scores = [], []
-        with make_loader(shard_set, cfg.data, is_training=False, dali=cfg.runtime.dali) as loader, torch.no_grad():
-            for batch in loader.batches(plan.for_rank(run.rank)):
-                crops = module(batch.images.to(run.model_engine.device)).float().cpu()
-                predictions.append(batch.mean_over_crops(crops).numpy())
-                scores.append(batch.scores.numpy())
-        local_predictions = np.concatenate(predictions) if predictions else np.zeros(0, np.float32)
-        local_scores = np.concatenate(scores) if scores else np.zeros(0, np.float32)
-        all_predictions = np.concatenate(runtime.all_gather_array(local_predictions))
-        all_scores = np.concatenate(runtime.all_gather_array(local_scores))
-        results |= {f"{name}/{k}": v for k, v in metrics.iqa_metrics(all_predictions, all_scores).items()}
-    module.train()
+    results, _ = evaluation.evaluate_targets(
+        run.model_engine.module, run.targets, cfg.data, device=run.model_engine.device, dali=cfg.runtime.dali, seed=cfg.seed
+    )
     return results
 
 
