@@ -57,9 +57,17 @@ class Comparison:
         raise KeyError(label)
 
 
+_NOT_TARGETS = ("train/", "best/", "diag/", "eval/")  # step metrics, running bests, diagnostics, launchers/evaluate.py
+
+
 def targets_of(record: RunRecord) -> list[str]:
-    """Evaluation targets of a run: every ``<target>/srcc`` except the ``train/`` ones."""
-    return sorted(key[: -len("/srcc")] for key in record.history if key.endswith("/srcc") and not key.startswith("train/"))
+    """Evaluation targets of a run: every ``<target>/srcc`` the trainer logs per epoch."""
+    return sorted(key[: -len("/srcc")] for key in record.history if key.endswith("/srcc") and not key.startswith(_NOT_TARGETS))
+
+
+def evaluated_targets(record: RunRecord) -> list[str]:
+    """Targets scored by ``launchers/evaluate.py`` (``eval/<target>/srcc``)."""
+    return sorted(key[len("eval/") : -len("/srcc")] for key in record.history if key.startswith("eval/") and key.endswith("/srcc"))
 
 
 def best_epoch(history: dict[int, float]) -> int | None:
@@ -85,6 +93,9 @@ def compare(records: list[RunRecord]) -> Comparison:
             rows.append((f"config: {key}", values))
     for target in sorted(set().union(*(targets_of(r) for r in records))):
         rows.extend(_target_rows(target, records))
+    for target in sorted(set().union(*(evaluated_targets(r) for r in records))):
+        for metric in ("srcc", "plcc"):  # the latest evaluate.py result of the run's weights
+            rows.append((f"{target}: {metric} (evaluate.py)", [_at(r.history.get(f"eval/{target}/{metric}", {}), max) for r in records]))
     epochs_logged = [sorted(r.history.get("kept", {}) or r.history.get("images_per_second", {})) for r in records]
     rows.append(("epochs logged", [len(epochs) or None for epochs in epochs_logged]))
     rows.append(("train images/s (mean over epochs)", [_mean(r.history.get("images_per_second", {})) for r in records]))
@@ -124,6 +135,12 @@ def _mean(history: dict[int, float]) -> float | None:
 
 def _at(history: dict[int, float], pick) -> float | None:
     return history[pick(history)] if history else None
+
+
+def summary(comparison: Comparison, labels: list[str]) -> Comparison:
+    """The rows named ``labels`` (those present, in that order): a compact view of a comparison."""
+    present = dict(comparison.rows)
+    return Comparison(comparison.run_ids, comparison.columns, [(label, present[label]) for label in labels if label in present])
 
 
 def to_markdown(comparison: Comparison) -> str:

@@ -269,6 +269,16 @@ def all_gather_objects(value: object) -> list:
     return gathered
 
 
+def broadcast_buffers(module, src: int = 0) -> None:
+    """Give every rank rank ``src``'s module buffers (BatchNorm running statistics drift apart per rank)."""
+    if not is_distributed():
+        return
+    import torch.distributed as dist
+
+    for buffer in module.buffers():
+        dist.broadcast(buffer.data, src=src)
+
+
 def barrier() -> None:
     """Wait for every rank (nothing to wait for without a process group)."""
     if is_distributed():

@@ -165,6 +165,7 @@ def train_epoch(
                 with meter.pause():
                     train_state.save(model, run.checkpoint_dir, state, progress, keep=cfg.train.keep_checkpoints)
     _check_same_on_all_ranks(run, epoch, "steps", state.batches_done)
+    runtime.broadcast_buffers(model.module)  # evaluation, features and the checkpoint all see rank 0's BatchNorm statistics
     loss_sums = [p[0] for p in runtime.all_gather_objects((progress.loss_sum, progress.images))]
     mean_loss = sum(loss_sums) / (state.batches_done * run.world_size) if state.batches_done else float("nan")
     return {"loss": mean_loss, **meter.epoch_rates(), "steps": float(state.batches_done)}
