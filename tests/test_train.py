@@ -152,3 +152,15 @@ def test_zero_stage_trains_checkpoints_and_resumes(tmp_path, stage):
     completed = subprocess.run([*command, "train.epochs=2"], cwd=tmp_path, env=_env(), timeout=400, capture_output=True, text=True)
     assert completed.returncode == 0 and "resumed from epoch0000" in completed.stdout + completed.stderr, completed.stderr[-3000:]
     assert len(_metric_history(tmp_path, "loss")) == 2 and len(_metric_history(tmp_path, "train/loss")) >= 2
+
+
+@pytest.mark.gpu
+@pytest.mark.timeout(900)
+def test_one_gpu_bf16_zero2_with_dali_mixed_decoder(tmp_path):
+    """The GPU path of the trainer: NCCL, bf16, ZeRO-2, DALI decoding on the device, FAISS on the GPU for DRCDown."""
+    extra = ["runtime.device=cuda", "runtime.dali=gpu", "train.precision=bf16", "train.zero_stage=2", "train.epochs=2", "train.log_every_steps=2"]
+    command = [sys.executable, str(PROJECT_ROOT / "launchers" / "train.py"), "--config", str(PRESET), *_overrides(tmp_path), *extra]
+    completed = subprocess.run(command, cwd=tmp_path, env=_env(), timeout=800, capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "DALI loader on gpu" in completed.stdout + completed.stderr
+    assert len(_metric_history(tmp_path, "loss")) == 2 and (tmp_path / "runs" / "cpu-smoke" / "export" / "model_fp32.pt").is_file()
