@@ -221,8 +221,25 @@ def init(config: RuntimeConfig | None = None, *, timeout_s: float = 600.0) -> Ba
 
             torch.cuda.set_device(backends.local_rank % torch.cuda.device_count())
         dist.init_process_group(backend=backends.dist_backend, timeout=datetime.timedelta(seconds=timeout_s))
+    if backends.device == "cpu":
+        _share_cores_between_local_ranks()
     log.info("backends: %s", asdict(backends))
     return backends
+
+
+def _share_cores_between_local_ranks() -> None:
+    """CPU runs: each process of this node gets its share of the cores for torch's intra-op threads.
+
+    Without it every rank starts one thread per core, and two ranks on two cores
+    run many times slower than with one thread each. ``OMP_NUM_THREADS`` wins when set.
+    """
+    if os.environ.get("OMP_NUM_THREADS"):
+        return
+    import torch
+
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE") or 1)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(max(1, cores // local_ranks))
 
 
 def shutdown() -> None:

@@ -160,10 +160,9 @@ def _one_torch_thread():
 
 
 def _worker_init() -> None:
-    import sys
+    import torch
 
-    if "torch" in sys.modules:  # one process per core; threads inside would oversubscribe
-        sys.modules["torch"].set_num_threads(1)
+    torch.set_num_threads(1)  # one process per core; threads inside would oversubscribe
 
 
 def _cuda_initialised() -> bool:

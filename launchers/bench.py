@@ -2,43 +2,58 @@
 
     python launchers/bench.py reshape [--quick] [--out bench-results/reshape.md]
     python launchers/bench.py shard [--quick]
-    python launchers/bench.py all [--quick]
+    python launchers/bench.py loader [--quick]
+    python launchers/bench.py train [--quick]     # 2 ranks: DDP vs DeepSpeed vs the trainer
+    python launchers/bench.py all [--quick]       # every benchmark, one report with a summary table on top
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
+import os
 from pathlib import Path
 
-from dist_syndr import runtime
-from dist_syndr.bench import loader, reshape, shard
+from dist_syndr import cli, runtime
+from dist_syndr.bench import harness, loader, reshape, shard, train
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 BENCHMARKS = {
     "reshape": lambda quick: reshape.run(reshape.ReshapePlan.quick() if quick else reshape.ReshapePlan()),
     "shard": lambda quick: shard.run(shard.ShardPlan.quick() if quick else shard.ShardPlan()),
     "loader": lambda quick: loader.run(loader.LoaderPlan.quick() if quick else loader.LoaderPlan()),
+    "train": lambda quick: train.run(train.TrainPlan.quick() if quick else train.TrainPlan.for_this_machine()),
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("benchmark", choices=[*BENCHMARKS, "all"])
-    parser.add_argument("--quick", action="store_true", help="small sizes; a smoke run in under a minute")
+    parser.add_argument("--quick", action="store_true", help="small sizes; a smoke run in about a minute per benchmark")
     parser.add_argument("--out", type=Path, default=None, help="also write the Markdown report here")
     args = parser.parse_args(argv)
     runtime.setup_logging("INFO")
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(PROJECT_ROOT / ".cache" / "torch_extensions"))
 
     names = list(BENCHMARKS) if args.benchmark == "all" else [args.benchmark]
-    report = "\n\n".join(f"## {name}\n\n{BENCHMARKS[name](args.quick)}" for name in names)
-    print(report)
+    reports = {name: BENCHMARKS[name](args.quick) for name in names}
+    text = combined_report(reports) if args.benchmark == "all" else "\n\n".join(f"## {name}\n\n{report}" for name, report in reports.items())
+    print(text)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         temporary = args.out.with_name(f".{args.out.name}.tmp")
-        temporary.write_text(report + "\n")
+        temporary.write_text(text + "\n")
         temporary.replace(args.out)
     return 0
 
 
+def combined_report(reports: dict[str, harness.Report]) -> str:
+    """One Markdown document: the summary table of every case, then each benchmark's own section."""
+    rows = [row for report in reports.values() for row in report.rows]
+    sections = [f"## Summary (ratio > 1: ours is faster than its baseline)\n\n{harness.summary_table(rows)}"]
+    sections += [f"## {name}\n\n{report}" for name, report in reports.items()]
+    return "\n\n".join(sections)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main)

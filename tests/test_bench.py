@@ -16,3 +16,106 @@ def test_quick_benchmarks_report_ratios(name, expected, tmp_path, capsys):
     report = out.read_text()
     assert all(word in report for word in expected)
     assert "NO" not in report.split("|")  # no dense/fast disagreement
+
+
+# ---------------------------------------------------------------------------
+# bench.py train and the combined report of bench.py all
+
+
+def _table_rows(section: str, first_cell: str) -> list[list[str]]:
+    lines = [line for line in section.splitlines() if line.startswith(f"| {first_cell}")]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+
+
+def _ratio(cell: str) -> float:
+    return float(cell.split("x")[0])
+
+
+@pytest.fixture(scope="module")
+def quick_all_report(tmp_path_factory) -> str:
+    """``bench.py all --quick`` once for the tests below (about a minute on 2 cores)."""
+    out = tmp_path_factory.mktemp("bench-all") / "report.md"
+    assert bench.main(["all", "--quick", "--out", str(out)]) == 0
+    return out.read_text()
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_quick_train_benchmark_measures_ddp_deepspeed_and_trainer(quick_all_report):
+    section = quick_all_report.split("## train", 1)[1]
+    rows = _table_rows(section, "vit_tiny_patch16_224")
+    assert [row[1][:3] for row in rows] == ["(a)", "(b)", "(c)"]
+    assert "DDP" in rows[0][1] and "DeepSpeed ZeRO-1" in rows[1][1] and "train_epoch" in rows[2][1] and "DALI cpu" in rows[2][1]
+    assert all(float(row[2]) > 0 for row in rows)  # images/s per process
+    assert rows[0][5] == "1.00x (baseline)" and all(_ratio(row[5]) > 0 for row in rows[1:])
+    assert rows[2][3].endswith("%") and rows[0][3] == "-"  # the trainer reports its data-wait share
+    assert "2 ranks on gloo" in section and "GFLOP per image" in section
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_quick_all_puts_one_summary_table_on_top(quick_all_report):
+    assert quick_all_report.startswith("## Summary")
+    summary = quick_all_report.split("\n## ", 1)[0]
+    rows = [row for name in ("reshape", "shard", "loader", "train") for row in _table_rows(summary, name)]
+    assert {row[0] for row in rows} == {"reshape", "shard", "loader", "train"}
+    assert len(rows) == len(_table_rows(summary, "")) - 1  # every row but the header belongs to a benchmark
+    assert all(_ratio(row[5]) > 0 for row in rows)
+    train_cases = [row[1] for row in rows if row[0] == "train"]
+    assert train_cases == ["vit_tiny_patch16_224: bare DeepSpeed ZeRO-1 step", "vit_tiny_patch16_224: trainer training phase (loader included)"]
+    positions = [quick_all_report.index(f"\n## {name}\n") for name in ("reshape", "shard", "loader", "train")]
+    assert positions == sorted(positions)  # then each benchmark's own section, in order
+
+
+@pytest.mark.timeout(30)
+def test_reports_from_recorded_results():
+    from dist_syndr.bench import harness, train
+
+    recorded = {
+        "model": "vit_large_patch16_224",
+        "cases": {
+            "ddp": {"images_per_second": 1000.0, "per_rank": [1000.0], "data_wait_share": None},
+            "deepspeed": {"images_per_second": 950.0, "per_rank": [950.0], "data_wait_share": None},
+            "trainer": {"images_per_second": 900.0, "per_rank": [900.0], "data_wait_share": 0.02},
+        },
+        "flops_per_image": 4.0e11,
+        "loader_images_per_second": 5000.0,
+        "trainer_loop_images_per_second": 920.0,
+        "steps_per_epoch": 6,
+        "world_size": 1,
+        "device": "cuda",
+        "dist_backend": "nccl",
+        "gpu_name": "NVIDIA H200",
+        "loader": "DALI gpu",
+        "threads": 16,
+    }
+    result = train.ModelResult.from_json(recorded)
+    assert result.mfu("trainer") == pytest.approx(4.0e11 * 900.0 / train.H200_BF16_PEAK_FLOPS)
+    report = train.build_report(train.TrainPlan.gpu(), {"vit_large_patch16_224": result, "resnet18": None})
+    rows = _table_rows(report.markdown, "vit_large_patch16_224")
+    assert [row[5] for row in rows] == ["1.00x (baseline)", "0.95x", "0.90x"]
+    assert [row[4] for row in rows] == ["40.4%", "38.4%", "36.4%"] and rows[2][3] == "2.0%"
+    assert _table_rows(report.markdown, "resnet18")[0][1].startswith("failed")
+    assert [row.ratio for row in report.rows] == pytest.approx([0.95, 0.90])
+    assert "MFU 36.4%" in report.rows[1].ours
+
+    cpu = train.ModelResult.from_json(recorded | {"device": "cpu", "gpu_name": ""})
+    assert cpu.mfu("ddp") is None
+    other = harness.Report("### other", (harness.SummaryRow("other", "case", "1 s", "naive", "-", None),))
+    combined = bench.combined_report({"train": report, "other": other})
+    summary = combined.split("\n## ", 1)[0]
+    assert _table_rows(summary, "train")[0][5] == "0.95x" and _table_rows(summary, "other")[0][5] == "-"
+    assert "\n## train\n\n### Training step" in combined and combined.rstrip().endswith("### other")
+
+
+@pytest.mark.timeout(30)
+def test_train_plan_rejects_bad_sizes():
+    from dist_syndr.bench.train import TrainPlan
+
+    with pytest.raises(ValueError, match="TrainPlan.crop"):
+        TrainPlan(crop=128, image_side=96)
+    with pytest.raises(ValueError, match="TrainPlan.num_photos"):
+        TrainPlan(num_photos=8)
+    assert TrainPlan.from_dict({"models": ["resnet18"], "types": [1, 2]}).types == (1, 2)

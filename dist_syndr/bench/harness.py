@@ -1,4 +1,11 @@
-"""Run one benchmark case in a child process and collect time, peak memory and a result digest."""
+"""Run one benchmark case in a child process and collect time, peak memory and a result digest.
+
+Also the common result form of every benchmark: a :class:`Report` holds the
+Markdown text and one :class:`SummaryRow` per case measured against a
+baseline, which ``bench.py all`` gathers into :func:`summary_table`.
+
+Shapes: no arrays beyond the 1-D index arrays :func:`digest_arrays` hashes.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +15,7 @@ import resource
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -71,3 +78,43 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class SummaryRow:
+    """One case against its named baseline, as the combined report lists it.
+
+    ``ours`` and ``baseline`` are display values with their units; ``ratio`` is
+    "times better than the baseline" (higher is better: a speed-up or a
+    throughput ratio), None where the baseline did not run.
+    """
+
+    benchmark: str
+    case: str
+    ours: str
+    baseline_name: str
+    baseline: str
+    ratio: float | None
+
+
+@dataclass(frozen=True)
+class Report:
+    """What a benchmark's ``run()`` returns: its Markdown section and its summary rows."""
+
+    markdown: str
+    rows: tuple[SummaryRow, ...] = field(default_factory=tuple)
+
+    def __str__(self) -> str:
+        return self.markdown
+
+
+def format_ratio(ratio: float | None) -> str:
+    """``1.23x``, or ``-`` when there is no ratio."""
+    return "-" if ratio is None else f"{ratio:.2f}x"
+
+
+def summary_table(rows: list[SummaryRow] | tuple[SummaryRow, ...]) -> str:
+    """One Markdown row per case: benchmark, case, ours, baseline name, baseline, ratio."""
+    header = ["benchmark", "case", "ours", "baseline", "baseline value", "ratio (ours vs baseline)"]
+    cells = [[row.benchmark, row.case, row.ours, row.baseline_name, row.baseline, format_ratio(row.ratio)] for row in rows]
+    return markdown_table(header, cells)

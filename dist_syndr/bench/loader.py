@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dist_syndr.bench.harness import markdown_table
+from dist_syndr.bench.harness import Report, SummaryRow, markdown_table
 
 log = logging.getLogger(__name__)
 
@@ -84,22 +84,40 @@ ENCODINGS = {
 }
 
 
-def run(plan: LoaderPlan) -> str:
-    """Measure every loader on each kind of shard set; return the Markdown report."""
-    sections = []
+def run(plan: LoaderPlan) -> Report:
+    """Measure every loader on each kind of shard set; the Markdown report and one summary row per loader."""
+    sections, summary = [], []
     with tempfile.TemporaryDirectory(prefix="bench-loader-") as scratch:
         for encoding in plan.encodings:
             shard_root = make_shard_set(Path(scratch) / encoding, plan, encoding)
-            table = markdown_table(["loader", "images/s", "consumer wait", "first batch (s)", "vs baseline"], _measure(shard_root, plan))
+            best = _measure(shard_root, plan)
+            table = markdown_table(["loader", "images/s", "consumer wait", "first batch (s)", "vs baseline"], _rows(best))
+            summary += _summary_rows(best, encoding)
             sections.append(f"#### {ENCODINGS[encoding]}\n\n{table}")
     setting = (
         f"{plan.num_images} photo crops of {plan.width}x{plan.height}, {plan.epochs} epochs, batch {plan.batch_size},"
         f" {plan.num_workers} workers each, one random 224x224 crop, consumer step {plan.step_ms:g} ms, best of {plan.repeats}"
     )
-    return f"### Input pipeline ({setting})\n\n" + "\n\n".join(sections)
+    return Report(f"### Input pipeline ({setting})\n\n" + "\n\n".join(sections), tuple(summary))
 
 
-def _measure(shard_root: Path, plan: LoaderPlan) -> list[list[str]]:
+def _summary_rows(best: dict[str, LoaderRun], encoding: str) -> list[SummaryRow]:
+    (baseline_name, baseline), *cases = best.items()
+    return [
+        SummaryRow(
+            "loader",
+            f"{name.removeprefix('ours: ')} ({encoding} PNG)",
+            f"{result.images_per_second:.1f} images/s",
+            baseline_name.removeprefix("baseline: "),
+            f"{baseline.images_per_second:.1f} images/s",
+            result.images_per_second / baseline.images_per_second,
+        )
+        for name, result in cases
+    ]
+
+
+def _measure(shard_root: Path, plan: LoaderPlan) -> dict[str, LoaderRun]:
+    """The best run of each loader, the baseline first."""
     from dist_syndr import runtime
 
     cases = {"baseline: webdataset + PIL, torch DataLoader": lambda: _baseline(shard_root, plan)}
@@ -115,6 +133,10 @@ def _measure(shard_root: Path, plan: LoaderPlan) -> list[list[str]]:
             log.info("%s: %.1f images/s, wait %.0f%%", name, result.images_per_second, 100 * result.wait_share)
             if name not in best or result.images_per_second > best[name].images_per_second:
                 best[name] = result
+    return best
+
+
+def _rows(best: dict[str, LoaderRun]) -> list[list[str]]:
     baseline = next(iter(best.values()))
     rows = []
     for name, result in best.items():

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from dist_syndr.bench.harness import Measurement, child_main, digest_arrays, markdown_table, run_child
+from dist_syndr.bench.harness import Measurement, Report, SummaryRow, child_main, digest_arrays, markdown_table, run_child
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +38,23 @@ class ReshapePlan:
         return ReshapePlan((1_000, 3_000), (64,), 3_000, (300, 600), 64, 40, 600, 300.0)
 
 
-def run(plan: ReshapePlan) -> str:
-    """Measure every case of ``plan`` and return the Markdown report."""
-    sections = [_drcdown_section(plan), _ddcup_section(plan)]
-    return "\n\n".join(sections)
+def run(plan: ReshapePlan) -> Report:
+    """Measure every case of ``plan``; the Markdown report and one summary row per case."""
+    drcdown_text, drcdown_rows = _drcdown_section(plan)
+    ddcup_text, ddcup_rows = _ddcup_section(plan)
+    return Report("\n\n".join([drcdown_text, ddcup_text]), (*drcdown_rows, *ddcup_rows))
+
+
+_BASELINE = "dense n x n SciPy (reference.py)"
+
+
+def _summary(case: str, fast: Measurement | None, dense: Measurement | None) -> SummaryRow:
+    ours = f"{fast.seconds:.2f} s" if fast else "failed/timeout"
+    if fast and dense:
+        ours += ", same result" if fast.digest == dense.digest else ", result DIFFERS"
+    baseline = f"{dense.seconds:.2f} s" if dense else "not run"
+    ratio = dense.seconds / fast.seconds if fast and dense else None
+    return SummaryRow("reshape", case, ours, _BASELINE, baseline, ratio)
 
 
 def _compare(fast: Measurement | None, dense: Measurement | None) -> list[str]:
@@ -53,8 +66,8 @@ def _compare(fast: Measurement | None, dense: Measurement | None) -> list[str]:
     return [fast.label, dense.label, f"{dense.seconds / fast.seconds:.1f}x", same]
 
 
-def _drcdown_section(plan: ReshapePlan) -> str:
-    rows = []
+def _drcdown_section(plan: ReshapePlan) -> tuple[str, list[SummaryRow]]:
+    rows, summary = [], []
     for dim in plan.drcdown_dims:
         for size in plan.drcdown_sizes:
             case = {"op": "drcdown", "n": size, "d": dim}
@@ -64,13 +77,14 @@ def _drcdown_section(plan: ReshapePlan) -> str:
                 dense = run_child(_MODULE, case | {"impl": "dense"}, plan.timeout_s)
             extra = f"{fast.detail['clusters']} / {fast.detail['kept']}" if fast else "-"
             rows.append([f"{size:,}", str(dim), extra, *_compare(fast, dense)])
+            summary.append(_summary(f"DRCDown N={size:,} D={dim}", fast, dense))
             log.info("drcdown n=%d d=%d: %s", size, dim, rows[-1])
     header = ["N", "D", "clusters / kept", "ours (blocked exact graph)", "dense baseline", "speed-up", "same clusters"]
-    return "### DRCDown (clustered features)\n\n" + markdown_table(header, rows)
+    return "### DRCDown (clustered features)\n\n" + markdown_table(header, rows), summary
 
 
-def _ddcup_section(plan: ReshapePlan) -> str:
-    rows = []
+def _ddcup_section(plan: ReshapePlan) -> tuple[str, list[SummaryRow]]:
+    rows, summary = [], []
     for size in plan.ddcup_sizes:
         case = {"op": "ddcup", "n": size, "d": plan.ddcup_dim, "t": plan.ddcup_train_refs}
         fast = run_child(_MODULE, case | {"impl": "fast"}, plan.timeout_s)
@@ -79,9 +93,10 @@ def _ddcup_section(plan: ReshapePlan) -> str:
             dense = run_child(_MODULE, case | {"impl": "dense"}, plan.timeout_s)
         extra = f"{fast.detail['selected']}" if fast else "-"
         rows.append([f"{size:,}", str(plan.ddcup_dim), str(plan.ddcup_train_refs), extra, *_compare(fast, dense)])
+        summary.append(_summary(f"DDCUp selection, {size:,} candidates D={plan.ddcup_dim}", fast, dense))
         log.info("ddcup n=%d: %s", size, rows[-1])
     header = ["candidates", "D", "train refs", "selected", "ours (edge list)", "dense baseline", "speed-up", "same selection"]
-    return "### DDCUp selection\n\n" + markdown_table(header, rows)
+    return "### DDCUp selection\n\n" + markdown_table(header, rows), summary
 
 
 # ---------------------------------------------------------------------------

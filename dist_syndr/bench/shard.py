@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dist_syndr.bench.harness import markdown_table
+from dist_syndr.bench.harness import Report, SummaryRow, markdown_table
 from dist_syndr.photo_pools import photo_crops
 
 
@@ -127,8 +127,8 @@ def _timed(function, *args) -> float:
     return time.perf_counter() - started
 
 
-def run(plan: ShardPlan) -> str:
-    """Measure both writers and the engine; return the Markdown report."""
+def run(plan: ShardPlan) -> Report:
+    """Measure both writers and the engine; the Markdown report and one summary row per sharding case."""
     with tempfile.TemporaryDirectory(prefix="bench-shard-") as scratch:
         root = Path(scratch)
         paths = make_pool(root / "pool", plan)
@@ -138,14 +138,26 @@ def run(plan: ShardPlan) -> str:
         references = paths[: plan.engine_references]
         engine_times = [_timed(naive_engine_write, references, root / "naive-engine.tar")]
         engine_times += [_timed(ours_engine_write, references, root / f"engine{w}", w) for w in (1, 2)]
+    num_engine_images = len(references) * len(ENGINE_TYPES) * 5
     file_pool = f"{len(paths)} BMP photo crops of {plan.width}x{plan.height} (encode + write)"
     engine_pool = f"{len(references)} references x types {list(ENGINE_TYPES)} x 5 levels (distort + encode + write)"
     sections = [
         f"### Sharding an on-disk pool: {file_pool}\n\n{_writer_table(len(paths), file_times)}",
-        f"### Sharding with the distortion engine: {engine_pool}\n\n{_writer_table(len(references) * len(ENGINE_TYPES) * 5, engine_times)}",
+        f"### Sharding with the distortion engine: {engine_pool}\n\n{_writer_table(num_engine_images, engine_times)}",
         f"### Distortion engine alone (CPU, {plan.width}x{plan.height}, batches of {plan.engine_images_per_type})\n\n{engine_table(plan)}",
     ]
-    return "\n\n".join(sections)
+    rows = _summary_rows("on-disk pool", len(paths), file_times) + _summary_rows("distortion engine pool", num_engine_images, engine_times)
+    return Report("\n\n".join(sections), tuple(rows))
+
+
+def _summary_rows(pool: str, count: int, times: list[float]) -> list[SummaryRow]:
+    naive = times[0]
+    baseline = "naive: PIL PNG level 6 + tarfile, 1 process"
+    rows = []
+    for workers, seconds in zip((1, 2), times[1:]):
+        case = f"{pool}, sharding step, {workers} worker" + ("s" if workers > 1 else "")
+        rows.append(SummaryRow("shard", case, f"{count / seconds:.1f} images/s", baseline, f"{count / naive:.1f} images/s", naive / seconds))
+    return rows
 
 
 def _writer_table(count: int, times: list[float]) -> str:

@@ -1,0 +1,244 @@
+"""One rank of ``bench.py train``: ``python -m dist_syndr.bench.train_worker CASE_JSON``.
+
+Started by :func:`dist_syndr.bench.train.launch` with ``RANK`` / ``WORLD_SIZE``
+/ ``MASTER_ADDR`` / ``MASTER_PORT`` set. Decodes the epochs' batches through
+the loader (untimed, also timing the loader alone), then measures the three
+cases of :mod:`dist_syndr.bench.train` on them and rank 0 writes the JSON
+report (to a temporary name, then renamed).
+
+Shapes: batches ``(B, 3, C, C)`` float32 crops and ``(B,)`` scores.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dist_syndr import engine, runtime, tracking, trainer
+from dist_syndr.bench.train import CASES, TrainPlan
+from dist_syndr.config import Config, DataConfig, ModelConfig, RuntimeConfig, TrainConfig
+from dist_syndr.loader import make_loader, plan_epoch, upsampled_keys
+from dist_syndr.model import build_model
+from dist_syndr.shardset import ShardSet
+
+log = logging.getLogger(__name__)
+
+Batches = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class Clock:
+    """Images, seconds and data-wait seconds summed over timed epochs.
+
+    ``loop_seconds``: the part the trainer's own meter saw (its batch loop, without
+    building and closing the loader), where it reports ``images_per_second``.
+    """
+
+    images: int = 0
+    seconds: float = 0.0
+    wait_seconds: float | None = None
+    loop_seconds: float | None = None
+
+    @property
+    def images_per_second(self) -> float:
+        """Images per second over the timed epochs."""
+        return self.images / max(self.seconds, 1e-9)
+
+
+def bench_config(plan: TrainPlan, model: str, shard_root: str) -> Config:
+    """The run configuration every case shares: ZeRO-1, precision auto (bf16 on GPUs, fp32 on the CPU)."""
+    return Config(
+        seed=0,
+        run_name="bench-train",
+        runtime=RuntimeConfig(faiss="cpu"),
+        model=ModelConfig(backbone=model, is_random_init=True, image_size=plan.crop),
+        data=DataConfig(batch_size=plan.batch_size, num_workers=plan.num_workers, crop=plan.crop, verify_checksums=False),
+        train=TrainConfig(zero_stage=1, learning_rate=1e-4, shard_set=shard_root, resume="never"),
+    )
+
+
+def main(case: dict) -> None:
+    plan = TrainPlan.from_dict(case["plan"])
+    cfg = bench_config(plan, case["model"], case["shard_root"])
+    backends = runtime.init(cfg.runtime, timeout_s=plan.timeout_s)
+    rank, world_size = backends.rank, backends.world_size
+    threads = plan.threads_per_rank or max(1, len(os.sched_getaffinity(0)) // world_size)
+    if backends.device == "cpu":
+        torch.set_num_threads(threads)
+    device = torch.device("cuda", torch.cuda.current_device()) if backends.device == "cuda" else torch.device("cpu")
+    if not torch.distributed.is_initialized():  # one rank (a single GPU): DDP still needs a process group
+        torch.distributed.init_process_group(backends.dist_backend, rank=0, world_size=1)
+    precision = engine.resolved_precision(cfg.train, backends.device)
+
+    # ---- data: the trainer's epoch plans, decoded once for (a) and (b)
+    train_set = ShardSet(cfg.train.shard_set)
+    upsampled = set(upsampled_keys(train_set))
+    kept = [key for key in train_set.keys() if key not in upsampled]
+    always = sorted(upsampled)
+    epochs = list(range(plan.warmup_epochs + plan.epochs))
+    timed_epochs = epochs[plan.warmup_epochs :]
+    decoded, loader_clock = {}, Clock()
+    for epoch in epochs:
+        decoded[epoch], seconds = _decode_epoch(cfg, train_set, kept, always, epoch, rank, world_size, device)
+        if epoch in timed_epochs:
+            loader_clock.images += sum(len(scores) for _, scores in decoded[epoch])
+            loader_clock.seconds += seconds
+    if not decoded[epochs[0]]:
+        raise ValueError(f"{cfg.train.shard_set}: too few samples for one batch of {plan.batch_size} on each of {world_size} ranks")
+
+    # ---- models: one initial state for the baseline and the engine
+    import deepspeed
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model)
+    baseline_model = copy.deepcopy(model).to(device)
+    flops_per_image = _flops_per_image(baseline_model, decoded[epochs[0]][0][0])
+    device_ids = [device.index] if device.type == "cuda" else None
+    ddp = torch.nn.parallel.DistributedDataParallel(baseline_model, device_ids=device_ids)
+    optimizer = engine.build_optimizer(baseline_model, cfg.train)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    ds_config = engine.deepspeed_config(cfg.train, cfg.data, world_size=world_size, device=backends.device)
+    model_engine, *_ = deepspeed.initialize(model=model, optimizer=engine.build_optimizer(model, cfg.train), config=ds_config)
+    gc.freeze()  # as launchers/train.py does
+    run = trainer.Run(model_engine, train_set, {}, tracking.NullTracker(), Path(case["checkpoints"]), rank, world_size)
+
+    cases: dict[str, Callable[[int], dict]] = {
+        "ddp": lambda epoch: _ddp_epoch(ddp, optimizer, autocast, decoded[epoch]),
+        "deepspeed": lambda epoch: _engine_epoch(model_engine, decoded[epoch]),
+        "trainer": lambda epoch: trainer.train_epoch(cfg, run, kept, always, epoch),
+    }
+    for name in CASES:
+        for epoch in epochs[: plan.warmup_epochs]:
+            cases[name](epoch)
+    best: dict[str, Clock] = {}
+    for repeat in range(plan.repeats):
+        # Alternating the order spreads slow moments of a shared machine over all cases.
+        for name in CASES if repeat % 2 == 0 else reversed(CASES):
+            clock = _timed(cases[name], timed_epochs, plan.batch_size, device)
+            log.info("rank %d, %s, repeat %d: %.1f images/s", rank, name, repeat, clock.images_per_second)
+            if name not in best or clock.images_per_second > best[name].images_per_second:
+                best[name] = clock
+
+    # ---- report: per-process rates from every rank, written by rank 0
+    trainer_clock = best["trainer"]
+    in_loop = trainer_clock.images / trainer_clock.loop_seconds if trainer_clock.loop_seconds else float("nan")
+    rates = np.array([best[name].images_per_second for name in CASES] + [loader_clock.images_per_second, in_loop])
+    per_rank = np.concatenate(runtime.all_gather_array(rates[None, :]))  # (ranks, cases + loader + trainer loop)
+    if rank == 0:
+        report = {
+            "model": cfg.model.backbone,
+            "cases": {
+                name: {
+                    "images_per_second": float(per_rank[:, i].mean()),
+                    "per_rank": per_rank[:, i].tolist(),
+                    "data_wait_share": None if best[name].wait_seconds is None else best[name].wait_seconds / best[name].seconds,
+                }
+                for i, name in enumerate(CASES)
+            },
+            "flops_per_image": flops_per_image,
+            "loader_images_per_second": float(per_rank[:, len(CASES)].mean()),
+            "trainer_loop_images_per_second": float(per_rank[:, len(CASES) + 1].mean()),
+            "steps_per_epoch": len(decoded[epochs[0]]),
+            "world_size": world_size,
+            "device": backends.device,
+            "dist_backend": backends.dist_backend,
+            "gpu_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "",
+            "loader": f"DALI {backends.dali}" if cfg.data.loader != "torch" and backends.dali != "off" else "torch DataLoader",
+            "threads": threads,
+        }
+        result = Path(case["result"])
+        temporary = result.with_name(f".{result.name}.tmp")
+        temporary.write_text(json.dumps(report, indent=2))
+        temporary.replace(result)
+    torch.distributed.destroy_process_group()
+
+
+def _decode_epoch(
+    cfg: Config, train_set: ShardSet, kept: list[str], always: list[str], epoch: int, rank: int, world_size: int, device: torch.device
+) -> tuple[Batches, float]:
+    """The batches ``train_epoch`` reads in ``epoch`` on this rank, on ``device``, and the seconds the loader took."""
+    plan = plan_epoch(train_set.keys(), cfg.data, seed=cfg.seed, epoch=epoch, world_size=world_size, kept_keys=kept, always_kept_keys=always)
+    batches = []
+    started = time.perf_counter()
+    with make_loader(train_set, cfg.data, is_training=True, dali=cfg.runtime.dali) as loader:
+        for batch in loader.batches(plan.for_rank(rank)):
+            # Copies: a loader may hand out buffers it reuses.
+            batches.append((batch.images.to(device).clone(), batch.scores.to(device).clone()))
+    _synchronize(device)
+    return batches, time.perf_counter() - started
+
+
+def _flops_per_image(model: torch.nn.Module, images: torch.Tensor) -> float:
+    """Model FLOPs of one forward + backward per image (counted on two images; the count is linear in the batch)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    sample = images[:2]
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(sample).float().sum().backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / sample.shape[0]
+
+
+def _ddp_epoch(ddp, optimizer, autocast, batches: Batches) -> dict:
+    for images, scores in batches:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast:
+            predictions = ddp(images)
+        loss = engine.l1_loss(predictions.float(), scores)
+        loss.backward()
+        optimizer.step()
+    return {"steps": float(len(batches))}
+
+
+def _engine_epoch(model_engine, batches: Batches) -> dict:
+    # The trainer's step, without the loader.
+    for images, scores in batches:
+        loss = engine.l1_loss(model_engine(images).float(), scores)
+        model_engine.backward(loss)
+        model_engine.step()
+    return {"steps": float(len(batches))}
+
+
+def _timed(epoch_fn: Callable[[int], dict], epochs: list[int], batch_size: int, device: torch.device) -> Clock:
+    clock = Clock()
+    for epoch in epochs:
+        _barrier()
+        started = time.perf_counter()
+        stats = epoch_fn(epoch)
+        _synchronize(device)
+        seconds = time.perf_counter() - started
+        clock.images += int(stats["steps"]) * batch_size
+        clock.seconds += seconds
+        if "data_wait_share" in stats:
+            clock.wait_seconds = (clock.wait_seconds or 0.0) + float(stats["data_wait_share"]) * seconds
+        if stats.get("images_per_second"):
+            clock.loop_seconds = (clock.loop_seconds or 0.0) + int(stats["steps"]) * batch_size / float(stats["images_per_second"])
+    return clock
+
+
+def _barrier() -> None:
+    if runtime.is_distributed():
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+if __name__ == "__main__":
+    main(json.loads(sys.argv[1]))
