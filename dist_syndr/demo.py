@@ -204,7 +204,7 @@ def _evaluate_stage(paths: DemoPaths, test_set: ShardSet) -> str:
         command = [sys.executable, str(PROJECT_ROOT / "launchers" / "evaluate.py"), "--checkpoint", str(run_dir),
                    "--target", f"mixed={test_set.root}", "--out", str(out), "--run-id", run_id]
         _launch(command, paths, paths.work_dir / "logs" / f"evaluate-{name}.log")
-        metrics = json.loads((out / "metrics.json").read_text())
+        metrics = json.loads((out / "metrics.json").read_text())["metrics"]
         lines.append(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(metrics.items()) if k.endswith(("srcc", "plcc"))) + f"; per-image CSV in {out}")
     return "\n".join(lines)
 

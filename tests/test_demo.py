@@ -31,6 +31,8 @@ def test_demo_shards_trains_baseline_and_reshaped_evaluates_and_compares(tmp_pat
     assert "8 contents x 10 engine distortions x 5 levels = 400 samples" in report and "NOT human scores" in report
     assert "held-out test: 60 images of 5 unseen contents" in report
     assert "demo-baseline: trained" in report and "demo-reshaped: trained" in report
+    evaluated = report.split("== launchers/evaluate.py", 1)[1].split("==", 2)[1]
+    assert evaluated.count("mixed/srcc ") == 2 and evaluated.count("mixed/plcc ") == 2
     table = report.split("== Baseline vs reshaped", 1)[1]
     for row in ("mixed: srcc @ LAST", "mixed: srcc @ BEST", "mixed: srcc (evaluate.py)", "train images/s", "kept (first epoch)"):
         assert row in table
