@@ -13,6 +13,7 @@ Shapes: ``N`` original samples, ``D`` pooled feature dimension.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
 import hashlib
@@ -63,20 +64,22 @@ def fit(cfg: Config, run: Run, state: TrainState | None = None, progress: RankPr
     if not cfg.reshape.ddcup.enabled:  # a baseline run: the set's DDCUp samples stay out of training
         upsampled = []
     results: dict[str, float] = {}
-    while state.epoch < cfg.train.epochs:
-        epoch = state.epoch
-        if not state.is_mid_epoch:
-            state.kept_positions, state.reshape_stats = _drcdown(cfg, run, original, epoch)
-        kept = [original[i] for i in state.kept_positions.tolist()]
-        train_stats = train_epoch(cfg, run, kept, upsampled, epoch, state=state, progress=progress)
-        evaluation = _evaluate(cfg, run)
-        best = state.update_best(evaluation, list(run.targets), epoch)
-        results = {**state.reshape_stats, **train_stats, **evaluation}
-        run.tracker.log_metrics({**results, **best}, step=epoch)  # before the checkpoint: a kill in between repeats, never loses
-        state.finish_epoch()
-        progress = RankProgress()
-        train_state.save(run.model_engine, run.checkpoint_dir, state, progress, keep=cfg.train.keep_checkpoints)
-        log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in results.items()})
+    # One training loader for the whole run: DALI keeps its pipeline and workers from epoch to epoch.
+    with make_loader(run.train_set, cfg.data, is_training=True, dali=cfg.runtime.dali) as loader:
+        while state.epoch < cfg.train.epochs:
+            epoch = state.epoch
+            if not state.is_mid_epoch:
+                state.kept_positions, state.reshape_stats = _drcdown(cfg, run, original, epoch)
+            kept = [original[i] for i in state.kept_positions.tolist()]
+            train_stats = train_epoch(cfg, run, kept, upsampled, epoch, state=state, progress=progress, loader=loader)
+            evaluation = _evaluate(cfg, run)
+            best = state.update_best(evaluation, list(run.targets), epoch)
+            results = {**state.reshape_stats, **train_stats, **evaluation}
+            run.tracker.log_metrics({**results, **best}, step=epoch)  # before the checkpoint: a kill in between repeats, never loses
+            state.finish_epoch()
+            progress = RankProgress()
+            train_state.save(run.model_engine, run.checkpoint_dir, state, progress, keep=cfg.train.keep_checkpoints)
+            log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in results.items()})
     return results, state
 
 
@@ -129,9 +132,19 @@ def _write_keep_list(run: Run, epoch: int, keys: list[str]) -> None:
 
 
 def train_epoch(
-    cfg: Config, run: Run, kept: list[str], always: list[str], epoch: int, *, state: TrainState | None = None, progress: RankProgress | None = None
+    cfg: Config,
+    run: Run,
+    kept: list[str],
+    always: list[str],
+    epoch: int,
+    *,
+    state: TrainState | None = None,
+    progress: RankProgress | None = None,
+    loader=None,
 ) -> dict[str, float]:
     """One epoch (or its remainder after ``state.batches_done`` batches) on ``kept`` + ``always`` samples.
+
+    ``loader`` is a training loader kept across epochs (one is built for this epoch when None).
 
     Logs step metrics every ``train.log_every_steps`` steps and checkpoints every
     ``train.checkpoint_every_steps``; returns the epoch's loss, images/s per process,
@@ -146,7 +159,8 @@ def train_epoch(
     rank_plan = plan.for_rank(run.rank)
     last_batch = state.batches_done + rank_plan.num_batches
     meter, model, device = StepMeter(), run.model_engine, run.model_engine.device
-    with make_loader(run.train_set, cfg.data, is_training=True, dali=cfg.runtime.dali) as loader:
+    own_loader = None if loader is not None else make_loader(run.train_set, cfg.data, is_training=True, dali=cfg.runtime.dali)
+    with contextlib.nullcontext(loader) if own_loader is None else own_loader as loader:
         for batch in meter.batches(loader.batches(rank_plan)):
             loss = engine.l1_loss(model(batch.images.to(device)).float(), batch.scores.to(device))
             model.backward(loss)

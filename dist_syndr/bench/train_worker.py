@@ -112,11 +112,12 @@ def main(case: dict) -> None:
     model_engine, *_ = deepspeed.initialize(model=model, optimizer=engine.build_optimizer(model, cfg.train), config=ds_config)
     gc.freeze()  # as launchers/train.py does
     run = trainer.Run(model_engine, train_set, {}, tracking.NullTracker(), Path(case["checkpoints"]), rank, world_size)
+    train_loader = make_loader(train_set, cfg.data, is_training=True, dali=cfg.runtime.dali)  # kept across epochs, as trainer.fit does
 
     cases: dict[str, Callable[[int], dict]] = {
         "ddp": lambda epoch: _ddp_epoch(ddp, optimizer, autocast, decoded[epoch]),
         "deepspeed": lambda epoch: _engine_epoch(model_engine, decoded[epoch]),
-        "trainer": lambda epoch: trainer.train_epoch(cfg, run, kept, always, epoch),
+        "trainer": lambda epoch: trainer.train_epoch(cfg, run, kept, always, epoch, loader=train_loader),
     }
     for name in CASES:
         for epoch in epochs[: plan.warmup_epochs]:
@@ -129,6 +130,8 @@ def main(case: dict) -> None:
             log.info("rank %d, %s, repeat %d: %.1f images/s", rank, name, repeat, clock.images_per_second)
             if name not in best or clock.images_per_second > best[name].images_per_second:
                 best[name] = clock
+
+    train_loader.close()
 
     # ---- report: per-process rates from every rank, written by rank 0
     trainer_clock = best["trainer"]
