@@ -20,8 +20,9 @@ import dataclasses
 import hashlib
 import io
 import math
-import os
 from pathlib import Path
+
+from dist_syndr import atomic_files
 
 COMPARE_RUN_NAME = "compare"
 KIND_TAG = "dist_syndr.kind"  # "compare" on the runs this module logs; they are never compared
@@ -185,12 +186,7 @@ def write_tables(comparison: Comparison, out_dir: Path) -> tuple[Path, Path]:
     digest = hashlib.sha1(",".join(sorted(comparison.run_ids)).encode()).hexdigest()[:10]
     paths = out_dir / f"compare-{digest}.md", out_dir / f"compare-{digest}.csv"
     for path, text in zip(paths, (to_markdown(comparison), to_csv(comparison))):
-        temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        with temporary.open("w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        temporary.replace(path)
+        atomic_files.write_text(path, text)
     return paths
 
 

@@ -251,7 +251,7 @@ def _deepspeed() -> list[str]:
 
 
 def _tracking_uri(paths: DemoPaths) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or tracking.tracking_uri(paths.mlruns)
+    return tracking.tracking_uri(paths.mlruns)  # MLFLOW_TRACKING_URI when set
 
 
 def _launch(command: list[str], paths: DemoPaths, log_path: Path) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from dist_syndr import atomic_files
 from dist_syndr.config import DataConfig, TrainConfig
 
 
@@ -54,10 +55,7 @@ def deepspeed_config(train: TrainConfig, data: DataConfig, *, world_size: int, d
 
 def save_deepspeed_config(config: dict, path: Path) -> None:
     """Write the generated JSON beside the run, atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(config, indent=2, sort_keys=True))
-    temporary.replace(path)
+    atomic_files.write_text(path, json.dumps(config, indent=2, sort_keys=True))
 
 
 def build_optimizer(model, train: TrainConfig):

@@ -26,7 +26,6 @@ import io
 import itertools
 import logging
 import math
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -35,7 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dist_syndr import config as config_module
-from dist_syndr import export, metrics, runtime
+from dist_syndr import atomic_files, export, metrics, runtime
 from dist_syndr.config import Config, DataConfig
 from dist_syndr.loader import make_loader, plan_epoch
 from dist_syndr.model import IQAModel, build_model
@@ -280,15 +279,8 @@ def write_predictions_csv(path: Path, predictions: Predictions) -> Path:
     writer.writerow(["key", "prediction", "score"])
     for key, prediction, score in zip(predictions.keys.tolist(), predictions.predictions.tolist(), predictions.scores.tolist()):
         writer.writerow([key, repr(prediction), "" if math.isnan(score) else repr(score)])
-    _atomic_write_text(path, buffer.getvalue())
+    atomic_files.write_text(path, buffer.getvalue())
     return path
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(text)
-    temporary.replace(path)
 
 
 # ---------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from dist_syndr import runtime
+from dist_syndr import atomic_files, runtime
 from dist_syndr.labels import minmax_to_ten
 from dist_syndr.shardset import FORMAT_VERSION, INDEX_NAME, member_base, scan_tar, sha256_file
 
@@ -108,7 +108,7 @@ def write_shards(
 def finish_index(out_dir: Path, num_shards: int, config: dict, *, rank: int = 0, world_size: int = 1) -> Path | None:
     """After every rank's shards: rank 0 writes ``index.json`` over shards ``0 .. num_shards - 1``."""
     if world_size > 1:  # a single-writer call inside a distributed job must not meet other ranks' barriers
-        _barrier()
+        runtime.barrier()
     if rank != 0:
         return None
     return _write_index(out_dir, num_shards, config)
@@ -232,7 +232,7 @@ def write_shard(index: int, items: list[WorkItem], out_dir: Path, options: Write
         "samples": records,
         "skipped": skipped,
     }
-    _atomic_write_text(_sidecar_path(out_dir, index), json.dumps(record, sort_keys=True))
+    atomic_files.write_text(_sidecar_path(out_dir, index), json.dumps(record, sort_keys=True))
     return record
 
 
@@ -313,7 +313,7 @@ def _write_index(out_dir: Path, num_shards: int, config: dict) -> Path:
         log.warning("%d input(s) skipped (unreadable); listed under 'skipped' in %s", len(skipped), INDEX_NAME)
     index = {"version": FORMAT_VERSION, "config": config, "shards": shards, "samples": samples, "skipped": skipped}
     path = out_dir / INDEX_NAME
-    _atomic_write_text(path, json.dumps(index, indent=1, sort_keys=True))
+    atomic_files.write_text(path, json.dumps(index, indent=1, sort_keys=True))
     log.info("wrote %s: %d samples in %d shards", path, len(samples), len(shards))
     return path
 
@@ -331,20 +331,8 @@ def _assign_weak_scores(samples: list[dict]) -> None:
         sample["score"] = float(score)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(text)
-    _fsync(temporary)
-    temporary.replace(path)
-
-
 def _fsync(path: Path) -> None:
     with path.open("rb") as handle:
         os.fsync(handle.fileno())
 
 
-def _barrier() -> None:
-    if runtime.is_distributed():
-        import torch.distributed as dist
-
-        dist.barrier()

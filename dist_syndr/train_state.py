@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dist_syndr import runtime
+from dist_syndr import atomic_files, runtime
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def save(model_engine, checkpoint_dir: Path, state: TrainState, progress: RankPr
     model_engine.save_checkpoint(str(checkpoint_dir), tag=tag, client_state={"train_state": asdict(state)})
     runtime.barrier()  # every rank's files are on disk before the tag counts
     if runtime.rank_world()[0] == 0:
-        _write_pointer(checkpoint_dir, tag)
+        atomic_files.write_text(checkpoint_dir / POINTER_NAME, json.dumps({"tag": tag}))
         _prune(checkpoint_dir, keep=keep, current=tag)
     runtime.barrier()
     return tag
@@ -150,12 +150,6 @@ def _chronological(tag: str) -> tuple[int, int]:
     """Mid-epoch tags of epoch e come before ``epoch e`` itself (its end)."""
     epoch, _, step = tag.removeprefix("epoch").partition("-step")
     return int(epoch), int(step) if step else 10**9
-
-
-def _write_pointer(checkpoint_dir: Path, tag: str) -> None:
-    temporary = checkpoint_dir / f".{POINTER_NAME}.tmp"
-    temporary.write_text(json.dumps({"tag": tag}))
-    temporary.replace(checkpoint_dir / POINTER_NAME)
 
 
 def _prune(checkpoint_dir: Path, *, keep: int, current: str) -> None:

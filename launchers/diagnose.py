@@ -22,14 +22,13 @@ import argparse
 import dataclasses
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from dist_syndr import cli, config, diagnostics, evaluation, runtime, tracking
+from dist_syndr import atomic_files, cli, config, diagnostics, evaluation, runtime, tracking
 from dist_syndr.loader import upsampled_keys
 from dist_syndr.model import build_model
 from dist_syndr.reshape import drcdown
@@ -155,10 +154,7 @@ def _track(cfg: config.Config, args: argparse.Namespace, out_dir: Path, measures
 
 
 def _write_json(data: dict, path: Path) -> Path:
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(json.dumps(data, indent=2, allow_nan=True) + "\n")
-    os.replace(temporary, path)
-    return path
+    return atomic_files.write_text(path, json.dumps(data, indent=2, allow_nan=True) + "\n")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import os
 import time
 from pathlib import Path
 
-from dist_syndr import cli, evaluation, runtime, tracking
+from dist_syndr import atomic_files, cli, evaluation, runtime, tracking
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MLFLOW_ROOT = Path("mlruns")
@@ -131,11 +131,7 @@ def _write_metrics_json(path: Path, checkpoint: Path, results: dict[str, float],
         "metrics": {key: (None if math.isnan(value) else value) for key, value in sorted(results.items())},
         "num_images": {name: len(p) for name, p in predictions.items()},
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(json.dumps(record, indent=2))
-    temporary.replace(path)
-    return path
+    return atomic_files.write_text(path, json.dumps(record, indent=2))
 
 
 def _track(cfg, args, results: dict[str, float], files: list[Path], backends: runtime.Backends, run_status: str | None, out: Path) -> None:

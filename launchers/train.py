@@ -126,10 +126,7 @@ def _build_smoke_sets(cfg: config.Config, targets: dict[str, str], rank: int) ->
         photo_shard_set(Path(cfg.train.shard_set), *SMOKE_TRAIN, size=64, seed=cfg.seed, num_workers=1)
         for folder in targets.values():
             photo_shard_set(Path(folder), *SMOKE_TEST, size=64, seed=cfg.seed + 1, num_workers=1)
-    if runtime.is_distributed():
-        import torch.distributed as dist
-
-        dist.barrier()
+    runtime.barrier()
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dist_syndr import engine, runtime, tracking, trainer
+from dist_syndr import atomic_files, engine, runtime, tracking, trainer
 from dist_syndr.bench.train import CASES, TrainPlan
 from dist_syndr.config import Config, DataConfig, ModelConfig, RuntimeConfig, TrainConfig
 from dist_syndr.loader import make_loader, plan_epoch, upsampled_keys
@@ -160,10 +160,7 @@ def main(case: dict) -> None:
             "loader": f"DALI {backends.dali}" if cfg.data.loader != "torch" and backends.dali != "off" else "torch DataLoader",
             "threads": threads,
         }
-        result = Path(case["result"])
-        temporary = result.with_name(f".{result.name}.tmp")
-        temporary.write_text(json.dumps(report, indent=2))
-        temporary.replace(result)
+        atomic_files.write_text(case["result"], json.dumps(report, indent=2))
     torch.distributed.destroy_process_group()
 
 
