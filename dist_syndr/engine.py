@@ -8,6 +8,17 @@ rate and L2 weight decay, as the reference (SPEC.md section 5); a ``torch.optim`
 optimizer also avoids DeepSpeed's compiled CPU Adam. :func:`l1_loss` is the
 training loss.
 
+Throughput choices (measured with ``launchers/bench.py train``, README):
+
+- ``gradient_clipping`` is always written: DeepSpeed's own default is 1.0, so
+  leaving it out would clip when our config says off.
+- Without clipping, ZeRO 1/2 skip the global gradient norm (``compute_grad_norm``),
+  a pass over every gradient and an all-reduce per step that nothing reads.
+- On the CPU, ZeRO 1/2 keep gradients where autograd put them
+  (``contiguous_gradients: false``): the contiguous buffer avoids GPU memory
+  fragmentation and only costs a copy of every gradient on the CPU.
+- Adam is torch's fused kernel (one pass over each tensor, on CPU and CUDA).
+
 Shapes: scores ``(B,)``.
 """
 
@@ -33,6 +44,8 @@ def deepspeed_config(train: TrainConfig, data: DataConfig, *, world_size: int, d
     """DeepSpeed's config dict for this run (micro batch = ``data.batch_size`` per rank)."""
     precision = resolved_precision(train, device)
     zero: dict = {"stage": train.zero_stage}
+    if train.zero_stage in (1, 2):
+        zero.update(_zero_1_2_options(train, precision, device))
     if train.zero_stage == 3:
         # Export needs whole weights: gather the 16-bit shards on save.
         zero["stage3_gather_16bit_weights_on_model_save"] = True
@@ -47,10 +60,21 @@ def deepspeed_config(train: TrainConfig, data: DataConfig, *, world_size: int, d
         "fp16": {"enabled": precision == "fp16", "initial_scale_power": 16},
         "steps_per_print": 10**9,  # our own logging and tracking report progress
         "wall_clock_breakdown": False,
+        "gradient_clipping": train.gradient_clipping,  # 0 = off; DeepSpeed's default would be 1.0
     }
-    if train.gradient_clipping > 0:
-        config["gradient_clipping"] = train.gradient_clipping
     return config
+
+
+def _zero_1_2_options(train: TrainConfig, precision: str, device: str) -> dict:
+    """ZeRO 1/2 switches that only cost time here (see the module docstring)."""
+    options: dict = {}
+    if device == "cpu":
+        options["contiguous_gradients"] = False
+    # DeepSpeed needs the norm for clipping, optimizer offload and its ZeRO-1 bf16 optimizer.
+    is_norm_needed = train.gradient_clipping > 0 or train.is_optimizer_offloaded or (precision == "bf16" and train.zero_stage == 1)
+    if not is_norm_needed:
+        options["compute_grad_norm"] = False
+    return options
 
 
 def save_deepspeed_config(config: dict, path: Path) -> None:
@@ -59,11 +83,11 @@ def save_deepspeed_config(config: dict, path: Path) -> None:
 
 
 def build_optimizer(model, train: TrainConfig):
-    """Adam over the backbone and head groups (head at ``head_lr_multiplier`` x the backbone rate)."""
+    """Fused Adam over the backbone and head groups (head at ``head_lr_multiplier`` x the backbone rate)."""
     import torch
 
     groups = model.parameter_groups(train.learning_rate, train.head_lr_multiplier)
-    return torch.optim.Adam(groups, lr=train.learning_rate, weight_decay=train.weight_decay)
+    return torch.optim.Adam(groups, lr=train.learning_rate, weight_decay=train.weight_decay, fused=True)
 
 
 def l1_loss(predictions, targets):

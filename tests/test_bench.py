@@ -45,11 +45,12 @@ def quick_all_report(tmp_path_factory) -> str:
 def test_quick_train_benchmark_measures_ddp_deepspeed_and_trainer(quick_all_report):
     section = quick_all_report.split("## train", 1)[1]
     rows = _table_rows(section, "vit_tiny_patch16_224")
-    assert [row[1][:3] for row in rows] == ["(a)", "(b)", "(c)"]
-    assert "DDP" in rows[0][1] and "DeepSpeed ZeRO-1" in rows[1][1] and "train_epoch" in rows[2][1] and "DALI cpu" in rows[2][1]
+    assert [row[1][:3] for row in rows] == ["(a)", "(b)", "(b)", "(c)"]
+    assert "DDP" in rows[0][1] and "DeepSpeed ZeRO-0" in rows[1][1] and "DeepSpeed ZeRO-1" in rows[2][1]
+    assert "trainer (ZeRO-0)" in rows[3][1] and "train_epoch" in rows[3][1] and "DALI cpu" in rows[3][1]
     assert all(float(row[2]) > 0 for row in rows)  # images/s per process
     assert rows[0][5] == "1.00x (baseline)" and all(_ratio(row[5]) > 0 for row in rows[1:])
-    assert rows[2][3].endswith("%") and rows[0][3] == "-"  # the trainer reports its data-wait share
+    assert rows[3][3].endswith("%") and rows[0][3] == "-"  # the trainer reports its data-wait share
     assert "2 ranks on gloo" in section and "GFLOP per image" in section
 
 
@@ -64,7 +65,11 @@ def test_quick_all_puts_one_summary_table_on_top(quick_all_report):
     assert len(rows) == len(_table_rows(summary, "")) - 1  # every row but the header belongs to a benchmark
     assert all(_ratio(row[5]) > 0 for row in rows)
     train_cases = [row[1] for row in rows if row[0] == "train"]
-    assert train_cases == ["vit_tiny_patch16_224: bare DeepSpeed ZeRO-1 step", "vit_tiny_patch16_224: trainer training phase (loader included)"]
+    assert train_cases == [
+        "vit_tiny_patch16_224: bare DeepSpeed ZeRO-0 step",
+        "vit_tiny_patch16_224: bare DeepSpeed ZeRO-1 step",
+        "vit_tiny_patch16_224: trainer training phase (ZeRO-0, loader included)",
+    ]
     positions = [quick_all_report.index(f"\n## {name}\n") for name in ("reshape", "shard", "loader", "train")]
     assert positions == sorted(positions)  # then each benchmark's own section, in order
 
@@ -77,7 +82,8 @@ def test_reports_from_recorded_results():
         "model": "vit_large_patch16_224",
         "cases": {
             "ddp": {"images_per_second": 1000.0, "per_rank": [1000.0], "data_wait_share": None},
-            "deepspeed": {"images_per_second": 950.0, "per_rank": [950.0], "data_wait_share": None},
+            "zero1": {"images_per_second": 960.0, "per_rank": [960.0], "data_wait_share": None},
+            "zero2": {"images_per_second": 950.0, "per_rank": [950.0], "data_wait_share": None},
             "trainer": {"images_per_second": 900.0, "per_rank": [900.0], "data_wait_share": 0.02},
         },
         "flops_per_image": 4.0e11,
@@ -90,23 +96,25 @@ def test_reports_from_recorded_results():
         "gpu_name": "NVIDIA H200",
         "loader": "DALI gpu",
         "threads": 16,
+        "trainer_zero_stage": 2,
     }
     result = train.ModelResult.from_json(recorded)
     assert result.mfu("trainer") == pytest.approx(4.0e11 * 900.0 / train.H200_BF16_PEAK_FLOPS)
     report = train.build_report(train.TrainPlan.gpu(), {"vit_large_patch16_224": result, "resnet18": None})
     rows = _table_rows(report.markdown, "vit_large_patch16_224")
-    assert [row[5] for row in rows] == ["1.00x (baseline)", "0.95x", "0.90x"]
-    assert [row[4] for row in rows] == ["40.4%", "38.4%", "36.4%"] and rows[2][3] == "2.0%"
+    assert [row[5] for row in rows] == ["1.00x (baseline)", "0.96x", "0.95x", "0.90x"]
+    assert [row[4] for row in rows] == ["40.4%", "38.8%", "38.4%", "36.4%"] and rows[3][3] == "2.0%"
+    assert "(c) full trainer (ZeRO-2)" in rows[3][1] and "ZeRO-2" in rows[2][1]
     assert _table_rows(report.markdown, "resnet18")[0][1].startswith("failed")
-    assert [row.ratio for row in report.rows] == pytest.approx([0.95, 0.90])
-    assert "MFU 36.4%" in report.rows[1].ours
+    assert [row.ratio for row in report.rows] == pytest.approx([0.96, 0.95, 0.90])
+    assert "MFU 36.4%" in report.rows[2].ours
 
     cpu = train.ModelResult.from_json(recorded | {"device": "cpu", "gpu_name": ""})
     assert cpu.mfu("ddp") is None
     other = harness.Report("### other", (harness.SummaryRow("other", "case", "1 s", "naive", "-", None),))
     combined = bench.combined_report({"train": report, "other": other})
     summary = combined.split("\n## ", 1)[0]
-    assert _table_rows(summary, "train")[0][5] == "0.95x" and _table_rows(summary, "other")[0][5] == "-"
+    assert _table_rows(summary, "train")[0][5] == "0.96x" and _table_rows(summary, "other")[0][5] == "-"
     assert "\n## train\n\n### Training step" in combined and combined.rstrip().endswith("### other")
 
 

@@ -25,6 +25,18 @@ def test_generated_config_follows_our_sections(tmp_path):
     assert path.is_file() and '"stage": 3' in path.read_text()
 
 
+def test_clipping_is_explicit_and_unread_work_is_skipped():
+    cfg = config.load(None, ["train.zero_stage=1"])
+    generated = engine.deepspeed_config(cfg.train, cfg.data, world_size=2, device="cpu")
+    assert generated["gradient_clipping"] == 0.0  # absent, DeepSpeed would clip at 1.0
+    assert generated["zero_optimization"] == {"stage": 1, "contiguous_gradients": False, "compute_grad_norm": False}
+    clipped = config.load(None, ["train.zero_stage=2", "train.gradient_clipping=0.5"])
+    on_gpu = engine.deepspeed_config(clipped.train, clipped.data, world_size=2, device="cuda")["zero_optimization"]
+    assert on_gpu == {"stage": 2}  # contiguous buffers on GPUs; the norm for clipping
+    bf16_zero1 = config.load(None, ["train.zero_stage=1", "train.precision=bf16"])
+    assert "compute_grad_norm" not in engine.deepspeed_config(bf16_zero1.train, bf16_zero1.data, world_size=2, device="cuda")["zero_optimization"]
+
+
 def test_bad_combinations_name_the_key():
     with pytest.raises(ValueError, match="train.is_optimizer_offloaded"):
         config.load(None, ["train.is_optimizer_offloaded=true"])
@@ -39,5 +51,5 @@ def test_optimizer_uses_reference_rates_and_l1():
     optimizer = engine.build_optimizer(model, config.load().train)
     rates = {group["name"]: group["lr"] for group in optimizer.param_groups}
     assert rates == {"backbone": 2e-5, "head": pytest.approx(2e-4)}
-    assert all(group["weight_decay"] == 5e-4 for group in optimizer.param_groups)
+    assert all(group["weight_decay"] == 5e-4 and group["fused"] for group in optimizer.param_groups)
     assert engine.l1_loss(torch.tensor([1.0, 3.0]), torch.tensor([2.0, 1.0])).item() == pytest.approx(1.5)

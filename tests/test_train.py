@@ -63,7 +63,7 @@ def test_single_process_trains_reshapes_evaluates_checkpoints_and_resumes(tmp_pa
     subprocess.run(command, cwd=tmp_path, env=_env(), check=True, timeout=400, capture_output=True)
     run_dir = tmp_path / "runs" / "cpu-smoke"
     assert {p.name for p in (run_dir / "checkpoints").iterdir()} >= {"epoch0000", "epoch0001", "latest"}
-    assert (run_dir / "config.yaml").is_file() and '"stage": 1' in (run_dir / "deepspeed.json").read_text()
+    assert (run_dir / "config.yaml").is_file() and '"stage": 0' in (run_dir / "deepspeed.json").read_text()  # the preset's
     assert len(_metric_history(tmp_path, "loss")) == 2
     kept = _metric_history(tmp_path, "kept")
     assert len(kept) == 2 and all(0 < k < 60 for k in kept)  # DRCDown thinned the 60 samples every epoch
@@ -93,7 +93,7 @@ def test_bad_config_stops_before_any_process_group(tmp_path):
 def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
     """`deepspeed --num_gpus 2` on the CPU (gloo), fp32, ZeRO-1: a straight run, and one killed with SIGKILL in
     epoch 1 after a mid-epoch checkpoint, then resumed: both end with bit-identical weights and metrics."""
-    common = {"train.checkpoint_every_steps": 1, "train.log_every_steps": 1, "data.batch_size": 4}
+    common = {"train.checkpoint_every_steps": 1, "train.log_every_steps": 1, "data.batch_size": 4, "train.zero_stage": 1}
     straight = _deepspeed_command(tmp_path, 29571, **common, **{"train.output_dir": tmp_path / "straight"})
     completed = subprocess.run(straight, cwd=tmp_path, env=_env(), timeout=400, capture_output=True, text=True)
     assert completed.returncode == 0 and "exits successfully" in completed.stdout + completed.stderr, completed.stderr[-3000:]

@@ -1,16 +1,18 @@
 """``bench.py train``: images/s per process of our training step against a plain PyTorch DDP loop.
 
-For each model (random init) three cases run in the same pair of processes,
+For each model (random init) these cases run in the same pair of processes,
 on the same batches, one after the other:
 
 - (a) baseline: ``torch.nn.parallel.DistributedDataParallel`` and
-  ``torch.optim.Adam`` over the model's parameter groups, fed pre-decoded
-  batches (autocast bf16 on a GPU, fp32 on the CPU);
-- (b) the bare DeepSpeed ZeRO-1 engine step (:func:`dist_syndr.engine.deepspeed_config`,
-  :func:`~dist_syndr.engine.build_optimizer`, ``deepspeed.initialize``) on the same batches;
+  :func:`~dist_syndr.engine.build_optimizer`'s Adam over the model's parameter
+  groups, fed pre-decoded batches (autocast bf16 on a GPU, fp32 on the CPU);
+- (b) the bare DeepSpeed engine step at each ZeRO stage of ``step_stages``
+  (:func:`dist_syndr.engine.deepspeed_config`, the same optimizer,
+  ``deepspeed.initialize``) on the same batches;
 - (c) the full trainer's training phase, :func:`dist_syndr.trainer.train_epoch`
-  on the same engine, reading the shard set through the real loader (DALI's
-  CPU pipeline without a GPU).
+  on the engine of ``trainer_zero_stage`` (the stage of our presets for that
+  device: 0 on the CPU, 2 on GPUs), reading the shard set through the real
+  loader (DALI's CPU pipeline without a GPU).
 
 The pre-decoded batches of (a) and (b) are the crops the trainer reads in
 (c): the same epoch plans through the same loader, decoded before timing.
@@ -56,13 +58,28 @@ H200_BF16_PEAK_FLOPS = 989e12
 PEAK_BF16_FLOPS = {"H200": H200_BF16_PEAK_FLOPS, "H100": 989e12, "A100": 312e12}
 """Dense bf16 peaks by GPU name fragment; MFU is left out on GPUs not listed here."""
 
-CASES = ("ddp", "deepspeed", "trainer")
-CASE_NAMES = {
-    "ddp": "(a) baseline: DDP + torch Adam, pre-decoded batches",
-    "deepspeed": "(b) DeepSpeed ZeRO-1 engine step, pre-decoded batches",
-    "trainer": "(c) full trainer: train_epoch through the {loader} loader",
-}
-SUMMARY_NAMES = {"deepspeed": "bare DeepSpeed ZeRO-1 step", "trainer": "trainer training phase (loader included)"}
+BASELINE, TRAINER = "ddp", "trainer"
+
+
+def step_case(stage: int) -> str:
+    """The case name of the bare DeepSpeed step at ZeRO ``stage``."""
+    return f"zero{stage}"
+
+
+def case_name(case: str, *, loader: str, trainer_zero_stage: int) -> str:
+    """The row label of ``case`` in the report table."""
+    if case == BASELINE:
+        return "(a) baseline: DDP + torch Adam, pre-decoded batches"
+    if case == TRAINER:
+        return f"(c) full trainer (ZeRO-{trainer_zero_stage}): train_epoch through the {loader} loader"
+    return f"(b) DeepSpeed ZeRO-{case.removeprefix('zero')} engine step, pre-decoded batches"
+
+
+def summary_name(case: str, *, trainer_zero_stage: int) -> str:
+    """The case's label in the summary table of ``bench.py all``."""
+    if case == TRAINER:
+        return f"trainer training phase (ZeRO-{trainer_zero_stage}, loader included)"
+    return f"bare DeepSpeed ZeRO-{case.removeprefix('zero')} step"
 
 
 @dataclass(frozen=True)
@@ -81,6 +98,8 @@ class TrainPlan:
     epochs: int = 2  # timed epochs per repeat
     repeats: int = 2
     threads_per_rank: int = 0  # torch CPU threads per rank; 0 = cores // ranks
+    step_stages: tuple[int, ...] = (0, 1)  # ZeRO stages of the bare DeepSpeed step cases (b)
+    trainer_zero_stage: int = 0  # ZeRO stage of the trainer case (c); our CPU presets use 0
     timeout_s: float = 1800.0  # per model, all cases
 
     def __post_init__(self) -> None:
@@ -95,6 +114,18 @@ class TrainPlan:
                 raise ValueError(f"TrainPlan.{key}: must be >= 1, got {getattr(self, key)}")
         if self.warmup_epochs < 0 or self.threads_per_rank < 0:
             raise ValueError("TrainPlan.warmup_epochs and TrainPlan.threads_per_rank must be >= 0")
+        if not set(self.step_stages) | {self.trainer_zero_stage} <= {0, 1, 2, 3}:
+            raise ValueError(f"TrainPlan.step_stages / trainer_zero_stage: ZeRO stages are 0-3, got {self.step_stages} / {self.trainer_zero_stage}")
+
+    @property
+    def cases(self) -> tuple[str, ...]:
+        """Case names in measuring order: the DDP baseline, the bare steps, the trainer."""
+        return (BASELINE, *(step_case(stage) for stage in self.step_stages), TRAINER)
+
+    @property
+    def engine_stages(self) -> tuple[int, ...]:
+        """The ZeRO stages a worker builds an engine for."""
+        return tuple(sorted(set(self.step_stages) | {self.trainer_zero_stage}))
 
     @staticmethod
     def quick() -> "TrainPlan":
@@ -114,6 +145,8 @@ class TrainPlan:
             num_workers=4,
             epochs=3,
             repeats=1,
+            step_stages=(1, 2),
+            trainer_zero_stage=2,  # as configs/train/vit-large-multinode.yaml
         )
 
     @staticmethod
@@ -159,6 +192,7 @@ class ModelResult:
     gpu_name: str
     loader: str
     threads: int
+    trainer_zero_stage: int = 0
 
     @staticmethod
     def from_json(values: dict) -> "ModelResult":
@@ -204,8 +238,8 @@ def build_report(plan: TrainPlan, results: dict[str, ModelResult | None]) -> Rep
         if result is None:
             rows.append([model, "failed or timed out (see the worker log above)", "-", "-", "-", "-"])
             continue
-        baseline = result.cases["ddp"].images_per_second
-        for case in CASES:
+        baseline = result.cases[BASELINE].images_per_second
+        for case in result.cases:
             measured = result.cases[case]
             ratio = measured.images_per_second / baseline
             mfu = result.mfu(case)
@@ -213,16 +247,17 @@ def build_report(plan: TrainPlan, results: dict[str, ModelResult | None]) -> Rep
             rows.append(
                 [
                     model,
-                    CASE_NAMES[case].format(loader=result.loader),
+                    case_name(case, loader=result.loader, trainer_zero_stage=result.trainer_zero_stage),
                     f"{measured.images_per_second:.1f}",
                     "-" if wait is None else f"{100 * wait:.1f}%",
                     "-" if mfu is None else f"{100 * mfu:.1f}%",
-                    "1.00x (baseline)" if case == "ddp" else format_ratio(ratio),
+                    "1.00x (baseline)" if case == BASELINE else format_ratio(ratio),
                 ]
             )
-            if case != "ddp":
+            if case != BASELINE:
                 ours = f"{measured.images_per_second:.1f} images/s per process" + ("" if mfu is None else f", MFU {100 * mfu:.1f}%")
-                summary.append(SummaryRow("train", f"{model}: {SUMMARY_NAMES[case]}", ours, "plain DDP + Adam step", f"{baseline:.1f} images/s per process", ratio))
+                label = summary_name(case, trainer_zero_stage=result.trainer_zero_stage)
+                summary.append(SummaryRow("train", f"{model}: {label}", ours, "plain DDP + Adam step", f"{baseline:.1f} images/s per process", ratio))
         notes.append(
             f"- {model}: {result.flops_per_image / 1e9:.3f} GFLOP per image (forward + backward), {result.steps_per_epoch} steps per epoch"
             f" per rank; the loader alone delivers {result.loader_images_per_second:.1f} images/s per process on the same epochs;"

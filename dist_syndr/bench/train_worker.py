@@ -2,7 +2,7 @@
 
 Started by :func:`dist_syndr.bench.train.launch` with ``RANK`` / ``WORLD_SIZE``
 / ``MASTER_ADDR`` / ``MASTER_PORT`` set. Decodes the epochs' batches through
-the loader (untimed, also timing the loader alone), then measures the three
+the loader (untimed, also timing the loader alone), then measures the
 cases of :mod:`dist_syndr.bench.train` on them and rank 0 writes the JSON
 report (to a temporary name, then renamed).
 
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from dist_syndr import atomic_files, engine, runtime, tracking, trainer
-from dist_syndr.bench.train import CASES, TrainPlan
+from dist_syndr.bench.train import BASELINE, TRAINER, TrainPlan, step_case
 from dist_syndr.config import Config, DataConfig, ModelConfig, RuntimeConfig, TrainConfig
 from dist_syndr.loader import make_loader, plan_epoch, upsampled_keys
 from dist_syndr.model import build_model
@@ -56,21 +56,21 @@ class Clock:
         return self.images / max(self.seconds, 1e-9)
 
 
-def bench_config(plan: TrainPlan, model: str, shard_root: str) -> Config:
-    """The run configuration every case shares: ZeRO-1, precision auto (bf16 on GPUs, fp32 on the CPU)."""
+def bench_config(plan: TrainPlan, model: str, shard_root: str, zero_stage: int) -> Config:
+    """The run configuration every case shares, at ``zero_stage``: precision auto (bf16 on GPUs, fp32 on the CPU)."""
     return Config(
         seed=0,
         run_name="bench-train",
         runtime=RuntimeConfig(faiss="cpu"),
         model=ModelConfig(backbone=model, is_random_init=True, image_size=plan.crop),
         data=DataConfig(batch_size=plan.batch_size, num_workers=plan.num_workers, crop=plan.crop, verify_checksums=False),
-        train=TrainConfig(zero_stage=1, learning_rate=1e-4, shard_set=shard_root, resume="never"),
+        train=TrainConfig(zero_stage=zero_stage, learning_rate=1e-4, shard_set=shard_root, resume="never"),
     )
 
 
 def main(case: dict) -> None:
     plan = TrainPlan.from_dict(case["plan"])
-    cfg = bench_config(plan, case["model"], case["shard_root"])
+    cfg = bench_config(plan, case["model"], case["shard_root"], plan.trainer_zero_stage)
     backends = runtime.init(cfg.runtime, timeout_s=plan.timeout_s)
     rank, world_size = backends.rank, backends.world_size
     threads = plan.threads_per_rank or max(1, len(os.sched_getaffinity(0)) // world_size)
@@ -97,9 +97,7 @@ def main(case: dict) -> None:
     if not decoded[epochs[0]]:
         raise ValueError(f"{cfg.train.shard_set}: too few samples for one batch of {plan.batch_size} on each of {world_size} ranks")
 
-    # ---- models: one initial state for the baseline and the engine
-    import deepspeed
-
+    # ---- models: one initial state for the baseline and every engine
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model)
     baseline_model = copy.deepcopy(model).to(device)
@@ -108,24 +106,23 @@ def main(case: dict) -> None:
     ddp = torch.nn.parallel.DistributedDataParallel(baseline_model, device_ids=device_ids)
     optimizer = engine.build_optimizer(baseline_model, cfg.train)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-    ds_config = engine.deepspeed_config(cfg.train, cfg.data, world_size=world_size, device=backends.device)
-    model_engine, *_ = deepspeed.initialize(model=model, optimizer=engine.build_optimizer(model, cfg.train), config=ds_config)
+    engines = {stage: _engine(plan, case, model, stage, world_size, backends.device) for stage in plan.engine_stages}
     gc.freeze()  # as launchers/train.py does
-    run = trainer.Run(model_engine, train_set, {}, tracking.NullTracker(), Path(case["checkpoints"]), rank, world_size)
+    run = trainer.Run(engines[plan.trainer_zero_stage], train_set, {}, tracking.NullTracker(), Path(case["checkpoints"]), rank, world_size)
     train_loader = make_loader(train_set, cfg.data, is_training=True, dali=cfg.runtime.dali)  # kept across epochs, as trainer.fit does
 
-    cases: dict[str, Callable[[int], dict]] = {
-        "ddp": lambda epoch: _ddp_epoch(ddp, optimizer, autocast, decoded[epoch]),
-        "deepspeed": lambda epoch: _engine_epoch(model_engine, decoded[epoch]),
-        "trainer": lambda epoch: trainer.train_epoch(cfg, run, kept, always, epoch, loader=train_loader),
-    }
-    for name in CASES:
+    cases: dict[str, Callable[[int], dict]] = {BASELINE: lambda epoch: _ddp_epoch(ddp, optimizer, autocast, decoded[epoch])}
+    for stage in plan.step_stages:
+        cases[step_case(stage)] = lambda epoch, stage=stage: _engine_epoch(engines[stage], decoded[epoch])
+    cases[TRAINER] = lambda epoch: trainer.train_epoch(cfg, run, kept, always, epoch, loader=train_loader)
+    names = plan.cases
+    for name in names:
         for epoch in epochs[: plan.warmup_epochs]:
             cases[name](epoch)
     best: dict[str, Clock] = {}
     for repeat in range(plan.repeats):
         # Alternating the order spreads slow moments of a shared machine over all cases.
-        for name in CASES if repeat % 2 == 0 else reversed(CASES):
+        for name in names if repeat % 2 == 0 else reversed(names):
             clock = _timed(cases[name], timed_epochs, plan.batch_size, device)
             log.info("rank %d, %s, repeat %d: %.1f images/s", rank, name, repeat, clock.images_per_second)
             if name not in best or clock.images_per_second > best[name].images_per_second:
@@ -134,9 +131,9 @@ def main(case: dict) -> None:
     train_loader.close()
 
     # ---- report: per-process rates from every rank, written by rank 0
-    trainer_clock = best["trainer"]
+    trainer_clock = best[TRAINER]
     in_loop = trainer_clock.images / trainer_clock.loop_seconds if trainer_clock.loop_seconds else float("nan")
-    rates = np.array([best[name].images_per_second for name in CASES] + [loader_clock.images_per_second, in_loop])
+    rates = np.array([best[name].images_per_second for name in names] + [loader_clock.images_per_second, in_loop])
     per_rank = np.concatenate(runtime.all_gather_array(rates[None, :]))  # (ranks, cases + loader + trainer loop)
     if rank == 0:
         report = {
@@ -147,11 +144,11 @@ def main(case: dict) -> None:
                     "per_rank": per_rank[:, i].tolist(),
                     "data_wait_share": None if best[name].wait_seconds is None else best[name].wait_seconds / best[name].seconds,
                 }
-                for i, name in enumerate(CASES)
+                for i, name in enumerate(names)
             },
             "flops_per_image": flops_per_image,
-            "loader_images_per_second": float(per_rank[:, len(CASES)].mean()),
-            "trainer_loop_images_per_second": float(per_rank[:, len(CASES) + 1].mean()),
+            "loader_images_per_second": float(per_rank[:, len(names)].mean()),
+            "trainer_loop_images_per_second": float(per_rank[:, len(names) + 1].mean()),
             "steps_per_epoch": len(decoded[epochs[0]]),
             "world_size": world_size,
             "device": backends.device,
@@ -159,9 +156,21 @@ def main(case: dict) -> None:
             "gpu_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "",
             "loader": f"DALI {backends.dali}" if cfg.data.loader != "torch" and backends.dali != "off" else "torch DataLoader",
             "threads": threads,
+            "trainer_zero_stage": plan.trainer_zero_stage,
         }
         atomic_files.write_text(case["result"], json.dumps(report, indent=2))
     torch.distributed.destroy_process_group()
+
+
+def _engine(plan: TrainPlan, case: dict, model: torch.nn.Module, stage: int, world_size: int, device: str):
+    """A DeepSpeed engine at ZeRO ``stage`` over a copy of ``model``, configured as the trainer would be."""
+    import deepspeed
+
+    copy_of_model = copy.deepcopy(model)
+    cfg = bench_config(plan, case["model"], case["shard_root"], stage)
+    ds_config = engine.deepspeed_config(cfg.train, cfg.data, world_size=world_size, device=device)
+    model_engine, *_ = deepspeed.initialize(model=copy_of_model, optimizer=engine.build_optimizer(copy_of_model, cfg.train), config=ds_config)
+    return model_engine
 
 
 def _decode_epoch(
