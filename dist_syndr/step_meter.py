@@ -5,6 +5,10 @@ the iterator's ``next()`` is data wait, everything else (forward, backward,
 optimizer step, logging) is compute. :meth:`StepMeter.pause` keeps work that is
 neither (a checkpoint) out of both.
 
+Losses may be device tensors: they are kept as they are and read in one go by
+:meth:`StepMeter.settle` (at a log step, a checkpoint, the epoch's end), so a
+GPU step does not wait for its loss before the next one is queued.
+
 Shapes: none.
 """
 
@@ -38,6 +42,7 @@ class StepMeter:
         self.epoch = _Window()
         self.window = _Window()
         self._last = time.perf_counter()
+        self._pending_losses: list = []  # floats or 0-d tensors, in step order
 
     def batches(self, iterable: Iterable) -> Iterator:
         """Yield from ``iterable``, charging the time ``next()`` takes to data wait."""
@@ -52,16 +57,36 @@ class StepMeter:
             self._charge(time.perf_counter() - started, wait=True)
             yield batch
 
-    def step_done(self, loss: float, images: int) -> None:
-        """Record one optimizer step over ``images`` images with loss ``loss``."""
+    def step_done(self, loss, images: int) -> None:
+        """Record one optimizer step over ``images`` images with loss ``loss`` (a float or a 0-d tensor)."""
         self._charge(0.0, wait=False)
+        self._pending_losses.append(loss.detach() if hasattr(loss, "detach") else loss)
         for window in (self.epoch, self.window):
             window.images += images
             window.steps += 1
-            window.loss_sum += loss
+
+    def settle(self) -> list[float]:
+        """The losses recorded since the last call, as floats in step order (one device sync for all)."""
+        if not self._pending_losses:
+            return []
+        if hasattr(self._pending_losses[0], "detach"):
+            import torch
+
+            values = torch.stack(self._pending_losses).tolist()
+        else:
+            values = [float(loss) for loss in self._pending_losses]
+        self._pending_losses = []
+        for value in values:
+            self.epoch.loss_sum += value
+            self.window.loss_sum += value
+        return values
 
     def report(self) -> dict[str, float]:
-        """Mean loss, images/s and data-wait share since the previous report (then starts a new window)."""
+        """Mean loss, images/s and data-wait share since the previous report (then starts a new window).
+
+        Call :meth:`settle` first when the caller needs the losses itself; unsettled ones are settled here.
+        """
+        self.settle()
         window, self.window = self.window, _Window()
         return {"loss": window.loss_sum / max(window.steps, 1), **window.rates()}
 

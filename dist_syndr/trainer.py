@@ -165,24 +165,31 @@ def train_epoch(
             loss = engine.l1_loss(model(batch.images.to(device)).float(), batch.scores.to(device))
             model.backward(loss)
             model.step()
-            loss_value = float(loss.detach())
-            meter.step_done(loss_value, len(batch))
-            progress.loss_sum += loss_value
+            meter.step_done(loss, len(batch))  # read later, all at once: no device sync per step
             progress.images += len(batch)
             state.batches_done += 1
             state.global_step += 1
             if state.global_step % cfg.train.log_every_steps == 0:
+                _settle_losses(meter, progress)
                 step_metrics = {f"train/{k}": v for k, v in meter.report().items()} | {"train/lr": float(model.get_lr()[0])}
                 run.tracker.log_metrics(step_metrics, step=state.global_step)
             every = cfg.train.checkpoint_every_steps
             if every and state.batches_done % every == 0 and state.batches_done < last_batch:
+                _settle_losses(meter, progress)
                 with meter.pause():
                     train_state.save(model, run.checkpoint_dir, state, progress, keep=cfg.train.keep_checkpoints)
+    _settle_losses(meter, progress)
     _check_same_on_all_ranks(run, epoch, "steps", state.batches_done)
     runtime.broadcast_buffers(model.module)  # evaluation, features and the checkpoint all see rank 0's BatchNorm statistics
     loss_sums = [p[0] for p in runtime.all_gather_objects((progress.loss_sum, progress.images))]
     mean_loss = sum(loss_sums) / (state.batches_done * run.world_size) if state.batches_done else float("nan")
     return {"loss": mean_loss, **meter.epoch_rates(), "steps": float(state.batches_done)}
+
+
+def _settle_losses(meter: StepMeter, progress: RankProgress) -> None:
+    # Added one by one in step order, so the sums (saved in checkpoints) do not depend on when they are read.
+    for value in meter.settle():
+        progress.loss_sum += value
 
 
 def _evaluate(cfg: Config, run: Run) -> dict[str, float]:

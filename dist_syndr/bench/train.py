@@ -145,7 +145,7 @@ class TrainPlan:
             num_workers=4,
             epochs=3,
             repeats=1,
-            step_stages=(1, 2),
+            step_stages=(2,),  # one engine per model: the device check has minutes, not hours
             trainer_zero_stage=2,  # as configs/train/vit-large-multinode.yaml
         )
 
