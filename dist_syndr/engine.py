@@ -18,6 +18,12 @@ Throughput choices (measured with ``launchers/bench.py train``, README):
   (``contiguous_gradients: false``): the contiguous buffer avoids GPU memory
   fragmentation and only costs a copy of every gradient on the CPU.
 - Adam is torch's fused kernel (one pass over each tensor, on CPU and CUDA).
+- ZeRO-0 fp32 on the CPU (gloo): DeepSpeed would all-reduce the gradients after
+  the backward pass (a device without streams has nothing to overlap with);
+  :func:`initialize` hands DeepSpeed the model inside torch's
+  ``DistributedDataParallel`` instead, whose reducer all-reduces gradient buckets
+  on a side thread while the backward pass goes on, and turns DeepSpeed's own
+  all-reduce off. Checkpoints keep the model's own state-dict keys.
 
 Shapes: scores ``(B,)``.
 """
@@ -26,6 +32,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+
+import torch
 
 from dist_syndr import atomic_files
 from dist_syndr.config import DataConfig, TrainConfig
@@ -77,6 +85,42 @@ def _zero_1_2_options(train: TrainConfig, precision: str, device: str) -> dict:
     return options
 
 
+def initialize(model, train: TrainConfig, data: DataConfig, *, world_size: int, device: str):
+    """``deepspeed.initialize`` on ``model`` with the generated config and :func:`build_optimizer`; ``(engine, config)``."""
+    import deepspeed
+
+    ds_config = deepspeed_config(train, data, world_size=world_size, device=device)
+    optimizer = build_optimizer(model, train)
+    if not is_reducer_overlapped(train, world_size=world_size, device=device):
+        model_engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+        return model_engine, ds_config
+    model_engine, *_ = deepspeed.initialize(model=_OverlappedReducer(model, broadcast_buffers=False), optimizer=optimizer, config=ds_config)
+    model_engine.enable_backward_allreduce = False  # the reducer has averaged the gradients already
+    return model_engine, ds_config
+
+
+def is_reducer_overlapped(train: TrainConfig, *, world_size: int, device: str) -> bool:
+    """True where :func:`initialize` lets torch DDP's reducer all-reduce the gradients (module docstring)."""
+    precision = resolved_precision(train, device)
+    return device == "cpu" and world_size > 1 and train.zero_stage == 0 and precision == "fp32" and train.gradient_accumulation_steps == 1
+
+
+def bare_module(model_engine):
+    """The model inside ``model_engine`` (without the reducer wrapper of :func:`initialize`)."""
+    module = model_engine.module
+    return module.module if isinstance(module, _OverlappedReducer) else module
+
+
+class _OverlappedReducer(torch.nn.parallel.DistributedDataParallel):
+    """DDP whose state dict is the wrapped model's: DeepSpeed checkpoints keep the model's keys."""
+
+    def state_dict(self, *args, **kwargs):
+        return self.module.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        return self.module.load_state_dict(state_dict, strict=strict, assign=assign)
+
+
 def save_deepspeed_config(config: dict, path: Path) -> None:
     """Write the generated JSON beside the run, atomically."""
     atomic_files.write_text(path, json.dumps(config, indent=2, sort_keys=True))
@@ -84,14 +128,10 @@ def save_deepspeed_config(config: dict, path: Path) -> None:
 
 def build_optimizer(model, train: TrainConfig):
     """Fused Adam over the backbone and head groups (head at ``head_lr_multiplier`` x the backbone rate)."""
-    import torch
-
     groups = model.parameter_groups(train.learning_rate, train.head_lr_multiplier)
     return torch.optim.Adam(groups, lr=train.learning_rate, weight_decay=train.weight_decay, fused=True)
 
 
 def l1_loss(predictions, targets):
     """Mean absolute error, the training loss of the method."""
-    import torch
-
     return torch.nn.functional.l1_loss(predictions, targets)

@@ -88,7 +88,7 @@ def _drcdown(cfg: Config, run: Run, original: list[str], epoch: int) -> tuple[np
     if not cfg.reshape.drcdown.enabled:
         positions, stats = np.arange(len(original), dtype=np.int64), {}
     else:
-        module = run.model_engine.module
+        module = engine.bare_module(run.model_engine)
         features = evaluation.embed(module, run.train_set, cfg.data, original, device=run.model_engine.device, dali=cfg.runtime.dali)
         entries = [run.train_set.by_key[key] for key in original]
         labels = np.array([entry.score for entry in entries], dtype=np.float64)
@@ -180,7 +180,7 @@ def train_epoch(
                     train_state.save(model, run.checkpoint_dir, state, progress, keep=cfg.train.keep_checkpoints)
     _settle_losses(meter, progress)
     _check_same_on_all_ranks(run, epoch, "steps", state.batches_done)
-    runtime.broadcast_buffers(model.module)  # evaluation, features and the checkpoint all see rank 0's BatchNorm statistics
+    runtime.broadcast_buffers(engine.bare_module(model))  # evaluation, features and the checkpoint all see rank 0's BatchNorm statistics
     loss_sums = [p[0] for p in runtime.all_gather_objects((progress.loss_sum, progress.images))]
     mean_loss = sum(loss_sums) / (state.batches_done * run.world_size) if state.batches_done else float("nan")
     return {"loss": mean_loss, **meter.epoch_rates(), "steps": float(state.batches_done)}
@@ -194,7 +194,7 @@ def _settle_losses(meter: StepMeter, progress: RankProgress) -> None:
 
 def _evaluate(cfg: Config, run: Run) -> dict[str, float]:
     results, _ = evaluation.evaluate_targets(
-        run.model_engine.module, run.targets, cfg.data, device=run.model_engine.device, dali=cfg.runtime.dali, seed=cfg.seed
+        engine.bare_module(run.model_engine), run.targets, cfg.data, device=run.model_engine.device, dali=cfg.runtime.dali, seed=cfg.seed
     )
     return results
 

@@ -46,13 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     target_sets = {name: ShardSet(folder) for name, folder in targets.items()}
 
     # ---- model and DeepSpeed engine
-    import deepspeed
     import torch
 
     torch.manual_seed(cfg.seed)  # random-init weights (and any torch RNG use) are the same in every run of this config
     model = build_model(cfg.model)
-    ds_config = engine.deepspeed_config(cfg.train, cfg.data, world_size=backends.world_size, device=backends.device)
-    model_engine, *_ = deepspeed.initialize(model=model, optimizer=engine.build_optimizer(model, cfg.train), config=ds_config)
+    model_engine, ds_config = engine.initialize(model, cfg.train, cfg.data, world_size=backends.world_size, device=backends.device)
     gc.freeze()  # the loaders' per-epoch gc.collect() then skips the long-lived torch/DeepSpeed objects (about 1 s per epoch here)
 
     # ---- resume, tracking

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import socket
+import subprocess
+import sys
+
 import pytest
 import torch
 
 from dist_syndr import config, engine
 from dist_syndr.config import ModelConfig
 from dist_syndr.model import build_model
+from tests.conftest import PROJECT_ROOT, distributed_env
 
 
 def test_generated_config_follows_our_sections(tmp_path):
@@ -53,3 +59,46 @@ def test_optimizer_uses_reference_rates_and_l1():
     assert rates == {"backbone": 2e-5, "head": pytest.approx(2e-4)}
     assert all(group["weight_decay"] == 5e-4 and group["fused"] for group in optimizer.param_groups)
     assert engine.l1_loss(torch.tensor([1.0, 3.0]), torch.tensor([2.0, 1.0])).item() == pytest.approx(1.5)
+
+
+def test_only_cpu_fp32_zero0_data_parallel_runs_through_the_ddp_reducer():
+    def is_overlapped(overrides, world_size=2, device="cpu"):
+        return engine.is_reducer_overlapped(config.load(None, overrides).train, world_size=world_size, device=device)
+
+    assert is_overlapped(["train.zero_stage=0"])
+    assert not is_overlapped(["train.zero_stage=0"], world_size=1)
+    assert not is_overlapped(["train.zero_stage=1"])
+    assert not is_overlapped(["train.zero_stage=0", "train.gradient_accumulation_steps=2"])
+    assert not is_overlapped(["train.zero_stage=0"], device="cuda")  # bf16 there; DeepSpeed's own path
+
+
+@pytest.mark.dist
+@pytest.mark.timeout(300)
+def test_zero0_on_gloo_trains_as_deepspeed_does_and_checkpoints_the_models_own_keys(tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {"TORCH_EXTENSIONS_DIR": str(PROJECT_ROOT / ".cache" / "torch_extensions"), "PYTHONPATH": str(PROJECT_ROOT)}
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.engine_worker", str(tmp_path)],
+            cwd=PROJECT_ROOT,
+            env=distributed_env(rank, 2, port) | env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in range(2)
+    ]
+    try:
+        outputs = [worker.communicate(timeout=240)[0] for worker in workers]
+    finally:
+        for worker in workers:
+            worker.kill()
+    assert all(worker.returncode == 0 for worker in workers), "\n".join(output[-3000:] for output in outputs)
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["is_wrapped"] and result["is_bare_model"] and result["has_trained"]
+    assert result["max_gap_to_deepspeed_reduction"] < 1e-6  # the same averaged gradients, summed in another order
+    assert result["is_same_on_ranks"]
+    assert result["checkpoint_keys"] == result["model_keys"]  # no "module." prefix from the wrapper
+    assert result["is_loaded_equal"]  # a plain engine resumes from it

@@ -164,12 +164,8 @@ def main(case: dict) -> None:
 
 def _engine(plan: TrainPlan, case: dict, model: torch.nn.Module, stage: int, world_size: int, device: str):
     """A DeepSpeed engine at ZeRO ``stage`` over a copy of ``model``, configured as the trainer would be."""
-    import deepspeed
-
-    copy_of_model = copy.deepcopy(model)
     cfg = bench_config(plan, case["model"], case["shard_root"], stage)
-    ds_config = engine.deepspeed_config(cfg.train, cfg.data, world_size=world_size, device=device)
-    model_engine, *_ = deepspeed.initialize(model=copy_of_model, optimizer=engine.build_optimizer(copy_of_model, cfg.train), config=ds_config)
+    model_engine, _ = engine.initialize(copy.deepcopy(model), cfg.train, cfg.data, world_size=world_size, device=device)
     return model_engine
 
 
