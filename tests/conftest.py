@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -85,3 +87,36 @@ def distributed_env(rank: int, world_size: int, port: int) -> dict[str, str]:
     env = dict(os.environ)
     env.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     return env
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def run_ranks(command: list[str], *, timeout_s: float, world_size: int = 2, extra_env: dict[str, str] | None = None) -> list[str]:
+    """Run ``command`` as ``world_size`` ranks of one gloo group from the project root; their outputs.
+
+    Fails the test (with every rank's output tail) unless all ranks exit 0 in time; kills them all in any case.
+    """
+    port = free_port()
+    workers = [
+        subprocess.Popen(
+            command,
+            cwd=PROJECT_ROOT,
+            env=distributed_env(rank, world_size, port) | (extra_env or {}),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in range(world_size)
+    ]
+    try:
+        outputs = [worker.communicate(timeout=timeout_s)[0] for worker in workers]
+    finally:
+        for worker in workers:
+            worker.kill()
+    assert all(worker.returncode == 0 for worker in workers), "\n".join(output[-3000:] for output in outputs)
+    return outputs

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
 import sys
 
 import pytest
@@ -13,7 +11,7 @@ import torch
 from dist_syndr import config, engine
 from dist_syndr.config import ModelConfig
 from dist_syndr.model import build_model
-from tests.conftest import PROJECT_ROOT, distributed_env
+from tests.conftest import PROJECT_ROOT, run_ranks
 
 
 def test_generated_config_follows_our_sections(tmp_path):
@@ -75,27 +73,8 @@ def test_only_cpu_fp32_zero0_data_parallel_runs_through_the_ddp_reducer():
 @pytest.mark.dist
 @pytest.mark.timeout(300)
 def test_zero0_on_gloo_trains_as_deepspeed_does_and_checkpoints_the_models_own_keys(tmp_path):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     env = {"TORCH_EXTENSIONS_DIR": str(PROJECT_ROOT / ".cache" / "torch_extensions"), "PYTHONPATH": str(PROJECT_ROOT)}
-    workers = [
-        subprocess.Popen(
-            [sys.executable, "-m", "tests.engine_worker", str(tmp_path)],
-            cwd=PROJECT_ROOT,
-            env=distributed_env(rank, 2, port) | env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for rank in range(2)
-    ]
-    try:
-        outputs = [worker.communicate(timeout=240)[0] for worker in workers]
-    finally:
-        for worker in workers:
-            worker.kill()
-    assert all(worker.returncode == 0 for worker in workers), "\n".join(output[-3000:] for output in outputs)
+    run_ranks([sys.executable, "-m", "tests.engine_worker", str(tmp_path)], timeout_s=240, extra_env=env)
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["is_wrapped"] and result["is_bare_model"] and result["has_trained"]
     assert result["max_gap_to_deepspeed_reduction"] < 1e-6  # the same averaged gradients, summed in another order

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 
@@ -12,15 +11,9 @@ import torch
 
 from dist_syndr import export
 from dist_syndr.shardset import sha256_file
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT, free_port
 
 RUNS = ("0", "1", "2", "3", "0-bf16")
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +22,7 @@ def checkpoints(tmp_path_factory):
     out = tmp_path_factory.mktemp("ds_checkpoints")
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI",)}
     env.update(
-        RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
+        RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()),
         TORCH_EXTENSIONS_DIR=str(PROJECT_ROOT / ".cache" / "torch_extensions"), PYTHONPATH=str(PROJECT_ROOT),
     )
     completed = subprocess.run(

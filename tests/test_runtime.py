@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-import subprocess
 import sys
 
 import numpy as np
@@ -12,7 +10,7 @@ import pytest
 from dist_syndr import runtime
 from dist_syndr.config import RuntimeConfig
 from dist_syndr.reshape import drcdown
-from tests.conftest import PROJECT_ROOT, distributed_env, has_gpu, straddling_pool
+from tests.conftest import has_gpu, run_ranks, straddling_pool
 
 
 def test_forced_cpu_choice():
@@ -57,33 +55,10 @@ def test_collectives_are_identity_without_a_group():
         runtime.broadcast_array(None)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.dist
 @pytest.mark.timeout(180)
 def test_two_process_gloo_drcdown_matches_single_process(tmp_path):
-    port = _free_port()
-    workers = [
-        subprocess.Popen(
-            [sys.executable, "-m", "tests.dist_worker", str(tmp_path)],
-            cwd=PROJECT_ROOT,
-            env=distributed_env(rank, 2, port),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for rank in range(2)
-    ]
-    try:
-        outputs = [w.communicate(timeout=150)[0] for w in workers]
-    finally:
-        for w in workers:
-            w.kill()
-    assert all(w.returncode == 0 for w in workers), "\n".join(outputs)
+    run_ranks([sys.executable, "-m", "tests.dist_worker", str(tmp_path)], timeout_s=150)
     features, labels = straddling_pool(3)
     single = drcdown.run(features, labels, cap=5, seed=11)
     for rank in range(2):

@@ -204,11 +204,9 @@ def test_folder_pool_engine_distortions_with_weak_labels_and_resume(tmp_path):
 @pytest.mark.dist
 @pytest.mark.timeout(240)
 def test_two_ranks_write_the_same_set_as_one(tmp_path):
-    import subprocess
     import sys
 
-    from tests.conftest import PROJECT_ROOT, distributed_env
-    from tests.test_runtime import _free_port
+    from tests.conftest import run_ranks
 
     _pristine_folder(tmp_path / "pristine", count=9)
     common = [
@@ -217,14 +215,7 @@ def test_two_ranks_write_the_same_set_as_one(tmp_path):
         "shard.samples_per_shard=2", "shard.num_workers=1", "runtime.device=cpu",
     ]
     assert shard_launcher.main([*common, f"shard.output_root={tmp_path / 'one'}"]) == 0
-    port = _free_port()
-    command = [sys.executable, "launchers/shard.py", *common, f"shard.output_root={tmp_path / 'two'}"]
-    workers = [
-        subprocess.Popen(command, cwd=PROJECT_ROOT, env=distributed_env(rank, 2, port), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for rank in range(2)
-    ]
-    outputs = [w.communicate(timeout=200)[0] for w in workers]
-    assert all(w.returncode == 0 for w in workers), "\n".join(outputs)
+    run_ranks([sys.executable, "launchers/shard.py", *common, f"shard.output_root={tmp_path / 'two'}"], timeout_s=200)
     one, two = tmp_path / "one" / "folder-weak", tmp_path / "two" / "folder-weak"
     assert {p.name: p.read_bytes() for p in one.iterdir()} == {p.name: p.read_bytes() for p in two.iterdir()}
     assert len(ShardSet(two)) == 9 and len(ShardSet(two).shards) == 5
