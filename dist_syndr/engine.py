@@ -70,6 +70,10 @@ def deepspeed_config(train: TrainConfig, data: DataConfig, *, world_size: int, d
         "wall_clock_breakdown": False,
         "gradient_clipping": train.gradient_clipping,  # 0 = off; DeepSpeed's default would be 1.0
     }
+    if train.is_optimizer_offloaded:
+        # Offloaded state is stepped by our fused torch Adam on the host (same update as everywhere);
+        # DeepSpeed otherwise insists on its own compiled CPU Adam.
+        config["zero_force_ds_cpu_optimizer"] = False
     return config
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 
 import pytest
@@ -11,7 +13,7 @@ import torch
 from dist_syndr import config, engine
 from dist_syndr.config import ModelConfig
 from dist_syndr.model import build_model
-from tests.conftest import PROJECT_ROOT, run_ranks
+from tests.conftest import PROJECT_ROOT, free_port, run_ranks
 
 
 def test_generated_config_follows_our_sections(tmp_path):
@@ -57,6 +59,31 @@ def test_optimizer_uses_reference_rates_and_l1():
     assert rates == {"backbone": 2e-5, "head": pytest.approx(2e-4)}
     assert all(group["weight_decay"] == 5e-4 and group["fused"] for group in optimizer.param_groups)
     assert engine.l1_loss(torch.tensor([1.0, 3.0]), torch.tensor([2.0, 1.0])).item() == pytest.approx(1.5)
+
+
+OFFLOADED_STEP = """
+import torch
+from dist_syndr import config, engine
+from dist_syndr.config import ModelConfig
+from dist_syndr.model import build_model
+cfg = config.load(None, ["train.zero_stage=2", "train.is_optimizer_offloaded=true", "data.batch_size=2"])
+model = build_model(ModelConfig(backbone="vit_tiny_patch16_224", is_random_init=True, image_size=32))
+before = model.head.weight.detach().clone()
+model_engine, _ = engine.initialize(model, cfg.train, cfg.data, world_size=1, device="cpu")
+loss = engine.l1_loss(model_engine(torch.randn(2, 3, 32, 32)).float(), torch.tensor([1.0, 2.0]))
+model_engine.backward(loss)
+model_engine.step()
+assert not torch.equal(before, engine.bare_module(model_engine).head.weight.detach())
+print("stepped with", type(model_engine.optimizer.optimizer).__name__)
+"""
+
+
+@pytest.mark.timeout(240)
+def test_offloaded_optimizer_steps_with_our_adam(tmp_path):
+    env = {**os.environ, "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    env.update(TORCH_EXTENSIONS_DIR=str(PROJECT_ROOT / ".cache" / "torch_extensions"), PYTHONPATH=str(PROJECT_ROOT))
+    completed = subprocess.run([sys.executable, "-c", OFFLOADED_STEP], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=200)
+    assert completed.returncode == 0 and "stepped with Adam" in completed.stdout, completed.stdout[-2000:] + completed.stderr[-3000:]
 
 
 def test_only_cpu_fp32_zero0_data_parallel_runs_through_the_ddp_reducer():
