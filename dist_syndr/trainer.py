@@ -13,7 +13,6 @@ Shapes: ``N`` original samples, ``D`` pooled feature dimension.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import gzip
 import hashlib
@@ -140,11 +139,11 @@ def train_epoch(
     *,
     state: TrainState | None = None,
     progress: RankProgress | None = None,
-    loader=None,
+    loader,
 ) -> dict[str, float]:
     """One epoch (or its remainder after ``state.batches_done`` batches) on ``kept`` + ``always`` samples.
 
-    ``loader`` is a training loader kept across epochs (one is built for this epoch when None).
+    ``loader`` is the run's training loader (:func:`fit` keeps one for all epochs).
 
     Logs step metrics every ``train.log_every_steps`` steps and checkpoints every
     ``train.checkpoint_every_steps``; returns the epoch's loss, images/s per process,
@@ -159,25 +158,23 @@ def train_epoch(
     rank_plan = plan.for_rank(run.rank)
     last_batch = state.batches_done + rank_plan.num_batches
     meter, model, device = StepMeter(), run.model_engine, run.model_engine.device
-    own_loader = None if loader is not None else make_loader(run.train_set, cfg.data, is_training=True, dali=cfg.runtime.dali)
-    with contextlib.nullcontext(loader) if own_loader is None else own_loader as loader:
-        for batch in meter.batches(loader.batches(rank_plan)):
-            loss = engine.l1_loss(model(batch.images.to(device)).float(), batch.scores.to(device))
-            model.backward(loss)
-            model.step()
-            meter.step_done(loss, len(batch))  # read later, all at once: no device sync per step
-            progress.images += len(batch)
-            state.batches_done += 1
-            state.global_step += 1
-            if state.global_step % cfg.train.log_every_steps == 0:
-                _settle_losses(meter, progress)
-                step_metrics = {f"train/{k}": v for k, v in meter.report().items()} | {"train/lr": float(model.get_lr()[0])}
-                run.tracker.log_metrics(step_metrics, step=state.global_step)
-            every = cfg.train.checkpoint_every_steps
-            if every and state.batches_done % every == 0 and state.batches_done < last_batch:
-                _settle_losses(meter, progress)
-                with meter.pause():
-                    train_state.save(model, run.checkpoint_dir, state, progress, keep=cfg.train.keep_checkpoints)
+    for batch in meter.batches(loader.batches(rank_plan)):
+        loss = engine.l1_loss(model(batch.images.to(device)).float(), batch.scores.to(device))
+        model.backward(loss)
+        model.step()
+        meter.step_done(loss, len(batch))  # read later, all at once: no device sync per step
+        progress.images += len(batch)
+        state.batches_done += 1
+        state.global_step += 1
+        if state.global_step % cfg.train.log_every_steps == 0:
+            _settle_losses(meter, progress)
+            step_metrics = {f"train/{k}": v for k, v in meter.report().items()} | {"train/lr": float(model.get_lr()[0])}
+            run.tracker.log_metrics(step_metrics, step=state.global_step)
+        every = cfg.train.checkpoint_every_steps
+        if every and state.batches_done % every == 0 and state.batches_done < last_batch:
+            _settle_losses(meter, progress)
+            with meter.pause():
+                train_state.save(model, run.checkpoint_dir, state, progress, keep=cfg.train.keep_checkpoints)
     _settle_losses(meter, progress)
     _check_same_on_all_ranks(run, epoch, "steps", state.batches_done)
     runtime.broadcast_buffers(engine.bare_module(model))  # evaluation, features and the checkpoint all see rank 0's BatchNorm statistics

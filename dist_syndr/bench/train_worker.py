@@ -219,7 +219,7 @@ def _engine_epoch(model_engine, batches: Batches) -> dict:
 def _timed(epoch_fn: Callable[[int], dict], epochs: list[int], batch_size: int, device: torch.device) -> Clock:
     clock = Clock()
     for epoch in epochs:
-        _barrier()
+        runtime.barrier()
         started = time.perf_counter()
         stats = epoch_fn(epoch)
         _synchronize(device)
@@ -231,13 +231,6 @@ def _timed(epoch_fn: Callable[[int], dict], epochs: list[int], batch_size: int, 
         if stats.get("images_per_second"):
             clock.loop_seconds = (clock.loop_seconds or 0.0) + int(stats["steps"]) * batch_size / float(stats["images_per_second"])
     return clock
-
-
-def _barrier() -> None:
-    if runtime.is_distributed():
-        import torch.distributed as dist
-
-        dist.barrier()
 
 
 def _synchronize(device: torch.device) -> None:
