@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from dist_syndr import files
+
 # Target-domain presets of SPEC.md section 6: the KADID-10k distortion types kept.
 TARGET_TYPES: dict[str, tuple[int, ...]] = {
     "livec": (1, 3, 10, 17, 18, 25),
@@ -171,7 +173,7 @@ POOL_KINDS = ("kadid10k", "kadid_add81", "kadis700k", "livec", "koniq10k", "bid"
 
 @dataclass
 class FeaturesConfig:
-    """Reference-image embeddings for DDCUp (``dist_syndr.features``)."""
+    """Reference-image embeddings for DDCUp (``dist_syndr.features.backbone``)."""
 
     backbone: str = "resnet50"
     weights: str = ""  # local .safetensors / .pth / .pt file; never downloaded
@@ -250,7 +252,7 @@ BACKBONES = ("resnet18", "resnet50", "vit_tiny_patch16_224", "vit_base_patch16_2
 
 @dataclass
 class ModelConfig:
-    """The regression model (``dist_syndr.model``): a timm backbone and a linear head."""
+    """The regression model (``dist_syndr.features.model``): a timm backbone and a linear head."""
 
     backbone: str = "resnet50"
     weights: str = ""  # local .safetensors / .pth / .pt backbone weights; never downloaded
@@ -391,11 +393,7 @@ def dump(config: Any, path: str | Path | None = None) -> str:
     """YAML text of the resolved config; also written atomically to ``path`` if given."""
     text = yaml.safe_dump(to_dict(config), sort_keys=False)
     if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.tmp")
-        temporary.write_text(text)
-        temporary.replace(path)
+        files.write_text(path, text)
     return text
 
 

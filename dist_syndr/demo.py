@@ -3,7 +3,7 @@
 Stages, each printed as it finishes:
 
 1. DRCDown and DDCUp on generated features (the reshaping core at a glance);
-2. the embedded photo pool (:mod:`dist_syndr.embedded_pool`) sharded: training
+2. the embedded photo pool (:mod:`dist_syndr.pools.embedded`) sharded: training
    contents x 10 engine distortions x 5 levels with weak labels, DDCUp over the
    candidate contents with labels transferred from those weak labels, and a
    held-out test set of composed distortions;
@@ -33,12 +33,17 @@ from pathlib import Path
 
 import numpy as np
 
-from dist_syndr import embedded_pool, sharding, tracking
+from dist_syndr.tracking.tracker import tracking_uri
+
+from dist_syndr.pools import embedded
+
+from dist_syndr.sharding import writer
 from dist_syndr.config import Config
 from dist_syndr.pools import kadid, synthetic
 from dist_syndr.reshape import ddcup, drcdown
-from dist_syndr.shard_plan import recorded_config, run_shard_step
-from dist_syndr.shardset import INDEX_NAME, ShardSet
+from dist_syndr.sharding.photos import composite_items
+from dist_syndr.sharding.plan import recorded_config, run_shard_step
+from dist_syndr.sharding.shard_set import INDEX_NAME, ShardSet
 
 log = logging.getLogger(__name__)
 
@@ -146,30 +151,30 @@ def _ddcup_stage(config: Config) -> str:
 def _pool_stage(config: Config, paths: DemoPaths) -> tuple[ShardSet, ShardSet, str]:
     """Shard the embedded photographs: the reshaped training set (DDCUp on weak labels) and the composite test set."""
     pristine = paths.work_dir / "photos"
-    embedded_pool.write_pristine(pristine / "train", embedded_pool.TRAIN_CONTENTS, PHOTO_SIZE)
-    embedded_pool.write_pristine(pristine / "candidates", embedded_pool.CANDIDATE_CONTENTS, PHOTO_SIZE)
-    test_refs = embedded_pool.write_pristine(pristine / "test", embedded_pool.TEST_CONTENTS, PHOTO_SIZE)
+    embedded.write_pristine(pristine / "train", embedded.TRAIN_CONTENTS, PHOTO_SIZE)
+    embedded.write_pristine(pristine / "candidates", embedded.CANDIDATE_CONTENTS, PHOTO_SIZE)
+    test_refs = embedded.write_pristine(pristine / "test", embedded.TEST_CONTENTS, PHOTO_SIZE)
     started = time.perf_counter()
     shard = config.shard
-    options = sharding.WriteOptions(samples_per_shard=shard.samples_per_shard, num_workers=shard.num_workers)
+    options = writer.WriteOptions(samples_per_shard=shard.samples_per_shard, num_workers=shard.num_workers)
     train_dir = paths.shards / shard.name
     shard.pool.root, shard.candidates.root = str(pristine / "train"), str(pristine / "candidates")
     plan = run_shard_step(config, train_dir, options)
     test_dir = paths.shards / "demo-test"
     if not (test_dir / INDEX_NAME).is_file():
-        items = embedded_pool.composite_items(test_refs, tuple(shard.pool.types), per_content=TEST_IMAGES_PER_CONTENT, seed=config.seed)
-        sharding.write_shard_set(items, test_dir, options, {"composite_test": recorded_config(config)})
+        items = composite_items(test_refs, tuple(shard.pool.types), per_content=TEST_IMAGES_PER_CONTENT, seed=config.seed)
+        writer.write_shard_set(items, test_dir, options, {"composite_test": recorded_config(config)})
     seconds = time.perf_counter() - started
     train_set, test_set = ShardSet(train_dir), ShardSet(test_dir)
     selected = ", ".join(key.rsplit("/", 1)[-1] for key in plan.selected_candidates) or "none"
     return train_set, test_set, "\n".join(
         [
             "== The embedded photo pool (scikit-image, scikit-learn and matplotlib photographs) ==",
-            f"training: {len(embedded_pool.TRAIN_CONTENTS)} contents x {len(shard.pool.types)} engine distortions x 5 levels = "
+            f"training: {len(embedded.TRAIN_CONTENTS)} contents x {len(shard.pool.types)} engine distortions x 5 levels = "
             f"{plan.num_original} samples, weak labels (full-reference ensemble, NOT human scores)",
-            f"DDCUp over {len(embedded_pool.CANDIDATE_CONTENTS)} candidate contents selected {selected}: "
+            f"DDCUp over {len(embedded.CANDIDATE_CONTENTS)} candidate contents selected {selected}: "
             f"{plan.num_upsampled} pseudo-labelled samples at levels {list(config.reshape.ddcup.levels)}",
-            f"held-out test: {len(test_set)} images of {len(embedded_pool.TEST_CONTENTS)} unseen contents, each with 2-4 composed distortions",
+            f"held-out test: {len(test_set)} images of {len(embedded.TEST_CONTENTS)} unseen contents, each with 2-4 composed distortions",
             f"shard sets {train_set.root} and {test_set.root} in {seconds:.1f} s (a rerun reuses finished shards)",
         ]
     )
@@ -213,7 +218,7 @@ def _compare_stage(paths: DemoPaths, run_ids: dict[str, str]) -> str:
     """``launchers/compare.py`` writes and logs the full table; the demo prints its headline rows."""
     import mlflow
 
-    from dist_syndr import compare
+    from dist_syndr.tracking import compare
 
     out = paths.work_dir / "compare"
     command = [sys.executable, str(PROJECT_ROOT / "launchers" / "compare.py"), *run_ids.values(), "--out", str(out)]
@@ -251,7 +256,7 @@ def _deepspeed() -> list[str]:
 
 
 def _tracking_uri(paths: DemoPaths) -> str:
-    return tracking.tracking_uri(paths.mlruns)  # MLFLOW_TRACKING_URI when set
+    return tracking_uri(paths.mlruns)  # MLFLOW_TRACKING_URI when set
 
 
 def _launch(command: list[str], paths: DemoPaths, log_path: Path) -> str:

@@ -100,6 +100,21 @@ def has_cuda() -> bool:
     return torch.cuda.is_available() and torch.cuda.device_count() > 0
 
 
+def torch_device():
+    """The torch device this process computes on: its current CUDA device when torch sees one, else the CPU."""
+    import torch
+
+    return torch.device("cuda", torch.cuda.current_device()) if has_cuda() else torch.device("cpu")
+
+
+def is_cuda_initialised() -> bool:
+    """True once this process has initialised CUDA (a forked child could then not use it)."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    return torch is not None and torch.cuda.is_initialized()
+
+
 def import_faiss():
     """The faiss module, or a ValueError naming the pip extra to install."""
     try:

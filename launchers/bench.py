@@ -13,7 +13,9 @@ import argparse
 import os
 from pathlib import Path
 
-from dist_syndr import atomic_files, cli, runtime
+from dist_syndr import cli, runtime
+
+from dist_syndr import files
 from dist_syndr.bench import harness, loader, reshape, shard, train
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -40,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     text = combined_report(reports) if args.benchmark == "all" else "\n\n".join(f"## {name}\n\n{report}" for name, report in reports.items())
     print(text)
     if args.out is not None:
-        atomic_files.write_text(args.out, text + "\n")
+        files.write_text(args.out, text + "\n")
     return 0
 
 

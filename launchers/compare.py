@@ -19,7 +19,10 @@ import os
 import sys
 from pathlib import Path
 
-from dist_syndr import cli, compare, runtime, tracking
+from dist_syndr import cli, runtime
+from dist_syndr.tracking import tracker as tracking
+
+from dist_syndr.tracking import compare
 
 LOCAL_STORE = Path("mlruns")  # the trainer's default store, relative to where it ran
 

@@ -25,7 +25,13 @@ import os
 import time
 from pathlib import Path
 
-from dist_syndr import atomic_files, cli, evaluation, runtime, tracking
+from dist_syndr import cli, runtime
+from dist_syndr.tracking import tracker as tracking
+from dist_syndr.evaluate import predict
+from dist_syndr.evaluate.checkpoints import load_model
+from dist_syndr.evaluate.targets import parse_target, target_shard_set
+
+from dist_syndr import files
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MLFLOW_ROOT = Path("mlruns")
@@ -49,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     # ---- checkpoint, config and targets, checked before any process-group work
-    cfg, model = evaluation.load_model(args.checkpoint, args.config, args.overrides)
+    cfg, model = load_model(args.checkpoint, args.config, args.overrides)
     targets = _targets(args.target or cfg.train.targets)
     rank, _, _ = runtime.env_rank_world()
     run_status = _run_status(args.run_id) if args.run_id and rank == 0 and not args.no_tracking else None
@@ -59,19 +65,19 @@ def main(argv: list[str] | None = None) -> int:
     model = model.to(backends.device)
     cache_dir = args.cache_dir or Path(cfg.shard.output_root) / "targets"
     shard_sets = {
-        name: evaluation.target_shard_set(name, spec, cache_dir, num_workers=cfg.shard.num_workers, seed=cfg.seed)
+        name: target_shard_set(name, spec, cache_dir, num_workers=cfg.shard.num_workers, seed=cfg.seed)
         for name, spec in targets.items()
     }
 
     # ---- predictions and metrics (every rank takes part)
-    results, predictions = evaluation.evaluate_targets(
+    results, predictions = predict.evaluate_targets(
         model, shard_sets, cfg.data, device=backends.device, dali=cfg.runtime.dali, seed=cfg.seed
     )
 
     # ---- files, table, tracking (rank 0)
     if backends.rank == 0:
         out = args.out or Path("evaluation") / cfg.run_name
-        files = [evaluation.write_predictions_csv(out / f"{name}_predictions.csv", p) for name, p in predictions.items()]
+        files = [predict.write_predictions_csv(out / f"{name}_predictions.csv", p) for name, p in predictions.items()]
         files.append(_write_metrics_json(out / "metrics.json", args.checkpoint, results, predictions))
         print(format_table(results, predictions), flush=True)
         if not args.no_tracking:
@@ -90,7 +96,7 @@ def _targets(entries: list[str]) -> dict[str, str]:
             raise ValueError(f"--target {entry!r}: expected NAME=DIR or NAME=KIND:DIR")
         if name in targets:
             raise ValueError(f"--target {name}: given twice")
-        _, root = evaluation.parse_target(name, spec)  # checks the name
+        _, root = parse_target(name, spec)  # checks the name
         if not root.exists():
             raise ValueError(f"target {name}: {root} does not exist")
         targets[name] = spec
@@ -108,7 +114,7 @@ def _run_status(run_id: str) -> str:
         raise ValueError(f"--run-id {run_id}: no such MLflow run at {uri}") from None
 
 
-def format_table(results: dict[str, float], predictions: dict[str, evaluation.Predictions]) -> str:
+def format_table(results: dict[str, float], predictions: dict[str, predict.Predictions]) -> str:
     """One row per target: images, then SRCC, PLCC, KRCC, RMSE and logistic PLCC (``-`` without labels)."""
     width = max([len("target"), *(len(name) for name in predictions)])
     header = f"{'target':<{width}}  {'images':>7}" + "".join(f"  {title:>13}" for _, title in COLUMNS)
@@ -131,7 +137,7 @@ def _write_metrics_json(path: Path, checkpoint: Path, results: dict[str, float],
         "metrics": {key: (None if math.isnan(value) else value) for key, value in sorted(results.items())},
         "num_images": {name: len(p) for name, p in predictions.items()},
     }
-    return atomic_files.write_text(path, json.dumps(record, indent=2))
+    return files.write_text(path, json.dumps(record, indent=2))
 
 
 def _track(cfg, args, results: dict[str, float], files: list[Path], backends: runtime.Backends, run_status: str | None, out: Path) -> None:

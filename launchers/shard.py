@@ -13,8 +13,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dist_syndr import cli, config, runtime, shard_plan, sharding
-from dist_syndr.shardset import ShardSet
+from dist_syndr import cli, config, runtime
+from dist_syndr.sharding import plan as shard_plan
+
+from dist_syndr.sharding import writer
+from dist_syndr.sharding.shard_set import ShardSet
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     # ---- plan, write, index
-    options = sharding.WriteOptions(
+    options = writer.WriteOptions(
         samples_per_shard=cfg.shard.samples_per_shard,
         png_compress_level=cfg.shard.png_compress_level,
         num_workers=cfg.shard.num_workers,

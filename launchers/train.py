@@ -12,9 +12,18 @@ import os
 import time
 from pathlib import Path
 
-from dist_syndr import cli, config, engine, export, runtime, tracking, train_state, trainer
-from dist_syndr.model import build_model
-from dist_syndr.shardset import INDEX_NAME, ShardSet
+from dist_syndr import cli, config, runtime
+from dist_syndr.tracking import tracker as tracking
+
+from dist_syndr.train import deepspeed_engine
+
+from dist_syndr.evaluate import export
+
+from dist_syndr.train import state as train_state
+
+from dist_syndr.train import loop
+from dist_syndr.features.model import build_model
+from dist_syndr.sharding.shard_set import INDEX_NAME, ShardSet
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SMOKE_TRAIN = (("astronaut", "coffee", "chelsea", "rocket"), (1, 11, 16))
@@ -50,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.manual_seed(cfg.seed)  # random-init weights (and any torch RNG use) are the same in every run of this config
     model = build_model(cfg.model)
-    model_engine, ds_config = engine.initialize(model, cfg.train, cfg.data, world_size=backends.world_size, device=backends.device)
+    model_engine, ds_config = deepspeed_engine.initialize(model, cfg.train, cfg.data, world_size=backends.world_size, device=backends.device)
     gc.freeze()  # the loaders' per-epoch gc.collect() then skips the long-lived torch/DeepSpeed objects (about 1 s per epoch here)
 
     # ---- resume, tracking
@@ -64,21 +73,21 @@ def main(argv: list[str] | None = None) -> int:
     tracker = tracking.make_tracker(cfg, rank=backends.rank, experiment=cfg.train.experiment, root=Path("mlruns"), tags=tags, local_dir=journal)
     if backends.rank == 0:
         config.dump(cfg, run_dir / "config.yaml")
-        engine.save_deepspeed_config(ds_config, run_dir / "deepspeed.json")
+        deepspeed_engine.save_deepspeed_config(ds_config, run_dir / "deepspeed.json")
         tracker.log_artifact(run_dir / "config.yaml")
         tracker.log_artifact(run_dir / "deepspeed.json")
 
     # ---- the loop
-    run = trainer.Run(model_engine, train_set, target_sets, tracker, checkpoints, backends.rank, backends.world_size, run_dir)
+    run = loop.Run(model_engine, train_set, target_sets, tracker, checkpoints, backends.rank, backends.world_size, run_dir)
     try:
-        results, state = trainer.fit(cfg, run, state, progress)
+        results, state = loop.fit(cfg, run, state, progress)
 
         # ---- consolidated fp32 weights (any ZeRO stage), once every rank's checkpoint is on disk
         runtime.barrier()
         if backends.rank == 0:
             weights = export.export_checkpoint(checkpoints, run_dir / "export" / "model_fp32.pt", tag=train_state.completed_tag(checkpoints))
             tracker.log_artifact(weights, "model")
-            print(trainer.summary(results, state), flush=True)
+            print(loop.summary(results, state), flush=True)
     except BaseException:
         tracker.close("FAILED")
         raise
@@ -118,7 +127,7 @@ def _check_batch(cfg: config.Config, world_size: int) -> None:
 
 
 def _build_smoke_sets(cfg: config.Config, targets: dict[str, str], rank: int) -> None:
-    from dist_syndr.photo_pools import photo_shard_set
+    from dist_syndr.sharding.photos import photo_shard_set
 
     if rank == 0:
         photo_shard_set(Path(cfg.train.shard_set), *SMOKE_TRAIN, size=64, seed=cfg.seed, num_workers=1)

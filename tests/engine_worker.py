@@ -1,10 +1,10 @@
 """Worker for the 2-process engine test: ``python -m tests.engine_worker OUT_DIR``.
 
 Trains the same tiny model for three steps under DeepSpeed ZeRO-0 on gloo twice:
-through :func:`dist_syndr.engine.initialize` (torch DDP's overlapped reducer) and
+through :func:`dist_syndr.train.deepspeed_engine.initialize` (torch DDP's overlapped reducer) and
 through plain ``deepspeed.initialize`` (DeepSpeed's own all-reduce after the
 backward pass); then checkpoints the first and loads it into a fresh plain
-engine. Rank 0 writes ``OUT_DIR/result.json``.
+deepspeed_engine. Rank 0 writes ``OUT_DIR/result.json``.
 """
 
 from __future__ import annotations
@@ -16,9 +16,11 @@ from pathlib import Path
 
 import torch
 
-from dist_syndr import engine, runtime
+from dist_syndr import runtime
+
+from dist_syndr.train import deepspeed_engine
 from dist_syndr.config import RuntimeConfig, load
-from dist_syndr.model import IQAModel
+from dist_syndr.features.model import IQAModel
 from tests.ds_checkpoint_worker import tiny_model
 
 
@@ -26,13 +28,13 @@ def _train(model_engine, rank: int) -> None:
     generator = torch.Generator().manual_seed(100 + rank)  # different data on each rank
     for _ in range(3):
         images = torch.randn(2, 3, 32, 32, generator=generator)
-        loss = engine.l1_loss(model_engine(images).float(), torch.tensor([1.0, 2.0]))
+        loss = deepspeed_engine.l1_loss(model_engine(images).float(), torch.tensor([1.0, 2.0]))
         model_engine.backward(loss)
         model_engine.step()
 
 
 def _weights(model_engine) -> dict[str, torch.Tensor]:
-    return {name: tensor.detach().clone() for name, tensor in engine.bare_module(model_engine).state_dict().items()}
+    return {name: tensor.detach().clone() for name, tensor in deepspeed_engine.bare_module(model_engine).state_dict().items()}
 
 
 def main(out_dir: str) -> None:
@@ -45,9 +47,9 @@ def main(out_dir: str) -> None:
     model = tiny_model(0)
     model.backbone.patch_embed.proj.bias.requires_grad_(True)  # DDP needs every parameter in the graph
 
-    overlapped, ds_config = engine.initialize(copy.deepcopy(model), cfg.train, cfg.data, world_size=world_size, device="cpu")
+    overlapped, ds_config = deepspeed_engine.initialize(copy.deepcopy(model), cfg.train, cfg.data, world_size=world_size, device="cpu")
     plain_model = copy.deepcopy(model)
-    plain, *_ = deepspeed.initialize(model=plain_model, optimizer=engine.build_optimizer(plain_model, cfg.train), config=ds_config)
+    plain, *_ = deepspeed.initialize(model=plain_model, optimizer=deepspeed_engine.build_optimizer(plain_model, cfg.train), config=ds_config)
     _train(overlapped, rank)
     _train(plain, rank)
     trained = _weights(overlapped)
@@ -57,14 +59,14 @@ def main(out_dir: str) -> None:
     overlapped.save_checkpoint(str(out / "checkpoints"), tag="step3")
     runtime.barrier()
     fresh_model = copy.deepcopy(model)
-    fresh, *_ = deepspeed.initialize(model=fresh_model, optimizer=engine.build_optimizer(fresh_model, cfg.train), config=ds_config)
+    fresh, *_ = deepspeed.initialize(model=fresh_model, optimizer=deepspeed_engine.build_optimizer(fresh_model, cfg.train), config=ds_config)
     fresh.load_checkpoint(str(out / "checkpoints"), tag="step3")
     is_loaded_equal = all(torch.equal(tensor, trained[name]) for name, tensor in _weights(fresh).items())
     if rank == 0:
         saved = torch.load(out / "checkpoints" / "step3" / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
         result = {
-            "is_wrapped": engine.is_reducer_overlapped(cfg.train, world_size=world_size, device="cpu") and not isinstance(overlapped.module, IQAModel),
-            "is_bare_model": isinstance(engine.bare_module(overlapped), IQAModel),
+            "is_wrapped": deepspeed_engine.is_reducer_overlapped(cfg.train, world_size=world_size, device="cpu") and not isinstance(overlapped.module, IQAModel),
+            "is_bare_model": isinstance(deepspeed_engine.bare_module(overlapped), IQAModel),
             "max_gap_to_deepspeed_reduction": gap,
             "is_same_on_ranks": on_ranks[0] == on_ranks[1],
             "checkpoint_keys": list(saved),

@@ -8,7 +8,9 @@ import math
 
 import pytest
 
-from dist_syndr import cli, compare
+from dist_syndr import cli
+
+from dist_syndr.tracking import compare
 from launchers import compare as compare_launcher
 
 NAN = float("nan")

@@ -10,37 +10,39 @@ import sys
 import pytest
 import torch
 
-from dist_syndr import config, engine
+from dist_syndr import config
+
+from dist_syndr.train import deepspeed_engine
 from dist_syndr.config import ModelConfig
-from dist_syndr.model import build_model
+from dist_syndr.features.model import build_model
 from tests.conftest import PROJECT_ROOT, free_port, run_ranks
 
 
 def test_generated_config_follows_our_sections(tmp_path):
     cfg = config.load(None, ["train.zero_stage=3", "train.gradient_accumulation_steps=2", "train.gradient_clipping=1.0", "data.batch_size=8", "train.is_optimizer_offloaded=true"])
-    generated = engine.deepspeed_config(cfg.train, cfg.data, world_size=4, device="cpu")
+    generated = deepspeed_engine.deepspeed_config(cfg.train, cfg.data, world_size=4, device="cpu")
     assert generated["train_micro_batch_size_per_gpu"] == 8 and generated["train_batch_size"] == 64
     assert generated["zero_optimization"]["stage"] == 3
     assert generated["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
     assert generated["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
     assert generated["gradient_clipping"] == 1.0
     assert not generated["bf16"]["enabled"] and not generated["fp16"]["enabled"]  # auto on CPU: fp32
-    assert engine.deepspeed_config(cfg.train, cfg.data, world_size=1, device="cuda")["bf16"]["enabled"]
+    assert deepspeed_engine.deepspeed_config(cfg.train, cfg.data, world_size=1, device="cuda")["bf16"]["enabled"]
     path = tmp_path / "run" / "deepspeed.json"
-    engine.save_deepspeed_config(generated, path)
+    deepspeed_engine.save_deepspeed_config(generated, path)
     assert path.is_file() and '"stage": 3' in path.read_text()
 
 
 def test_clipping_is_explicit_and_unread_work_is_skipped():
     cfg = config.load(None, ["train.zero_stage=1"])
-    generated = engine.deepspeed_config(cfg.train, cfg.data, world_size=2, device="cpu")
+    generated = deepspeed_engine.deepspeed_config(cfg.train, cfg.data, world_size=2, device="cpu")
     assert generated["gradient_clipping"] == 0.0  # absent, DeepSpeed would clip at 1.0
     assert generated["zero_optimization"] == {"stage": 1, "contiguous_gradients": False, "compute_grad_norm": False}
     clipped = config.load(None, ["train.zero_stage=2", "train.gradient_clipping=0.5"])
-    on_gpu = engine.deepspeed_config(clipped.train, clipped.data, world_size=2, device="cuda")["zero_optimization"]
+    on_gpu = deepspeed_engine.deepspeed_config(clipped.train, clipped.data, world_size=2, device="cuda")["zero_optimization"]
     assert on_gpu == {"stage": 2}  # contiguous buffers on GPUs; the norm for clipping
     bf16_zero1 = config.load(None, ["train.zero_stage=1", "train.precision=bf16"])
-    assert "compute_grad_norm" not in engine.deepspeed_config(bf16_zero1.train, bf16_zero1.data, world_size=2, device="cuda")["zero_optimization"]
+    assert "compute_grad_norm" not in deepspeed_engine.deepspeed_config(bf16_zero1.train, bf16_zero1.data, world_size=2, device="cuda")["zero_optimization"]
 
 
 def test_bad_combinations_name_the_key():
@@ -49,31 +51,32 @@ def test_bad_combinations_name_the_key():
     with pytest.raises(ValueError, match="train.zero_stage"):
         config.load(None, ["train.zero_stage=4"])
     with pytest.raises(ValueError, match="fp16 needs a CUDA"):
-        engine.resolved_precision(config.load(None, ["train.precision=fp16"]).train, "cpu")
+        deepspeed_engine.resolved_precision(config.load(None, ["train.precision=fp16"]).train, "cpu")
 
 
 def test_optimizer_uses_reference_rates_and_l1():
     model = build_model(ModelConfig(backbone="resnet18", is_random_init=True))
-    optimizer = engine.build_optimizer(model, config.load().train)
+    optimizer = deepspeed_engine.build_optimizer(model, config.load().train)
     rates = {group["name"]: group["lr"] for group in optimizer.param_groups}
     assert rates == {"backbone": 2e-5, "head": pytest.approx(2e-4)}
     assert all(group["weight_decay"] == 5e-4 and group["fused"] for group in optimizer.param_groups)
-    assert engine.l1_loss(torch.tensor([1.0, 3.0]), torch.tensor([2.0, 1.0])).item() == pytest.approx(1.5)
+    assert deepspeed_engine.l1_loss(torch.tensor([1.0, 3.0]), torch.tensor([2.0, 1.0])).item() == pytest.approx(1.5)
 
 
 OFFLOADED_STEP = """
 import torch
-from dist_syndr import config, engine
+from dist_syndr import config
+from dist_syndr.train import deepspeed_engine
 from dist_syndr.config import ModelConfig
-from dist_syndr.model import build_model
+from dist_syndr.features.model import build_model
 cfg = config.load(None, ["train.zero_stage=2", "train.is_optimizer_offloaded=true", "data.batch_size=2"])
 model = build_model(ModelConfig(backbone="vit_tiny_patch16_224", is_random_init=True, image_size=32))
 before = model.head.weight.detach().clone()
-model_engine, _ = engine.initialize(model, cfg.train, cfg.data, world_size=1, device="cpu")
-loss = engine.l1_loss(model_engine(torch.randn(2, 3, 32, 32)).float(), torch.tensor([1.0, 2.0]))
+model_engine, _ = deepspeed_engine.initialize(model, cfg.train, cfg.data, world_size=1, device="cpu")
+loss = deepspeed_engine.l1_loss(model_engine(torch.randn(2, 3, 32, 32)).float(), torch.tensor([1.0, 2.0]))
 model_engine.backward(loss)
 model_engine.step()
-assert not torch.equal(before, engine.bare_module(model_engine).head.weight.detach())
+assert not torch.equal(before, deepspeed_engine.bare_module(model_engine).head.weight.detach())
 print("stepped with", type(model_engine.optimizer.optimizer).__name__)
 """
 
@@ -88,7 +91,7 @@ def test_offloaded_optimizer_steps_with_our_adam(tmp_path):
 
 def test_only_cpu_fp32_zero0_data_parallel_runs_through_the_ddp_reducer():
     def is_overlapped(overrides, world_size=2, device="cpu"):
-        return engine.is_reducer_overlapped(config.load(None, overrides).train, world_size=world_size, device=device)
+        return deepspeed_engine.is_reducer_overlapped(config.load(None, overrides).train, world_size=world_size, device=device)
 
     assert is_overlapped(["train.zero_stage=0"])
     assert not is_overlapped(["train.zero_stage=0"], world_size=1)

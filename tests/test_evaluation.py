@@ -15,11 +15,18 @@ import numpy as np
 import pytest
 import torch
 
-from dist_syndr import config, evaluation, export, sharding
+from dist_syndr import config
+from dist_syndr.evaluate.checkpoints import load_model
+from dist_syndr.evaluate.predict import Predictions, embed, evaluate_targets, predict, target_metrics, write_predictions_csv
+from dist_syndr.evaluate.targets import parse_target, target_shard_set
+
+from dist_syndr.evaluate import export
+
+from dist_syndr.sharding import writer
 from dist_syndr.config import DataConfig, ModelConfig
 from dist_syndr.loader.crops import crop_anchors, cut, normalise
-from dist_syndr.model import build_model
-from dist_syndr.shardset import ShardSet
+from dist_syndr.features.model import build_model
+from dist_syndr.sharding.shard_set import ShardSet
 from tests.conftest import PROJECT_ROOT
 
 NUM_IMAGES = 7  # odd: two ranks need one padded repeat
@@ -47,10 +54,10 @@ def _write_images(folder: Path, count: int = NUM_IMAGES, seed: int = 0) -> list[
 def _tiny_shard_set(root: Path) -> ShardSet:
     images = _write_images(root / "images")
     items = [
-        sharding.WorkItem(key=f"tiny/{path.stem}", source_path=str(path), score=score, meta={"origin": "original", "source": "tiny"})
+        writer.WorkItem(key=f"tiny/{path.stem}", source_path=str(path), score=score, meta={"origin": "original", "source": "tiny"})
         for path, score in images
     ]
-    sharding.write_shard_set(items, root / "set", sharding.WriteOptions(samples_per_shard=3, num_workers=1), {"test": "tiny"})
+    writer.write_shard_set(items, root / "set", writer.WriteOptions(samples_per_shard=3, num_workers=1), {"test": "tiny"})
     return ShardSet(root / "set")
 
 
@@ -84,16 +91,16 @@ def tiny_set(tmp_path_factory) -> ShardSet:
 @pytest.mark.timeout(120)
 def test_predict_averages_crops_in_key_order(tiny_set):
     model = _tiny_model()
-    result = evaluation.predict(model, tiny_set, _data(), device="cpu", dali="off", seed=5)
+    result = predict(model, tiny_set, _data(), device="cpu", dali="off", seed=5)
     assert result.keys.tolist() == tiny_set.keys() and len(result) == NUM_IMAGES
     np.testing.assert_array_equal(result.scores, tiny_set.scores())
     with torch.no_grad():
         manual = [float(model(_manual_crops(tiny_set, key, num_crops=3, mode="random", seed=5)).mean()) for key in tiny_set.keys()]
     np.testing.assert_allclose(result.predictions, manual, rtol=0, atol=1e-5)
     # the crops matter (a different seed moves them) and batching does not
-    other_seed = evaluation.predict(model, tiny_set, _data(), device="cpu", dali="off", seed=6)
+    other_seed = predict(model, tiny_set, _data(), device="cpu", dali="off", seed=6)
     assert not np.allclose(other_seed.predictions, result.predictions, atol=1e-6)
-    one_batch = evaluation.predict(model, tiny_set, _data(batch_size=16), device="cpu", dali="off", seed=5)
+    one_batch = predict(model, tiny_set, _data(batch_size=16), device="cpu", dali="off", seed=5)
     np.testing.assert_allclose(one_batch.predictions, result.predictions, atol=1e-5)
     assert model.training is False
 
@@ -102,8 +109,8 @@ def test_predict_averages_crops_in_key_order(tiny_set):
 def test_dali_cpu_pipeline_gives_the_torch_loader_predictions(tiny_set):
     pytest.importorskip("nvidia.dali")
     model = _tiny_model()
-    torch_path = evaluation.predict(model, tiny_set, _data(), device="cpu", dali="off", seed=5)
-    dali_path = evaluation.predict(model, tiny_set, _data(loader="dali"), device="cpu", dali="cpu", seed=5)
+    torch_path = predict(model, tiny_set, _data(), device="cpu", dali="off", seed=5)
+    dali_path = predict(model, tiny_set, _data(loader="dali"), device="cpu", dali="cpu", seed=5)
     assert dali_path.keys.tolist() == torch_path.keys.tolist()
     np.testing.assert_allclose(dali_path.predictions, torch_path.predictions, atol=1e-5)
 
@@ -112,7 +119,7 @@ def test_dali_cpu_pipeline_gives_the_torch_loader_predictions(tiny_set):
 def test_embed_gives_centre_crop_features_in_the_order_asked(tiny_set):
     model = _tiny_model().train()  # embed switches to eval and back
     keys = tiny_set.keys()[::-2]
-    features = evaluation.embed(model, tiny_set, _data(), keys, device="cpu", dali="off")
+    features = embed(model, tiny_set, _data(), keys, device="cpu", dali="off")
     assert features.shape == (len(keys), 192) and features.dtype == np.float32 and model.training
     model.eval()
     with torch.no_grad():
@@ -123,7 +130,7 @@ def test_embed_gives_centre_crop_features_in_the_order_asked(tiny_set):
 @pytest.mark.timeout(120)
 def test_evaluate_targets_names_metrics_by_target(tiny_set):
     data = _data(eval_crop_mode="centre")
-    results, predictions = evaluation.evaluate_targets(_tiny_model(), {"tiny": tiny_set}, data, device="cpu", dali="off")
+    results, predictions = evaluate_targets(_tiny_model(), {"tiny": tiny_set}, data, device="cpu", dali="off")
     assert set(results) == {f"tiny/{m}" for m in ("srcc", "plcc", "krcc", "rmse", "plcc_logistic")}
     p = predictions["tiny"]
     assert results["tiny/rmse"] == pytest.approx(float(np.sqrt(np.mean((p.predictions.astype(np.float64) - p.scores) ** 2))))
@@ -138,8 +145,8 @@ def _dist_worker(root: str, out: str) -> None:
     rank, world_size = runtime.rank_world()
     assert world_size == 2 and runtime.is_distributed()
     shard_set = ShardSet(root)
-    result = evaluation.predict(_tiny_model(), shard_set, _data(), device="cpu", dali="off", seed=5)
-    features = evaluation.embed(_tiny_model(), shard_set, _data(), shard_set.keys()[::-1], device="cpu", dali="off")
+    result = predict(_tiny_model(), shard_set, _data(), device="cpu", dali="off", seed=5)
+    features = embed(_tiny_model(), shard_set, _data(), shard_set.keys()[::-1], device="cpu", dali="off")
     np.savez(Path(out) / f"rank{rank}.npz", keys=result.keys, predictions=result.predictions, features=features)
     runtime.shutdown()
 
@@ -159,8 +166,8 @@ def test_two_ranks_give_the_single_process_answer_without_padded_repeats(tiny_se
         processes.append(subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outputs = [process.communicate(timeout=200)[0] for process in processes]
     assert [p.returncode for p in processes] == [0, 0], "\n".join(o[-2000:] for o in outputs)
-    single = evaluation.predict(_tiny_model(), tiny_set, _data(), device="cpu", dali="off", seed=5)
-    single_features = evaluation.embed(_tiny_model(), tiny_set, _data(), tiny_set.keys()[::-1], device="cpu", dali="off")
+    single = predict(_tiny_model(), tiny_set, _data(), device="cpu", dali="off", seed=5)
+    single_features = embed(_tiny_model(), tiny_set, _data(), tiny_set.keys()[::-1], device="cpu", dali="off")
     for rank in range(2):
         saved = np.load(tmp_path / f"rank{rank}.npz")
         assert saved["keys"].tolist() == tiny_set.keys()  # 7 keys: the padded repeat is gone
@@ -195,36 +202,36 @@ def _same_weights(a, b) -> bool:
 def test_load_model_from_export_run_dir_and_tags(tmp_path):
     trained, older = _tiny_model(1), _tiny_model(2)
     run_dir = _run_dir(tmp_path, trained)
-    cfg, loaded = evaluation.load_model(run_dir)  # prefers export/model_fp32.pt
+    cfg, loaded = load_model(run_dir)  # prefers export/model_fp32.pt
     assert cfg.run_name == "tiny" and _same_weights(loaded, trained) and not loaded.training
-    _, from_file = evaluation.load_model(run_dir / "export" / "model_fp32.pt", overrides=["data.batch_size=5"])
+    _, from_file = load_model(run_dir / "export" / "model_fp32.pt", overrides=["data.batch_size=5"])
     assert _same_weights(from_file, trained)
     # no export yet: the latest DeepSpeed checkpoint; a tag folder names its own tag
     checkpoints = tmp_path / "runs" / "tiny" / "checkpoints"
     _fake_stage0_tag(checkpoints, "epoch0000", older)
     _fake_stage0_tag(checkpoints, "epoch0001", trained)
     (run_dir / "export" / "model_fp32.pt").unlink()
-    assert _same_weights(evaluation.load_model(run_dir)[1], trained)
-    assert _same_weights(evaluation.load_model(checkpoints)[1], trained)
-    assert _same_weights(evaluation.load_model(checkpoints / "epoch0000")[1], older)
+    assert _same_weights(load_model(run_dir)[1], trained)
+    assert _same_weights(load_model(checkpoints)[1], trained)
+    assert _same_weights(load_model(checkpoints / "epoch0000")[1], older)
 
 
 @pytest.mark.timeout(120)
 def test_load_model_errors_name_the_problem(tmp_path):
     model = _tiny_model()
     with pytest.raises(ValueError, match="checkpoint does not exist"):
-        evaluation.load_model(tmp_path / "nowhere")
+        load_model(tmp_path / "nowhere")
     loose = export.save_state_dict(model.state_dict(), tmp_path / "deep" / "a" / "b" / "c" / "d" / "model.pt")
     with pytest.raises(ValueError, match=r"no config.yaml .* pass the run's config with --config"):
-        evaluation.load_model(loose)
+        load_model(loose)
     run_dir = _run_dir(tmp_path, model)
-    cfg, _ = evaluation.load_model(loose, run_dir / "config.yaml")
+    cfg, _ = load_model(loose, run_dir / "config.yaml")
     assert cfg.model.image_size == 32
     with pytest.raises(ValueError, match="do not fit model.backbone=resnet18"):
-        evaluation.load_model(loose, run_dir / "config.yaml", ["model.backbone=resnet18"])
+        load_model(loose, run_dir / "config.yaml", ["model.backbone=resnet18"])
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="not a checkpoint"):
-        evaluation.load_model(tmp_path / "empty")
+        load_model(tmp_path / "empty")
 
 
 # ---------------------------------------------------------------------------
@@ -240,27 +247,27 @@ def _csv_dataset(root: Path) -> Path:
 
 @pytest.mark.timeout(120)
 def test_target_shard_set_shards_a_raw_dataset_once(tmp_path, tiny_set):
-    assert evaluation.target_shard_set("tiny", str(tiny_set.root), tmp_path / "cache").root == tiny_set.root
+    assert target_shard_set("tiny", str(tiny_set.root), tmp_path / "cache").root == tiny_set.root
     labels = _csv_dataset(tmp_path / "mine")
-    shard_set = evaluation.target_shard_set("mine", f"csv:{labels}", tmp_path / "cache", num_workers=1)
+    shard_set = target_shard_set("mine", f"csv:{labels}", tmp_path / "cache", num_workers=1)
     assert shard_set.root == tmp_path / "cache" / "mine" and len(shard_set) == 5
     assert shard_set.keys() == [f"labels/photos/img{i:02d}" for i in range(5)]
     assert np.all((shard_set.scores() >= 0) & (shard_set.scores() <= 10))
     index_time = (shard_set.root / "index.json").stat().st_mtime_ns
-    again = evaluation.target_shard_set("mine", f"csv:{labels}", tmp_path / "cache", num_workers=1)
+    again = target_shard_set("mine", f"csv:{labels}", tmp_path / "cache", num_workers=1)
     assert (again.root / "index.json").stat().st_mtime_ns == index_time  # reused, not rewritten
-    assert evaluation.parse_target("koniq", "/data/k") == ("koniq10k", Path("/data/k"))
-    assert evaluation.parse_target("x", "bid:/data/b") == ("bid", Path("/data/b"))
+    assert parse_target("koniq", "/data/k") == ("koniq10k", Path("/data/k"))
+    assert parse_target("x", "bid:/data/b") == ("bid", Path("/data/b"))
     with pytest.raises(ValueError, match=r"names no dataset reader; write it as other=KIND:"):
-        evaluation.target_shard_set("other", str(tmp_path / "mine"), tmp_path / "cache")
+        target_shard_set("other", str(tmp_path / "mine"), tmp_path / "cache")
     with pytest.raises(ValueError, match="does not exist"):
-        evaluation.target_shard_set("livec", str(tmp_path / "absent"), tmp_path / "cache")
+        target_shard_set("livec", str(tmp_path / "absent"), tmp_path / "cache")
 
 
 @pytest.mark.timeout(30)
 def test_predictions_csv_rows(tmp_path):
-    predictions = evaluation.Predictions(np.array(["a/1", "b/2"]), np.array([0.5, 1.25], np.float32), np.array([3.0, np.nan]))
-    path = evaluation.write_predictions_csv(tmp_path / "out" / "t_predictions.csv", predictions)
+    predictions = Predictions(np.array(["a/1", "b/2"]), np.array([0.5, 1.25], np.float32), np.array([3.0, np.nan]))
+    path = write_predictions_csv(tmp_path / "out" / "t_predictions.csv", predictions)
     assert path.read_text() == "key,prediction,score\na/1,0.5,3.0\nb/2,1.25,\n"
     assert [p.name for p in path.parent.iterdir()] == ["t_predictions.csv"]
 
@@ -269,11 +276,11 @@ def test_predictions_csv_rows(tmp_path):
 def test_metrics_use_labelled_images_and_flag_diverged_predictions():
     keys = np.array(["a", "b", "c", "d"])
     scores = np.array([1.0, np.nan, 5.0, 9.0])
-    result = evaluation.target_metrics(evaluation.Predictions(keys, np.array([2.0, 100.0, 4.0, 8.0], np.float32), scores))
+    result = target_metrics(Predictions(keys, np.array([2.0, 100.0, 4.0, 8.0], np.float32), scores))
     assert result["srcc"] == pytest.approx(1.0) and result["rmse"] == pytest.approx(1.0)  # the unlabelled 100 is left out
-    diverged = evaluation.target_metrics(evaluation.Predictions(keys, np.array([2.0, 1.0, np.nan, 8.0], np.float32), scores))
+    diverged = target_metrics(Predictions(keys, np.array([2.0, 1.0, np.nan, 8.0], np.float32), scores))
     assert set(diverged) == set(result) and all(np.isnan(v) for v in diverged.values())
-    assert evaluation.target_metrics(evaluation.Predictions(keys, np.zeros(4, np.float32), np.full(4, np.nan))) == {}
+    assert target_metrics(Predictions(keys, np.zeros(4, np.float32), np.full(4, np.nan))) == {}
 
 
 # ---------------------------------------------------------------------------
@@ -291,7 +298,7 @@ def _launch(tmp_path: Path, *arguments: str) -> subprocess.CompletedProcess:
 def test_launcher_scores_shard_set_and_raw_targets_and_tracks(tmp_path, tiny_set):
     import mlflow
 
-    from dist_syndr import tracking
+    from dist_syndr.tracking.tracker import tracking_uri
 
     run_dir = _run_dir(tmp_path, _tiny_model(3))
     labels = _csv_dataset(tmp_path / "mine")
@@ -309,7 +316,7 @@ def test_launcher_scores_shard_set_and_raw_targets_and_tracks(tmp_path, tiny_set
     assert recorded["num_images"] == {"tiny": 7, "mine": 5} and set(recorded["metrics"]) >= {"tiny/srcc", "mine/plcc_logistic"}
     assert float(table[header + 2].split()[2]) == pytest.approx(recorded["metrics"]["tiny/srcc"], abs=1e-4)
     # MLflow: a new run evaluate-<run_name> with eval/<target>/<metric> and the files
-    client = mlflow.MlflowClient(tracking_uri=tracking.tracking_uri(tmp_path / "mlruns"))
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri(tmp_path / "mlruns"))
     (run,) = client.search_runs([client.get_experiment_by_name("dist_syndr").experiment_id])
     assert run.info.run_name == "evaluate-tiny" and run.info.status == "FINISHED"
     assert run.data.metrics["eval/tiny/srcc"] == pytest.approx(recorded["metrics"]["tiny/srcc"])

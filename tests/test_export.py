@@ -9,8 +9,8 @@ import sys
 import pytest
 import torch
 
-from dist_syndr import export
-from dist_syndr.shardset import sha256_file
+from dist_syndr.evaluate import export
+from dist_syndr.sharding.shard_set import sha256_file
 from tests.conftest import PROJECT_ROOT, free_port
 
 RUNS = ("0", "1", "2", "3", "0-bf16")

@@ -1,4 +1,4 @@
-"""Feature extraction: local weights only, clear errors, centre crops, saved features."""
+"""Feature extraction: local weights only, clear errors, centre crops, batch-invariant embeddings."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from dist_syndr import features
+from dist_syndr.features.backbone import build_backbone
+from dist_syndr.features.embed import embed_paths, load_named_features
+from dist_syndr.features.preprocess import centre_crop
 from dist_syndr.config import FeaturesConfig
 
 
@@ -24,11 +26,11 @@ def _images(folder, count=5):
 
 def test_missing_weights_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="is_random_init"):
-        features.build_backbone(FeaturesConfig(backbone="resnet18"))
+        build_backbone(FeaturesConfig(backbone="resnet18"))
     with pytest.raises(ValueError, match="does not exist"):
-        features.build_backbone(FeaturesConfig(backbone="resnet18", weights=str(tmp_path / "none.pth")))
+        build_backbone(FeaturesConfig(backbone="resnet18", weights=str(tmp_path / "none.pth")))
     with pytest.raises(ValueError, match="features.backbone"):
-        features.build_backbone(FeaturesConfig(backbone="no_such_net", is_random_init=True))
+        build_backbone(FeaturesConfig(backbone="no_such_net", is_random_init=True))
 
 
 def test_local_weights_load_and_change_the_output(tmp_path):
@@ -38,7 +40,7 @@ def test_local_weights_load_and_change_the_output(tmp_path):
     source = timm.create_model("resnet18", pretrained=False, num_classes=10)
     weights = tmp_path / "resnet18.pth"
     torch.save(source.state_dict(), weights)
-    loaded = features.build_backbone(FeaturesConfig(backbone="resnet18", weights=str(weights)))
+    loaded = build_backbone(FeaturesConfig(backbone="resnet18", weights=str(weights)))
     x = torch.rand(1, 3, 32, 32)
     source.reset_classifier(0)
     with torch.inference_mode():
@@ -46,34 +48,29 @@ def test_local_weights_load_and_change_the_output(tmp_path):
     wrong = tmp_path / "wrong.pth"
     torch.save({"conv.weight": torch.zeros(1)}, wrong)
     with pytest.raises(ValueError, match="does not fit"):
-        features.build_backbone(FeaturesConfig(backbone="resnet18", weights=str(wrong)))
+        build_backbone(FeaturesConfig(backbone="resnet18", weights=str(wrong)))
 
 
-def test_embed_paths_is_batch_invariant_and_saves(tmp_path):
+def test_embed_paths_is_batch_invariant(tmp_path):
     paths = _images(tmp_path / "imgs")
     config = FeaturesConfig(backbone="resnet18", is_random_init=True, crop=32, batch_size=2)
     torch.manual_seed(0)
-    model = features.build_backbone(config)
-    embedded = features.embed_paths(paths, config, model)
-    one_batch = features.embed_paths(paths, FeaturesConfig(backbone="resnet18", is_random_init=True, crop=32, batch_size=8), model)
+    model = build_backbone(config)
+    embedded = embed_paths(paths, config, model)
+    one_batch = embed_paths(paths, FeaturesConfig(backbone="resnet18", is_random_init=True, crop=32, batch_size=8), model)
     assert embedded.shape == (5, model.num_features) and embedded.dtype == np.float32
     np.testing.assert_allclose(embedded, one_batch, rtol=1e-4, atol=1e-5)
-    target = tmp_path / "feats.npz"
-    features.save_features(target, [p.stem for p in paths], embedded)
-    keys, loaded = features.load_features(target)
-    assert keys == [p.stem for p in paths]
-    np.testing.assert_array_equal(loaded, embedded)
 
 
 def test_centre_crop_resizes_small_images_up():
     image = np.zeros((20, 30, 3), dtype=np.uint8)
-    assert features.centre_crop(image, 32).shape == (32, 32, 3)
+    assert centre_crop(image, 32).shape == (32, 32, 3)
     big = np.arange(60 * 80 * 3, dtype=np.uint8).reshape(60, 80, 3)
-    np.testing.assert_array_equal(features.centre_crop(big, 32), big[14:46, 24:56])
+    np.testing.assert_array_equal(centre_crop(big, 32), big[14:46, 24:56])
 
 
 def test_precomputed_features_must_match_their_names(tmp_path):
     np.save(tmp_path / "f.npy", np.ones((3, 4), np.float32))
     (tmp_path / "n.txt").write_text("a.png\nb.png\n")
     with pytest.raises(ValueError, match="does not match"):
-        features.load_named_features(str(tmp_path / "f.npy"), str(tmp_path / "n.txt"))
+        load_named_features(str(tmp_path / "f.npy"), str(tmp_path / "n.txt"))

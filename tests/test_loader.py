@@ -14,14 +14,14 @@ import pytest
 import torch
 from PIL import Image
 
-from dist_syndr import sharding
+from dist_syndr.sharding import writer
 from dist_syndr.config import DataConfig
 from dist_syndr.loader import make_loader, plan_epoch, verify_shard_set
 from dist_syndr.loader.crops import IMAGENET_STD, crop_anchors, cut, image_size, normalise
 from dist_syndr.loader.dali_pipeline import DaliLoader
 from dist_syndr.loader.torch_loader import TorchLoader
 from dist_syndr.pools.images import decode as decode_image
-from dist_syndr.shardset import ShardSet
+from dist_syndr.sharding.shard_set import ShardSet
 
 CROP = 224
 SEED = 11
@@ -50,9 +50,9 @@ def _write_set(folder: Path, images: list[tuple[str, np.ndarray, str]], samples_
             image.convert("P").save(path)
         else:
             image.save(path)
-        items.append(sharding.WorkItem(key=f"set/{name}", source_path=str(path), score=float(number) / 2))
-    options = sharding.WriteOptions(samples_per_shard=samples_per_shard, num_workers=1)
-    sharding.write_shard_set(items, folder / "shards", options, {"test": True})
+        items.append(writer.WorkItem(key=f"set/{name}", source_path=str(path), score=float(number) / 2))
+    options = writer.WriteOptions(samples_per_shard=samples_per_shard, num_workers=1)
+    writer.write_shard_set(items, folder / "shards", options, {"test": True})
     return ShardSet(folder / "shards")
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from dist_syndr import metrics
+from dist_syndr.evaluate import metrics
 
 
 def test_metrics_match_scipy_with_ties():

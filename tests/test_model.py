@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dist_syndr.config import ModelConfig
-from dist_syndr.model import build_model
+from dist_syndr.features.model import build_model
 
 
 @pytest.mark.parametrize("backbone, dim", [("resnet18", 512), ("vit_tiny_patch16_224", 192)])

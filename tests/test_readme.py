@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dist_syndr import config, sharding
+from dist_syndr import config
+
+from dist_syndr.sharding import writer
 from tests.conftest import PROJECT_ROOT
 
 
@@ -33,9 +35,9 @@ def test_loading_shards_snippet_runs(tmp_path, monkeypatch):
     for i in range(12):
         path = tmp_path / f"img{i}.png"
         Image.fromarray(rng.integers(0, 256, (240, 250, 3), dtype=np.uint8)).save(path)
-        items.append(sharding.WorkItem(key=f"demo/img{i}", source_path=str(path), score=float(i % 10), meta={"origin": "original"}))
+        items.append(writer.WorkItem(key=f"demo/img{i}", source_path=str(path), score=float(i % 10), meta={"origin": "original"}))
     monkeypatch.chdir(tmp_path)
-    sharding.write_shard_set(items, tmp_path / "shards" / "kadid-bid", sharding.WriteOptions(samples_per_shard=5, num_workers=1), {})
+    writer.write_shard_set(items, tmp_path / "shards" / "kadid-bid", writer.WriteOptions(samples_per_shard=5, num_workers=1), {})
     seen = []
     namespace = {
         "cfg": config.load(None, ["data.batch_size=4", "data.num_workers=1"]),

@@ -13,8 +13,8 @@ from PIL import Image
 from dist_syndr import config
 from dist_syndr.config import TARGET_TYPES
 from dist_syndr.pools import kadid
-from dist_syndr.shard_plan import build_plan
-from dist_syndr.shardset import ShardSet
+from dist_syndr.sharding.plan import build_plan
+from dist_syndr.sharding.shard_set import ShardSet
 from launchers import shard as shard_launcher
 from tests.conftest import fixture_file
 
@@ -119,9 +119,9 @@ def test_ddcup_needs_a_labelled_pool(tmp_path):
 @pytest.mark.timeout(300)
 def test_ddcup_on_a_weakly_labelled_engine_pool(tmp_path):
     """Originals are written and weakly labelled first; DDCUp transfers those labels to the selected contents."""
-    from dist_syndr.photo_pools import photo_crops
-    from dist_syndr.shard_plan import run_shard_step
-    from dist_syndr.sharding import WriteOptions
+    from dist_syndr.pools.embedded import photo_crops
+    from dist_syndr.sharding.plan import run_shard_step
+    from dist_syndr.sharding.writer import WriteOptions
 
     crops = photo_crops(np.random.default_rng(0), 6, 64, 64)
     for folder, names in (("pristine", ["a", "b", "c", "d"]), ("candidates", ["x", "y"])):

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dist_syndr import sharding
+from dist_syndr.sharding import writer
 from dist_syndr.pools.images import decode as decode_image
-from dist_syndr.shardset import ShardSet, scan_tar
+from dist_syndr.sharding.shard_set import ShardSet, scan_tar
 from tests.conftest import PROJECT_ROOT
 from tests.shard_worker import items_from_folder
 
@@ -37,8 +37,8 @@ def _make_images(folder: Path, count: int, size=(48, 40)) -> dict[str, np.ndarra
 
 
 def _write(source: Path, out: Path, workers: int = 1, samples_per_shard: int = 4, on_error: str = "error") -> ShardSet:
-    options = sharding.WriteOptions(samples_per_shard=samples_per_shard, num_workers=workers, on_error=on_error)
-    sharding.write_shard_set(items_from_folder(source), out, options, {"test": True})
+    options = writer.WriteOptions(samples_per_shard=samples_per_shard, num_workers=workers, on_error=on_error)
+    writer.write_shard_set(items_from_folder(source), out, options, {"test": True})
     return ShardSet(out)
 
 
@@ -135,9 +135,9 @@ def test_verify_decodes_every_image(tmp_path):
 
 
 def test_missing_file_is_an_error_naming_it(tmp_path):
-    item = sharding.WorkItem(key="test/gone", source_path=str(tmp_path / "gone.png"), score=1.0)
+    item = writer.WorkItem(key="test/gone", source_path=str(tmp_path / "gone.png"), score=1.0)
     with pytest.raises(ValueError, match="gone.png"):
-        sharding.write_shard_set([item], tmp_path / "out", sharding.WriteOptions(num_workers=1), {})
+        writer.write_shard_set([item], tmp_path / "out", writer.WriteOptions(num_workers=1), {})
 
 
 @pytest.mark.parametrize("name", ["../escape.png", "/abs/path.png", "a/../../b.json"])
@@ -163,9 +163,9 @@ def test_index_with_unsafe_shard_name_is_refused(tmp_path):
 
 
 def test_duplicate_keys_are_refused(tmp_path):
-    item = sharding.WorkItem(key="test/a", source_path="x.png")
+    item = writer.WorkItem(key="test/a", source_path="x.png")
     with pytest.raises(ValueError, match="duplicate"):
-        sharding.write_shard_set([item, item], tmp_path / "out", sharding.WriteOptions(), {})
+        writer.write_shard_set([item, item], tmp_path / "out", writer.WriteOptions(), {})
 
 
 def test_missing_index_names_the_folder(tmp_path):

@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from dist_syndr.step_meter import StepMeter
+from dist_syndr.train.step_meter import StepMeter
 
 
 def _slow_batches(count: int, wait_s: float):

@@ -7,7 +7,8 @@ import math
 
 import pytest
 
-from dist_syndr import config, tracking
+from dist_syndr import config
+from dist_syndr.tracking import tracker as tracking
 
 
 @pytest.mark.timeout(120)

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from dist_syndr import config, tracking
+from dist_syndr import config
+from dist_syndr.tracking import tracker as tracking
 from launchers import compare as compare_launcher
 from tests.conftest import PROJECT_ROOT
 
@@ -145,7 +146,7 @@ def test_server_down_at_start_run_is_created_on_sync(server, tmp_path, caplog):
     server.stop()
     run_dir = tmp_path / "runs" / "late"
     started = time.monotonic()
-    with caplog.at_level(logging.WARNING, logger="dist_syndr.tracking"):
+    with caplog.at_level(logging.WARNING, logger="dist_syndr.tracking.tracker"):
         tracker = _tracker(tmp_path, "late", run_dir / "tracking")
         assert tracker.run_id is None
         for step in range(12):
@@ -191,7 +192,7 @@ def test_outage_mid_run_loses_no_metric(server, tmp_path, caplog, capsys):
 
     server.stop()  # the server dies mid-run
     durations = []
-    with caplog.at_level(logging.WARNING, logger="dist_syndr.tracking"):
+    with caplog.at_level(logging.WARNING, logger="dist_syndr.tracking.tracker"):
         for step in steps[10:40]:
             begin = time.monotonic()
             tracker.log_metrics(_step_values(step), step)

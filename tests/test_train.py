@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from dist_syndr import tracking
+from dist_syndr.tracking.tracker import tracking_uri
 from tests.conftest import PROJECT_ROOT
 
 PRESET = PROJECT_ROOT / "configs" / "train" / "cpu-smoke.yaml"
@@ -36,7 +36,7 @@ def _env():
 def _metric_history(root, name, runs="runs"):
     import mlflow
 
-    client = mlflow.MlflowClient(tracking_uri=tracking.tracking_uri(root / "mlruns"))
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri(root / "mlruns"))
     run_id = (root / runs / "cpu-smoke" / "mlflow_run_id").read_text().strip()
     return [m.value for m in sorted(client.get_metric_history(run_id, name), key=lambda m: (m.step, m.timestamp))]
 

@@ -157,8 +157,8 @@ def make_shard_set(folder: Path, plan: LoaderPlan, encoding: str) -> Path:
     """Photo crops sharded by the sharding step: PNG files kept as they are, or BMP files it encodes."""
     from PIL import Image
 
-    from dist_syndr import sharding
-    from dist_syndr.photo_pools import photo_crops
+    from dist_syndr.sharding import writer
+    from dist_syndr.pools.embedded import photo_crops
 
     source = folder / "pool"
     source.mkdir(parents=True)
@@ -167,9 +167,9 @@ def make_shard_set(folder: Path, plan: LoaderPlan, encoding: str) -> Path:
     for number, crop in enumerate(photo_crops(np.random.default_rng(0), plan.num_images, plan.width, plan.height)):
         path = source / f"photo{number:05d}.{suffix}"
         Image.fromarray(crop).save(path)
-        items.append(sharding.WorkItem(key=f"bench/photo{number:05d}", source_path=str(path), score=float(number % 11)))
-    options = sharding.WriteOptions(samples_per_shard=plan.samples_per_shard, num_workers=plan.num_workers)
-    sharding.write_shard_set(items, folder / "shards", options, {"bench": True})
+        items.append(writer.WorkItem(key=f"bench/photo{number:05d}", source_path=str(path), score=float(number % 11)))
+    options = writer.WriteOptions(samples_per_shard=plan.samples_per_shard, num_workers=plan.num_workers)
+    writer.write_shard_set(items, folder / "shards", options, {"bench": True})
     return folder / "shards"
 
 
@@ -210,7 +210,7 @@ def _ours(shard_root: Path, plan: LoaderPlan, kind: str) -> LoaderRun:
     from dist_syndr.loader import plan_epoch
     from dist_syndr.loader.dali_pipeline import DaliLoader
     from dist_syndr.loader.torch_loader import TorchLoader
-    from dist_syndr.shardset import ShardSet
+    from dist_syndr.sharding.shard_set import ShardSet
 
     shard_set = ShardSet(shard_root)
     config = DataConfig(batch_size=plan.batch_size, num_workers=plan.num_workers, verify_checksums=False)

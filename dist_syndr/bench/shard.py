@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from dist_syndr.bench.harness import Report, SummaryRow, markdown_table
-from dist_syndr.photo_pools import photo_crops
+from dist_syndr.pools.embedded import photo_crops
 
 
 @dataclass(frozen=True)
@@ -69,11 +69,11 @@ def naive_write(paths: list[Path], target: Path) -> None:
 
 def ours_write(paths: list[Path], target: Path, workers: int) -> None:
     """The sharding step's writer on the same files."""
-    from dist_syndr import sharding
+    from dist_syndr.sharding import writer
 
-    items = [sharding.WorkItem(key=f"bench/{p.stem}", source_path=str(p), score=5.0) for p in paths]
-    options = sharding.WriteOptions(samples_per_shard=max(1, len(paths) // (4 * workers)), num_workers=workers)
-    sharding.write_shard_set(items, target, options, {"bench": True})
+    items = [writer.WorkItem(key=f"bench/{p.stem}", source_path=str(p), score=5.0) for p in paths]
+    options = writer.WriteOptions(samples_per_shard=max(1, len(paths) // (4 * workers)), num_workers=workers)
+    writer.write_shard_set(items, target, options, {"bench": True})
 
 
 ENGINE_TYPES = (1, 3, 10, 11, 16, 21)
@@ -82,7 +82,7 @@ ENGINE_TYPES = (1, 3, 10, 11, 16, 21)
 
 def engine_items(references: list[Path]):
     """Work items distorting every reference with ``ENGINE_TYPES`` at 5 levels."""
-    from dist_syndr import sharding
+    from dist_syndr.sharding import writer
 
     items = []
     for reference in references:
@@ -90,7 +90,7 @@ def engine_items(references: list[Path]):
             for level in range(1, 6):
                 key = f"bench/{reference.stem}_{distortion_type:02d}_{level:02d}"
                 meta = {"ref": f"bench/{reference.stem}", "type": distortion_type, "level": level, "origin": "distorted"}
-                items.append(sharding.WorkItem(key=key, ref_path=str(reference), is_engine=True, seed=sharding.item_seed(0, key), meta=meta))
+                items.append(writer.WorkItem(key=key, ref_path=str(reference), is_engine=True, seed=writer.item_seed(0, key), meta=meta))
     return items
 
 
@@ -114,11 +114,11 @@ def naive_engine_write(references: list[Path], target: Path) -> None:
 
 def ours_engine_write(references: list[Path], target: Path, workers: int) -> None:
     """The sharding step on the same engine work."""
-    from dist_syndr import sharding
+    from dist_syndr.sharding import writer
 
     items = engine_items(references)
-    options = sharding.WriteOptions(samples_per_shard=len(ENGINE_TYPES) * 5, num_workers=workers)
-    sharding.write_shard_set(items, target, options, {"bench": True})
+    options = writer.WriteOptions(samples_per_shard=len(ENGINE_TYPES) * 5, num_workers=workers)
+    writer.write_shard_set(items, target, options, {"bench": True})
 
 
 def _timed(function, *args) -> float:

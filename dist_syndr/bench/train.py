@@ -4,19 +4,19 @@ For each model (random init) these cases run in the same pair of processes,
 on the same batches, one after the other:
 
 - (a) baseline: ``torch.nn.parallel.DistributedDataParallel`` and
-  :func:`~dist_syndr.engine.build_optimizer`'s Adam over the model's parameter
+  :func:`~dist_syndr.train.deepspeed_engine.build_optimizer`'s Adam over the model's parameter
   groups, fed pre-decoded batches (autocast bf16 on a GPU, fp32 on the CPU);
 - (b) the bare DeepSpeed engine step at each ZeRO stage of ``step_stages``
-  (:func:`dist_syndr.engine.deepspeed_config`, the same optimizer,
+  (:func:`dist_syndr.train.deepspeed_engine.deepspeed_config`, the same optimizer,
   ``deepspeed.initialize``) on the same batches;
-- (c) the full trainer's training phase, :func:`dist_syndr.trainer.train_epoch`
+- (c) the full trainer's training phase, :func:`dist_syndr.train.loop.train_epoch`
   on the engine of ``trainer_zero_stage`` (the stage of our presets for that
   device: 0 on the CPU, 2 on GPUs), reading the shard set through the real
   loader (DALI's CPU pipeline without a GPU).
 
 The pre-decoded batches of (a) and (b) are the crops the trainer reads in
 (c): the same epoch plans through the same loader, decoded before timing.
-The shard set is built by :func:`dist_syndr.photo_pools.photo_shard_set`.
+The shard set is built by :func:`dist_syndr.sharding.photos.photo_shard_set`.
 Every case runs its warm-up epochs untimed, then its timed epochs (each
 started after a barrier); cases alternate order between repeats and the best
 repeat is kept. ``images/s`` is per process (mean over ranks); ratios are
@@ -218,7 +218,8 @@ def peak_flops(gpu_name: str) -> float | None:
 
 def run(plan: TrainPlan) -> Report:
     """Build the shard set, measure every model of ``plan`` in its own set of rank processes; the report."""
-    from dist_syndr.photo_pools import PHOTOS, photo_shard_set
+    from dist_syndr.pools.embedded import PHOTOS
+    from dist_syndr.sharding.photos import photo_shard_set
 
     results: dict[str, ModelResult | None] = {}
     with tempfile.TemporaryDirectory(prefix="bench-train-") as scratch:

@@ -25,12 +25,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dist_syndr import atomic_files, engine, runtime, tracking, trainer
+from dist_syndr import runtime
+from dist_syndr.tracking.tracker import NullTracker
+
+from dist_syndr import files
+
+from dist_syndr.train import deepspeed_engine
+
+from dist_syndr.train import loop
 from dist_syndr.bench.train import BASELINE, TRAINER, TrainPlan, step_case
 from dist_syndr.config import Config, DataConfig, ModelConfig, RuntimeConfig, TrainConfig
 from dist_syndr.loader import make_loader, plan_epoch, upsampled_keys
-from dist_syndr.model import build_model
-from dist_syndr.shardset import ShardSet
+from dist_syndr.features.model import build_model
+from dist_syndr.sharding.shard_set import ShardSet
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +86,7 @@ def main(case: dict) -> None:
     device = torch.device("cuda", torch.cuda.current_device()) if backends.device == "cuda" else torch.device("cpu")
     if not torch.distributed.is_initialized():  # one rank (a single GPU): DDP still needs a process group
         torch.distributed.init_process_group(backends.dist_backend, rank=0, world_size=1)
-    precision = engine.resolved_precision(cfg.train, backends.device)
+    precision = deepspeed_engine.resolved_precision(cfg.train, backends.device)
 
     # ---- data: the trainer's epoch plans, decoded once for (a) and (b)
     train_set = ShardSet(cfg.train.shard_set)
@@ -104,17 +111,17 @@ def main(case: dict) -> None:
     flops_per_image = _flops_per_image(baseline_model, decoded[epochs[0]][0][0])
     device_ids = [device.index] if device.type == "cuda" else None
     ddp = torch.nn.parallel.DistributedDataParallel(baseline_model, device_ids=device_ids)
-    optimizer = engine.build_optimizer(baseline_model, cfg.train)
+    optimizer = deepspeed_engine.build_optimizer(baseline_model, cfg.train)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     engines = {stage: _engine(plan, case, model, stage, world_size, backends.device) for stage in plan.engine_stages}
     gc.freeze()  # as launchers/train.py does
-    run = trainer.Run(engines[plan.trainer_zero_stage], train_set, {}, tracking.NullTracker(), Path(case["checkpoints"]), rank, world_size)
-    train_loader = make_loader(train_set, cfg.data, is_training=True, dali=cfg.runtime.dali)  # kept across epochs, as trainer.fit does
+    run = loop.Run(engines[plan.trainer_zero_stage], train_set, {}, NullTracker(), Path(case["checkpoints"]), rank, world_size)
+    train_loader = make_loader(train_set, cfg.data, is_training=True, dali=cfg.runtime.dali)  # kept across epochs, as loop.fit does
 
     cases: dict[str, Callable[[int], dict]] = {BASELINE: lambda epoch: _ddp_epoch(ddp, optimizer, autocast, decoded[epoch])}
     for stage in plan.step_stages:
         cases[step_case(stage)] = lambda epoch, stage=stage: _engine_epoch(engines[stage], decoded[epoch])
-    cases[TRAINER] = lambda epoch: trainer.train_epoch(cfg, run, kept, always, epoch, loader=train_loader)
+    cases[TRAINER] = lambda epoch: loop.train_epoch(cfg, run, kept, always, epoch, loader=train_loader)
     names = plan.cases
     for name in names:
         for epoch in epochs[: plan.warmup_epochs]:
@@ -158,14 +165,14 @@ def main(case: dict) -> None:
             "threads": threads,
             "trainer_zero_stage": plan.trainer_zero_stage,
         }
-        atomic_files.write_text(case["result"], json.dumps(report, indent=2))
+        files.write_text(case["result"], json.dumps(report, indent=2))
     torch.distributed.destroy_process_group()
 
 
 def _engine(plan: TrainPlan, case: dict, model: torch.nn.Module, stage: int, world_size: int, device: str):
     """A DeepSpeed engine at ZeRO ``stage`` over a copy of ``model``, configured as the trainer would be."""
     cfg = bench_config(plan, case["model"], case["shard_root"], stage)
-    model_engine, _ = engine.initialize(copy.deepcopy(model), cfg.train, cfg.data, world_size=world_size, device=device)
+    model_engine, _ = deepspeed_engine.initialize(copy.deepcopy(model), cfg.train, cfg.data, world_size=world_size, device=device)
     return model_engine
 
 
@@ -201,7 +208,7 @@ def _ddp_epoch(ddp, optimizer, autocast, batches: Batches) -> dict:
         optimizer.zero_grad(set_to_none=True)
         with autocast:
             predictions = ddp(images)
-        loss = engine.l1_loss(predictions.float(), scores)
+        loss = deepspeed_engine.l1_loss(predictions.float(), scores)
         loss.backward()
         optimizer.step()
     return {"steps": float(len(batches))}
@@ -210,7 +217,7 @@ def _ddp_epoch(ddp, optimizer, autocast, batches: Batches) -> dict:
 def _engine_epoch(model_engine, batches: Batches) -> dict:
     # The trainer's step, without the loader.
     for images, scores in batches:
-        loss = engine.l1_loss(model_engine(images).float(), scores)
+        loss = deepspeed_engine.l1_loss(model_engine(images).float(), scores)
         model_engine.backward(loss)
         model_engine.step()
     return {"steps": float(len(batches))}

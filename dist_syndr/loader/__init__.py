@@ -24,7 +24,7 @@ from dist_syndr.loader.batch import Batch
 from dist_syndr.loader.checks import verify_shard_set
 from dist_syndr.loader.crops import CropSpec, crop_anchors, image_size
 from dist_syndr.loader.plan import EpochPlan, RankPlan, plan_epoch, upsampled_keys
-from dist_syndr.shardset import ShardSet
+from dist_syndr.sharding.shard_set import ShardSet
 
 log = logging.getLogger(__name__)
 

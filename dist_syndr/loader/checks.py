@@ -16,7 +16,8 @@ import logging
 
 from dist_syndr.config import DataConfig
 from dist_syndr.loader.members import MemberReader, SampleError, SampleTable, decodes_fully
-from dist_syndr.shardset import ShardSet, member_base, scan_tar, sha256_file
+from dist_syndr.files import sha256_file
+from dist_syndr.sharding.shard_set import ShardSet, member_base, scan_tar
 
 log = logging.getLogger(__name__)
 

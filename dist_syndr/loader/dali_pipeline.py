@@ -49,7 +49,7 @@ from dist_syndr.loader.batch import STATUS_OK, STATUS_PADDING, STATUS_SKIPPED, B
 from dist_syndr.loader.crops import IMAGENET_MEAN, IMAGENET_STD, CropSpec
 from dist_syndr.loader.members import MemberReader, SampleError, SampleTable, placeholder_png
 from dist_syndr.loader.plan import RankPlan
-from dist_syndr.shardset import ShardSet
+from dist_syndr.sharding.shard_set import ShardSet
 
 log = logging.getLogger(__name__)
 

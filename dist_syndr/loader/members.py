@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dist_syndr.loader.crops import image_size
-from dist_syndr.shardset import ShardSet
+from dist_syndr.sharding.shard_set import ShardSet
 
 
 class SampleError(ValueError):

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dist_syndr.config import DataConfig
-from dist_syndr.shardset import ShardSet
+from dist_syndr.sharding.shard_set import ShardSet
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from dist_syndr.loader.batch import Batch
 from dist_syndr.loader.crops import CropSpec, normalise
 from dist_syndr.loader.members import MemberReader, SampleError, SampleTable
 from dist_syndr.loader.plan import RankPlan
-from dist_syndr.shardset import ShardSet
+from dist_syndr.sharding.shard_set import ShardSet
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from dist_syndr.labels import minmax_to_ten
+from dist_syndr.pools.scores import minmax_to_ten
 from dist_syndr.pools.layout import (
     IMAGE_EXTENSIONS,
     check_on_missing,

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from dist_syndr.config import NUM_DISTORTION_TYPES, NUM_LEVELS
-from dist_syndr.labels import minmax_to_ten
+from dist_syndr.pools.scores import minmax_to_ten
 from dist_syndr.pools.layout import check_on_missing, finish, image_index, report_missing, warn_missing_refs
 from dist_syndr.pools.sample import Sample
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dist_syndr.labels import minmax_to_ten
+from dist_syndr.pools.scores import minmax_to_ten
 from dist_syndr.pools.sample import Sample
 
 log = logging.getLogger(__name__)

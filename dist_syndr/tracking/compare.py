@@ -22,7 +22,7 @@ import io
 import math
 from pathlib import Path
 
-from dist_syndr import atomic_files
+from dist_syndr import files
 
 COMPARE_RUN_NAME = "compare"
 KIND_TAG = "dist_syndr.kind"  # "compare" on the runs this module logs; they are never compared
@@ -186,7 +186,7 @@ def write_tables(comparison: Comparison, out_dir: Path) -> tuple[Path, Path]:
     digest = hashlib.sha1(",".join(sorted(comparison.run_ids)).encode()).hexdigest()[:10]
     paths = out_dir / f"compare-{digest}.md", out_dir / f"compare-{digest}.csv"
     for path, text in zip(paths, (to_markdown(comparison), to_csv(comparison))):
-        atomic_files.write_text(path, text)
+        files.write_text(path, text)
     return paths
 
 

@@ -17,14 +17,14 @@ from pathlib import Path
 import numpy as np
 
 from dist_syndr import config as config_module
-from dist_syndr import features as feature_extraction
 from dist_syndr import runtime
 from dist_syndr.config import NUM_LEVELS, Config
-from dist_syndr.labels import minmax_to_ten
+from dist_syndr.features.embed import embed_paths, load_named_features
+from dist_syndr.pools.scores import minmax_to_ten
 from dist_syndr.pools import kadid, readers
 from dist_syndr.pools.sample import Sample
 from dist_syndr.reshape import ddcup
-from dist_syndr.sharding import WorkItem, WriteOptions, item_seed
+from dist_syndr.sharding.writer import WorkItem, WriteOptions, item_seed
 
 log = logging.getLogger(__name__)
 
@@ -195,8 +195,8 @@ def _reference_features(keys: list[str], paths: list[str], prefix: str, config: 
     settings = config.shard.features
     precomputed = getattr(settings, f"{prefix}_features")
     if not precomputed:
-        return feature_extraction.embed_paths([Path(p) for p in paths], settings)
-    names, features = feature_extraction.load_named_features(precomputed, getattr(settings, f"{prefix}_names"))
+        return embed_paths([Path(p) for p in paths], settings)
+    names, features = load_named_features(precomputed, getattr(settings, f"{prefix}_names"))
     row_of = {Path(name).stem: row for row, name in enumerate(names)}
     missing = [key for key in keys if key.rsplit("/", 1)[-1] not in row_of]
     if missing:
@@ -249,20 +249,20 @@ def run_shard_step(config: Config, out_dir: Path, options: WriteOptions, *, rank
     first, their weak labels read back, and the upsampled samples written after
     them as further shards of the same set.
     """
-    from dist_syndr import sharding
+    from dist_syndr.sharding import writer
 
     plan = build_plan(config)
     recorded = recorded_config(config)
     if not plan.is_upsampling_deferred:
-        sharding.write_shard_set(plan.items, out_dir, options, recorded, rank=rank, world_size=world_size)
+        writer.write_shard_set(plan.items, out_dir, options, recorded, rank=rank, world_size=world_size)
         return plan
-    num_original_shards = sharding.write_shards(plan.items, out_dir, options, rank=rank, world_size=world_size)
+    num_original_shards = writer.write_shards(plan.items, out_dir, options, rank=rank, world_size=world_size)
     if world_size > 1:
         runtime.barrier()
-    qualities = sharding.weak_qualities(out_dir, range(num_original_shards))
+    qualities = writer.weak_qualities(out_dir, range(num_original_shards))
     upsampled, selected = upsample_weakly_labelled(config, plan.items, qualities)
-    num_upsampled_shards = sharding.write_shards(upsampled, out_dir, options, first_shard=num_original_shards, rank=rank, world_size=world_size)
-    sharding.finish_index(out_dir, num_original_shards + num_upsampled_shards, recorded, rank=rank, world_size=world_size)
+    num_upsampled_shards = writer.write_shards(upsampled, out_dir, options, first_shard=num_original_shards, rank=rank, world_size=world_size)
+    writer.finish_index(out_dir, num_original_shards + num_upsampled_shards, recorded, rank=rank, world_size=world_size)
     log.info("DDCUp on weak labels: %d contents selected, %d upsampled samples", len(selected), len(upsampled))
     return Plan(plan.items + upsampled, plan.num_original, len(upsampled), selected)
 

@@ -21,7 +21,6 @@ import io
 import json
 import logging
 import multiprocessing
-import os
 import tarfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,9 +28,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from dist_syndr import atomic_files, runtime
-from dist_syndr.labels import minmax_to_ten
-from dist_syndr.shardset import FORMAT_VERSION, INDEX_NAME, member_base, scan_tar, sha256_file
+from dist_syndr import files, runtime
+from dist_syndr.pools.scores import minmax_to_ten
+from dist_syndr.sharding.shard_set import FORMAT_VERSION, INDEX_NAME, member_base, scan_tar
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +137,7 @@ def _run_workers(todo: list[int], shards: dict[int, list[WorkItem]], out_dir: Pa
                 progress.update(len(shards[i]))
         progress.close()
         return
-    context = multiprocessing.get_context("spawn" if _cuda_initialised() else "fork")
+    context = multiprocessing.get_context("spawn" if runtime.is_cuda_initialised() else "fork")
     with futures.ProcessPoolExecutor(options.num_workers, mp_context=context, initializer=_worker_init) as pool:
         pending = {pool.submit(write_shard, i, shards[i], out_dir, options): i for i in todo}
         for done in futures.as_completed(pending):
@@ -165,12 +164,6 @@ def _worker_init() -> None:
     torch.set_num_threads(1)  # one process per core; threads inside would oversubscribe
 
 
-def _cuda_initialised() -> bool:
-    import sys
-
-    return "torch" in sys.modules and sys.modules["torch"].cuda.is_initialized()
-
-
 def _plan_digest(items: list[WorkItem]) -> str:
     text = json.dumps([asdict(item) for item in items], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
@@ -190,7 +183,7 @@ def _is_finished(out_dir: Path, index: int, items: list[WorkItem]) -> bool:
         return False
     if record.get("plan_digest") != _plan_digest(items):
         return False
-    if tar_path.stat().st_size != record["bytes"] or sha256_file(tar_path) != record["sha256"]:
+    if tar_path.stat().st_size != record["bytes"] or files.sha256_file(tar_path) != record["sha256"]:
         log.warning("%s: checksum mismatch, rewriting it", tar_path)
         return False
     return True
@@ -199,9 +192,28 @@ def _is_finished(out_dir: Path, index: int, items: list[WorkItem]) -> bool:
 def write_shard(index: int, items: list[WorkItem], out_dir: Path, options: WriteOptions) -> dict:
     """Write one shard and its sidecar atomically; return the sidecar record."""
     name = shard_name(index)
-    temporary = out_dir / f".{name}.tmp-{os.getpid()}"
+    final = out_dir / name
+    with files.atomic_path(final) as temporary:
+        samples, skipped = _write_tar(temporary, items, options)
+        offsets = scan_tar(temporary)
+    records = [_index_record(s, name, offsets) for s in samples]
+    record = {
+        "name": name,
+        "num_samples": len(records),
+        "bytes": final.stat().st_size,
+        "sha256": files.sha256_file(final),
+        "plan_digest": _plan_digest(items),
+        "samples": records,
+        "skipped": skipped,
+    }
+    files.write_text(_sidecar_path(out_dir, index), json.dumps(record, sort_keys=True))
+    return record
+
+
+def _write_tar(path: Path, items: list[WorkItem], options: WriteOptions) -> tuple[list[dict], list[dict]]:
+    """Write the items' members to the tar ``path``; returns the samples written and the inputs skipped."""
     samples, skipped = [], []
-    with tarfile.open(temporary, "w", format=tarfile.GNU_FORMAT) as archive:
+    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as archive:
         reference_cache: dict[str, np.ndarray] = {}
         for item in items:
             try:
@@ -218,22 +230,7 @@ def write_shard(index: int, items: list[WorkItem], out_dir: Path, options: Write
             _add_member(archive, f"{base}.{extension}", image_bytes)
             _add_member(archive, f"{base}.json", json.dumps(meta, sort_keys=True).encode())
             samples.append({"key": item.key, "extension": extension, "meta": meta})
-    _fsync(temporary)
-    offsets = scan_tar(temporary)
-    records = [_index_record(s, name, offsets) for s in samples]
-    final = out_dir / name
-    temporary.replace(final)
-    record = {
-        "name": name,
-        "num_samples": len(records),
-        "bytes": final.stat().st_size,
-        "sha256": sha256_file(final),
-        "plan_digest": _plan_digest(items),
-        "samples": records,
-        "skipped": skipped,
-    }
-    atomic_files.write_text(_sidecar_path(out_dir, index), json.dumps(record, sort_keys=True))
-    return record
+    return samples, skipped
 
 
 def _index_record(sample: dict, shard: str, offsets: dict[str, tuple[int, int]]) -> dict:
@@ -313,7 +310,7 @@ def _write_index(out_dir: Path, num_shards: int, config: dict) -> Path:
         log.warning("%d input(s) skipped (unreadable); listed under 'skipped' in %s", len(skipped), INDEX_NAME)
     index = {"version": FORMAT_VERSION, "config": config, "shards": shards, "samples": samples, "skipped": skipped}
     path = out_dir / INDEX_NAME
-    atomic_files.write_text(path, json.dumps(index, indent=1, sort_keys=True))
+    files.write_text(path, json.dumps(index, indent=1, sort_keys=True))
     log.info("wrote %s: %d samples in %d shards", path, len(samples), len(shards))
     return path
 
@@ -329,10 +326,3 @@ def _assign_weak_scores(samples: list[dict]) -> None:
     scores = minmax_to_ten(np.array([s["weak_label"]["quality"] for s in weak]))
     for sample, score in zip(weak, scores):
         sample["score"] = float(score)
-
-
-def _fsync(path: Path) -> None:
-    with path.open("rb") as handle:
-        os.fsync(handle.fileno())
-
-

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from dist_syndr.config import FeaturesConfig, ModelConfig
-from dist_syndr.features import build_backbone
+from dist_syndr.features.backbone import build_backbone
 
 
 class IQAModel(nn.Module):

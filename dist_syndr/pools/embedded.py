@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dist_syndr.sharding import WorkItem, item_seed
+from dist_syndr import files
 
 TRAIN_CONTENTS = ("astronaut", "chelsea", "coffee", "rocket", "camera", "coins", "brick", "moon")
 CANDIDATE_CONTENTS = ("hubble_deep_field", "retina", "immunohistochemistry", "gravel", "grass", "cell")
@@ -63,22 +63,33 @@ def write_pristine(folder: Path, names: tuple[str, ...], size: int) -> list[Path
             side = min(pixels.shape[:2])
             top, left = (pixels.shape[0] - side) // 2, (pixels.shape[1] - side) // 2
             square = Image.fromarray(pixels[top : top + side, left : left + side])
-            temporary = path.with_name(f".{path.name}.tmp")
-            square.resize((size, size), Image.BICUBIC).save(temporary, format="PNG")
-            temporary.replace(path)
+            with files.atomic_path(path) as temporary:
+                square.resize((size, size), Image.BICUBIC).save(temporary, format="PNG")
         paths.append(path)
     return paths
 
 
-def composite_items(references: list[Path], types: tuple[int, ...], *, per_content: int, seed: int, source: str = "test") -> list[WorkItem]:
-    """``per_content`` images per reference, each with 2-4 distinct random types at random levels, weakly labelled."""
-    rng = np.random.default_rng(seed)
-    items = []
-    for reference in references:
-        for index in range(per_content):
-            count = int(rng.integers(2, min(4, len(types)) + 1))
-            chain = [[int(t), int(rng.integers(1, 6))] for t in rng.choice(types, size=count, replace=False)]
-            key = f"{source}/{reference.stem}_mix{index:02d}"
-            meta = {"ref": f"{source}/{reference.stem}", "type": None, "level": None, "chain": chain, "origin": "composite", "source": source}
-            items.append(WorkItem(key=key, ref_path=str(reference), is_engine=True, seed=item_seed(seed, key), wants_weak_label=True, meta=meta))
-    return items
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "retina", "immunohistochemistry")
+"""Colour photographs bundled with scikit-image (no download)."""
+
+
+def photo_crops(
+    rng: np.random.Generator, count: int, width: int, height: int, photos: tuple[str, ...] = PHOTOS
+) -> list[np.ndarray]:
+    """``count`` random ``width x height`` crops (some flipped), cycling through ``photos``."""
+    import skimage.data
+    from PIL import Image
+
+    sources = []
+    for name in photos:
+        photo = Image.fromarray(getattr(skimage.data, name)())
+        scale = max(width / photo.width, height / photo.height, 1.0)
+        sources.append(np.asarray(photo.resize((round(photo.width * scale), round(photo.height * scale)), Image.BICUBIC)))
+    crops = []
+    for i in range(count):
+        photo = sources[i % len(sources)]
+        top = int(rng.integers(0, photo.shape[0] - height + 1))
+        left = int(rng.integers(0, photo.shape[1] - width + 1))
+        crop = photo[top : top + height, left : left + width]
+        crops.append(np.ascontiguousarray(crop[:, ::-1] if rng.random() < 0.5 else crop))
+    return crops

@@ -11,7 +11,6 @@ Shapes: none (bytes and records).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tarfile
 from dataclasses import dataclass
@@ -20,26 +19,17 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from tqdm.auto import tqdm
 
+from dist_syndr.files import sha256_file
 from dist_syndr.pools import images
 
 INDEX_NAME = "index.json"
 FORMAT_VERSION = 1
-_HASH_CHUNK = 1 << 20
 
 
 def is_safe_member_name(name: str) -> bool:
     """False for absolute names, ``..`` components, empty names or backslashes."""
     path = PurePosixPath(name)
     return bool(name) and not path.is_absolute() and ".." not in path.parts and "\\" not in name
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,8 @@ import uuid
 from pathlib import Path
 from typing import Iterator
 
+from dist_syndr import files
+
 log = logging.getLogger(__name__)
 
 IDENTITY_NAME = "run.json"
@@ -121,9 +123,9 @@ class Journal:
         folder = Path(folder)
         (folder / "artifacts").mkdir(parents=True, exist_ok=True)
         identity = Identity(journal_id=uuid.uuid4().hex, tracking_uri=tracking_uri)
-        _atomic_write_json(folder / DELIVERY_NAME, dataclasses.asdict(Delivery(run_id=run_id)))
+        files.write_text(folder / DELIVERY_NAME, json.dumps(dataclasses.asdict(Delivery(run_id=run_id)), sort_keys=True))
         (folder / RECORDS_NAME).touch()
-        _atomic_write_json(folder / IDENTITY_NAME, dataclasses.asdict(identity))  # last: it marks the journal complete
+        files.write_text(folder / IDENTITY_NAME, json.dumps(dataclasses.asdict(identity), sort_keys=True))  # last: it marks the journal complete
         return cls(folder)
 
     @staticmethod
@@ -163,13 +165,11 @@ class Journal:
         relative = Path("artifacts") / uuid.uuid4().hex[:16] / path.name
         target = self.folder / relative
         target.parent.mkdir(parents=True)
-        temporary = target.with_name(f".{path.name}.tmp")
-        if path.is_dir():
-            shutil.copytree(path, temporary)
-        else:
-            shutil.copyfile(path, temporary)
-            _fsync(temporary)
-        temporary.rename(target)
+        with files.atomic_path(target) as temporary:
+            if path.is_dir():
+                shutil.copytree(path, temporary)
+            else:
+                shutil.copyfile(path, temporary)
         return relative.as_posix()
 
     # ---- reading and delivery state
@@ -184,7 +184,7 @@ class Journal:
 
     def write_delivery(self, delivery: Delivery, *, is_durable: bool = True) -> None:
         """Replace the delivery state atomically."""
-        _atomic_write_json(self.folder / DELIVERY_NAME, dataclasses.asdict(delivery), is_durable=is_durable)
+        files.write_text(self.folder / DELIVERY_NAME, json.dumps(dataclasses.asdict(delivery), sort_keys=True), is_durable=is_durable)
 
     def entries(self, offset: int = 0) -> list[Entry]:
         """Complete records from byte ``offset`` on (a line still being written is left out)."""
@@ -373,18 +373,3 @@ def _describe(error: Exception) -> str:
 def now_ms() -> int:
     """Wall-clock milliseconds, MLflow's timestamp unit."""
     return int(time.time() * 1000)
-
-
-def _atomic_write_json(path: Path, data: dict, *, is_durable: bool = True) -> None:
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    with temporary.open("w") as handle:
-        json.dump(data, handle, sort_keys=True)
-        if is_durable:
-            handle.flush()
-            os.fsync(handle.fileno())
-    temporary.replace(path)
-
-
-def _fsync(path: Path) -> None:
-    with path.open("rb") as handle:
-        os.fsync(handle.fileno())

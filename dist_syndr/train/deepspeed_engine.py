@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from dist_syndr import atomic_files
+from dist_syndr import files
 from dist_syndr.config import DataConfig, TrainConfig
 
 
@@ -127,7 +127,7 @@ class _OverlappedReducer(torch.nn.parallel.DistributedDataParallel):
 
 def save_deepspeed_config(config: dict, path: Path) -> None:
     """Write the generated JSON beside the run, atomically."""
-    atomic_files.write_text(path, json.dumps(config, indent=2, sort_keys=True))
+    files.write_text(path, json.dumps(config, indent=2, sort_keys=True))
 
 
 def build_optimizer(model, train: TrainConfig):

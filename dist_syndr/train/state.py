@@ -28,7 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dist_syndr import atomic_files, runtime
+from dist_syndr import runtime
+
+from dist_syndr import files
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +110,7 @@ def save(model_engine, checkpoint_dir: Path, state: TrainState, progress: RankPr
     model_engine.save_checkpoint(str(checkpoint_dir), tag=tag, client_state={"train_state": asdict(state)})
     runtime.barrier()  # every rank's files are on disk before the tag counts
     if runtime.rank_world()[0] == 0:
-        atomic_files.write_text(checkpoint_dir / POINTER_NAME, json.dumps({"tag": tag}))
+        files.write_text(checkpoint_dir / POINTER_NAME, json.dumps({"tag": tag}))
         _prune(checkpoint_dir, keep=keep, current=tag)
     runtime.barrier()
     return tag

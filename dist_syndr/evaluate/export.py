@@ -28,12 +28,11 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 from pathlib import Path
 
 import torch
 
-from dist_syndr.shardset import sha256_file
+from dist_syndr import files
 
 log = logging.getLogger(__name__)
 
@@ -190,23 +189,17 @@ def save_state_dict(state: dict[str, torch.Tensor], path: Path) -> Path:
     path = Path(path)
     if path.suffix not in STATE_DICT_SUFFIXES:
         raise ValueError(f"{path}: state dict files end in {', '.join(STATE_DICT_SUFFIXES)}")
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in state.items()}
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
-
-        save_file({name: tensor.clone() for name, tensor in tensors.items()}, str(temporary))  # no shared storage
-    else:
-        torch.save(tensors, temporary)
-    _fsync(temporary)
-    digest = sha256_file(temporary)
-    sidecar = checksum_path(path)
-    sidecar_temporary = sidecar.with_name(f".{sidecar.name}.tmp-{os.getpid()}")
-    sidecar_temporary.write_text(f"{digest}  {path.name}\n")
     # Data first, then its checksum: a crash in between leaves a mismatch that load_state_dict reports.
-    temporary.replace(path)
-    sidecar_temporary.replace(sidecar)
+    with files.atomic_path(path) as temporary:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import save_file
+
+            save_file({name: tensor.clone() for name, tensor in tensors.items()}, str(temporary))  # no shared storage
+        else:
+            torch.save(tensors, temporary)
+        digest = files.sha256_file(temporary)
+    files.write_text(checksum_path(path), f"{digest}  {path.name}\n")
     log.info("wrote %s (%d tensors, sha256 %s)", path, len(tensors), digest[:12])
     return path
 
@@ -219,7 +212,7 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     sidecar = checksum_path(path)
     if sidecar.is_file():
         expected = sidecar.read_text().split()[0] if sidecar.read_text().strip() else ""
-        if sha256_file(path) != expected:
+        if files.sha256_file(path) != expected:
             raise ValueError(f"{path}: sha256 does not match {sidecar.name} (file corrupt or replaced)")
     else:
         log.warning("%s: no %s sidecar; loading without a checksum check", path, sidecar.name)
@@ -239,8 +232,3 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
 def export_checkpoint(checkpoint_dir: Path, path: Path, tag: str | None = None) -> Path:
     """Consolidate ``checkpoint_dir`` (tag or ``latest``) and save it to ``path``; call it on one rank."""
     return save_state_dict(consolidated_state_dict(checkpoint_dir, tag), path)
-
-
-def _fsync(path: Path) -> None:
-    with Path(path).open("rb") as handle:
-        os.fsync(handle.fileno())

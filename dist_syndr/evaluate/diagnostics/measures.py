@@ -1,4 +1,4 @@
-"""Measures of the clustered feature pattern that SynDR-IQA reshapes, and plots of it.
+"""Measures of the clustered feature pattern that SynDR-IQA reshapes.
 
 Synthetic IQA features cluster by reference image and by distortion type; DRCDown
 thins the densest clusters. This module puts numbers on that pattern:
@@ -6,10 +6,8 @@ thins the densest clusters. This module puts numbers on that pattern:
 * :func:`silhouette_by` — cosine silhouette coefficient of a label (ref or type);
 * :func:`knn_label_consistency` — share of a sample's k nearest cosine neighbours
   with its label;
-* :func:`cluster_size_histogram` — DRCDown's redundant clusters binned by size;
 * :func:`cheap_measures` — the four label measures at a per-epoch cost;
-* :func:`before_after` — the measures on all samples and on DRCDown's kept subset;
-* :func:`embedding_plot` / :func:`histogram_plot` — PNGs for MLflow.
+* :func:`before_after` — the measures on all samples and on DRCDown's kept subset.
 
 No step builds an ``N x N`` matrix. Rows are L2-normalised in blocks of
 :data:`BLOCK_ROWS`, and one streaming pass over the pool feeds every measure:
@@ -17,8 +15,8 @@ for cosine distance ``1 - u.v`` the mean distance from ``u`` to a label's member
 is ``1 - u.S / n`` with ``S`` the sum of their unit vectors, so the silhouette of
 each sampled query is exact against the whole pool from per-label sums; k-NN
 search is exact, query tiles against database blocks with a running top-k.
-Sampling bounds only the number of queries. scikit-learn and matplotlib are
-imported inside the plotting functions, so importing this module is cheap.
+Sampling bounds only the number of queries. Cluster tables are in
+:mod:`~dist_syndr.evaluate.diagnostics.clusters`, plots in :mod:`~dist_syndr.evaluate.diagnostics.plots`.
 
 Shapes: ``N`` samples, ``D`` feature dimension, ``Q`` sampled queries, ``L`` labels.
 """
@@ -27,9 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -42,9 +38,6 @@ BLOCK_ROWS = 8192
 
 LABEL_BLOCK = 2048
 """Label sums compared with the queries at a time (``Q x LABEL_BLOCK`` similarities)."""
-
-HISTOGRAM_BINS: tuple[tuple[int, int | None], ...] = ((1, 1), (2, 4), (5, 9), (10, 19), (20, 49), (50, None))
-"""Cluster-size bins ``(low, high)`` inclusive; ``None`` is open-ended. Size 1 = in no redundant cluster."""
 
 MEASURES = ("silhouette_ref", "silhouette_type", "knn_ref", "knn_type")
 """The keys of :func:`cheap_measures`."""
@@ -114,10 +107,10 @@ def _is_missing(value: object) -> bool:
 def _unit_blocks(features: np.ndarray):
     """``(start, unit rows as a float32 tensor)`` for consecutive blocks of ``features``."""
     for start in range(0, features.shape[0], BLOCK_ROWS):
-        yield start, _unit_rows(features, slice(start, start + BLOCK_ROWS))
+        yield start, unit_rows(features, slice(start, start + BLOCK_ROWS))
 
 
-def _unit_rows(features: np.ndarray, rows: slice | np.ndarray) -> torch.Tensor:
+def unit_rows(features: np.ndarray, rows: slice | np.ndarray) -> torch.Tensor:
     """The rows ``features[rows]`` L2-normalised as float32 (all-zero rows stay zero)."""
     block = torch.from_numpy(np.ascontiguousarray(features[rows], dtype=np.float32))
     norms = torch.linalg.vector_norm(block, dim=1, keepdim=True)
@@ -252,7 +245,7 @@ def _measure(
             continue
         if silhouette_queries != 0:
             task.sums = _LabelSums(codes, task.num_labels, dim)
-            task.silhouette_index = _sample(np.flatnonzero(has_label), silhouette_queries, rng)
+            task.silhouette_index = sample_rows(np.flatnonzero(has_label), silhouette_queries, rng)
         if knn_queries != 0:
             # Label sets missing on the same rows share one search (the costly part).
             for other_has_label, search, query_index in shared_topk:
@@ -260,8 +253,8 @@ def _measure(
                     task.topk, task.knn_index = search, query_index
                     break
             else:
-                query_index = _sample(np.flatnonzero(has_label), knn_queries, rng)
-                queries = _unit_rows(features, query_index)
+                query_index = sample_rows(np.flatnonzero(has_label), knn_queries, rng)
+                queries = unit_rows(features, query_index)
                 task.topk = _TopK(query_index, queries, has_label, min(int(k), num_labelled - 1))
                 task.knn_index = query_index
                 shared_topk.append((has_label, task.topk, query_index))
@@ -276,14 +269,14 @@ def _measure(
                 search.add(start, unit)
     for task in tasks:
         if task.sums is not None:
-            queries = _unit_rows(features, task.silhouette_index)
+            queries = unit_rows(features, task.silhouette_index)
             results[f"silhouette_{task.name}"] = task.sums.silhouette(queries, task.codes[task.silhouette_index])
         if task.topk is not None:
             results[f"knn_{task.name}"] = task.topk.consistency(task.codes, task.codes[task.knn_index])
     return results
 
 
-def _sample(candidates: np.ndarray, count: int | None, rng: np.random.Generator) -> np.ndarray:
+def sample_rows(candidates: np.ndarray, count: int | None, rng: np.random.Generator) -> np.ndarray:
     if count is None or candidates.size <= count:
         return candidates.astype(np.int64)
     return np.sort(rng.choice(candidates, size=int(count), replace=False)).astype(np.int64)
@@ -371,7 +364,7 @@ def before_after(
         raise ValueError(f"kept_index: indices must lie in [0, {num_rows}), got [{kept.min()}, {kept.max()}]")
     if np.unique(kept).size != kept.size:
         raise ValueError("kept_index: repeated indices")
-    refs_array, types_array = _labels_array(refs, num_rows, "refs"), _labels_array(types, num_rows, "types")
+    refs_array, types_array = labels_array(refs, num_rows, "refs"), labels_array(types, num_rows, "types")
     scores_array = np.asarray(scores, dtype=np.float64)
     if scores_array.shape != (num_rows,):
         raise ValueError(f"scores: expected {num_rows} scores, got shape {scores_array.shape}")
@@ -396,206 +389,8 @@ def before_after(
     return result
 
 
-def _labels_array(labels: Sequence, num_rows: int, name: str) -> np.ndarray:
+def labels_array(labels: Sequence, num_rows: int, name: str) -> np.ndarray:
     array = labels if isinstance(labels, np.ndarray) else np.asarray(labels, dtype=object)
     if array.shape != (num_rows,):
         raise ValueError(f"{name}: expected {num_rows} labels (one per feature row), got shape {array.shape}")
     return array
-
-
-def cluster_size_histogram(clusters: list[np.ndarray], num_samples: int) -> dict:
-    """DRCDown's redundant clusters binned by size (:data:`HISTOGRAM_BINS`).
-
-    Returns ``bins`` (labels ``1``, ``2-4``, ``5-9``, ``10-19``, ``20-49``, ``50+``),
-    ``clusters`` (clusters per bin; in bin ``1`` each sample outside every cluster
-    counts once), ``samples`` (samples per bin), ``num_samples``, ``num_clusters``
-    (clusters of 2 or more) and ``largest`` (1 when there are none).
-    """
-    if int(num_samples) != num_samples or num_samples < 0:
-        raise ValueError(f"num_samples: expected a non-negative integer, got {num_samples!r}")
-    sizes = np.array([np.asarray(c).size for c in clusters], dtype=np.int64)
-    if sizes.size and sizes.min() < 2:
-        raise ValueError(f"clusters: cluster {int(np.argmin(sizes))} has {sizes.min()} member(s); redundant clusters have >= 2")
-    members = np.concatenate([np.asarray(c, dtype=np.int64).ravel() for c in clusters]) if clusters else np.zeros(0, np.int64)
-    if members.size and (members.min() < 0 or members.max() >= num_samples):
-        raise ValueError(f"clusters: member indices must lie in [0, {num_samples})")
-    if np.unique(members).size != members.size:
-        raise ValueError("clusters: a sample belongs to more than one cluster")
-    num_singletons = int(num_samples) - members.size
-    labels, cluster_counts, sample_counts = [], [], []
-    for low, high in HISTOGRAM_BINS:
-        labels.append(str(low) if high == low else (f"{low}+" if high is None else f"{low}-{high}"))
-        in_bin = (sizes >= low) & (sizes <= (high if high is not None else np.iinfo(np.int64).max))
-        if low == 1:
-            cluster_counts.append(num_singletons)
-            sample_counts.append(num_singletons)
-        else:
-            cluster_counts.append(int(in_bin.sum()))
-            sample_counts.append(int(sizes[in_bin].sum()))
-    return {
-        "bins": labels,
-        "clusters": cluster_counts,
-        "samples": sample_counts,
-        "num_samples": int(num_samples),
-        "num_clusters": int(sizes.size),
-        "largest": int(sizes.max()) if sizes.size else 1,
-    }
-
-
-def restrict_clusters(clusters: list[np.ndarray], kept_index: np.ndarray) -> list[np.ndarray]:
-    """The clusters after downsampling: kept members only, as positions in ``kept_index``,
-    dropping clusters left with fewer than 2 members."""
-    kept = np.asarray(kept_index, dtype=np.int64)
-    position = {int(row): i for i, row in enumerate(kept.tolist())}
-    restricted = []
-    for cluster in clusters:
-        members = np.array([position[int(row)] for row in np.asarray(cluster).tolist() if int(row) in position], dtype=np.int64)
-        if members.size >= 2:
-            restricted.append(np.sort(members))
-    return restricted
-
-
-def flat_metrics(result: dict[str, dict[str, float]], prefix: str = "diag") -> dict[str, float]:
-    """``{f"{prefix}/{measure}/{side}": value}`` from a :func:`before_after` result, for MLflow."""
-    return {f"{prefix}/{measure}/{side}": float(value) for side, measures in result.items() for measure, value in measures.items()}
-
-
-def format_table(result: dict[str, dict[str, float]]) -> str:
-    """A plain-text before/after table of a :func:`before_after` result."""
-    sides = list(result)
-    measures = list(result[sides[0]])
-    width = max(len(m) for m in measures) + 2
-    lines = [f"{'measure':<{width}}" + "".join(f"{side:>12}" for side in sides)]
-    for measure in measures:
-        cells = "".join(f"{_cell(result[side][measure], measure):>12}" for side in sides)
-        lines.append(f"{measure:<{width}}" + cells)
-    return "\n".join(lines)
-
-
-def _cell(value: float, measure: str) -> str:
-    if measure == "num_samples":
-        return f"{int(value)}"
-    return "nan" if math.isnan(value) else f"{value:.4f}"
-
-
-# ---------------------------------------------------------------------------
-# plots
-
-
-def embedding_plot(
-    features: np.ndarray,
-    scores: Sequence[float],
-    types: Sequence,
-    path: str | Path,
-    *,
-    method: str = "pca",
-    max_points: int = 3000,
-    seed: int = 0,
-    title: str = "",
-) -> Path:
-    """Write one PNG with a 2-D embedding of the unit feature rows in two panels:
-    coloured by score (with a colour bar) and by distortion type (legend).
-
-    ``method`` is ``pca`` or ``tsne`` (scikit-learn, cosine metric); up to
-    ``max_points`` rows are drawn, sampled with ``seed``. Written atomically.
-    """
-    if method not in ("pca", "tsne"):
-        raise ValueError(f"method: expected pca or tsne, got {method!r}")
-    features = check_features(features)
-    num_rows = features.shape[0]
-    scores_array = np.asarray(scores, dtype=np.float64)
-    types_array = _labels_array(types, num_rows, "types")
-    if scores_array.shape != (num_rows,):
-        raise ValueError(f"scores: expected {num_rows} scores, got shape {scores_array.shape}")
-    if num_rows < 3:
-        raise ValueError(f"features: an embedding plot needs at least 3 samples, got {num_rows}")
-    if int(max_points) != max_points or max_points < 3:
-        raise ValueError(f"max_points: expected an integer >= 3, got {max_points!r}")
-    rows = _sample(np.arange(num_rows), max_points, np.random.default_rng(seed))
-    unit = _unit_rows(features, rows).numpy()
-    points = _embed_2d(unit, method, seed)
-
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(13, 5.5), dpi=100, layout="constrained")
-    by_score, by_type = figure.subplots(1, 2)
-    chosen_scores = scores_array[rows]
-    has_score = np.isfinite(chosen_scores)
-    by_score.scatter(points[~has_score, 0], points[~has_score, 1], s=6, c="lightgrey", label="no score")
-    drawn = by_score.scatter(points[has_score, 0], points[has_score, 1], s=6, c=chosen_scores[has_score], cmap="viridis")
-    figure.colorbar(drawn, ax=by_score, label="score")
-    by_score.set_title("coloured by score")
-    codes, names = encode_labels(types_array[rows], rows.size, "types")
-    colours = _discrete_colours(len(names))
-    for code, name in enumerate(names):
-        members = codes == code
-        by_type.scatter(points[members, 0], points[members, 1], s=6, color=colours[code], label=str(name))
-    if (codes < 0).any():
-        by_type.scatter(points[codes < 0, 0], points[codes < 0, 1], s=6, c="lightgrey", label="none")
-    by_type.legend(
-        title="type", fontsize=6, title_fontsize=7, markerscale=2, loc="center left", bbox_to_anchor=(1.0, 0.5), ncols=1 + len(names) // 20
-    )
-    by_type.set_title("coloured by distortion type")
-    for axes in (by_score, by_type):
-        axes.set_xlabel(f"{method} 1")
-        axes.set_ylabel(f"{method} 2")
-    figure.suptitle(title or f"{method.upper()} of {rows.size} of {num_rows} samples")
-    return _save(figure, Path(path))
-
-
-def histogram_plot(histograms: dict[str, dict], path: str | Path, *, title: str = "DRCDown cluster sizes") -> Path:
-    """Write a grouped bar chart PNG of :func:`cluster_size_histogram` results (samples per bin),
-    one bar colour per entry of ``histograms`` (e.g. ``before`` and ``after``). Written atomically."""
-    if not histograms:
-        raise ValueError("histograms: nothing to plot")
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(8, 4.5), dpi=100, layout="constrained")
-    axes = figure.subplots()
-    bins = next(iter(histograms.values()))["bins"]
-    width = 0.8 / len(histograms)
-    for i, (name, histogram) in enumerate(histograms.items()):
-        positions = np.arange(len(bins)) + (i - (len(histograms) - 1) / 2) * width
-        bars = axes.bar(positions, histogram["samples"], width=width, label=f"{name} ({histogram['num_clusters']} clusters)")
-        axes.bar_label(bars, fontsize=7)
-    axes.set_xticks(np.arange(len(bins)), bins)
-    axes.set_xlabel("cluster size (1 = in no redundant cluster)")
-    axes.set_ylabel("samples")
-    axes.legend()
-    axes.set_title(title)
-    return _save(figure, Path(path))
-
-
-def _embed_2d(unit: np.ndarray, method: str, seed: int) -> np.ndarray:
-    if method == "pca":
-        from sklearn.decomposition import PCA
-
-        if unit.shape[1] == 1:  # one feature: the second axis carries no information
-            return np.concatenate([unit - unit.mean(), np.zeros_like(unit)], axis=1)
-        return PCA(n_components=2, random_state=seed).fit_transform(unit)
-    from sklearn.manifold import TSNE
-
-    perplexity = float(min(30.0, max(1.0, (unit.shape[0] - 1) / 3)))
-    return TSNE(n_components=2, metric="cosine", init="pca", perplexity=perplexity, random_state=seed).fit_transform(unit)
-
-
-def _discrete_colours(count: int) -> list:
-    from matplotlib import colormaps
-
-    if count <= 10:
-        return [colormaps["tab10"](i) for i in range(count)]
-    palette = [colormaps[name](i) for name in ("tab20", "tab20b", "tab20c") for i in range(20)]
-    if count <= len(palette):
-        return palette[:count]
-    return [colormaps["hsv"](i / count) for i in range(count)]
-
-
-def _save(figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        figure.savefig(temporary, format="png")
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path

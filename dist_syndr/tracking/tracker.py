@@ -1,7 +1,7 @@
 """Experiment tracking that survives tracking-server faults: MLflow on rank 0, a null tracker elsewhere.
 
 Rank 0's tracker appends every call to a durable journal under ``local_dir``
-(the trainer passes ``<run_dir>/tracking``; see :mod:`dist_syndr.tracking_journal`)
+(the trainer passes ``<run_dir>/tracking``; see :mod:`dist_syndr.tracking.journal`)
 and returns; a background thread delivers the journal to MLflow in order. When
 the server is unreachable or fails, training goes on: one warning is logged, the
 records stay in the journal and delivery is retried at most every
@@ -35,7 +35,7 @@ import urllib.request
 from pathlib import Path
 
 from dist_syndr import config as config_module
-from dist_syndr.tracking_journal import DeliveryError, Journal, deliver, now_ms
+from dist_syndr.tracking.journal import DeliveryError, Journal, deliver, now_ms
 
 log = logging.getLogger(__name__)
 

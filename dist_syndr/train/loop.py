@@ -4,7 +4,7 @@ Every rank runs the same loop. The feature pass is split across ranks and
 gathered; DRCDown's neighbour search is split across ranks too, and rank 0's
 keep-list is broadcast, so all ranks train on one plan with the same number of
 steps (both are checked, and recorded per rank in ``<run_dir>/ranks/``).
-Checkpoints carry a :class:`~dist_syndr.train_state.TrainState`, also every
+Checkpoints carry a :class:`~dist_syndr.train.state.TrainState`, also every
 ``train.checkpoint_every_steps`` steps, so a killed run resumes mid-epoch with
 the same keep-list, loader position, loss sums and RNG state.
 
@@ -22,13 +22,19 @@ from pathlib import Path
 
 import numpy as np
 
-from dist_syndr import diagnostics, engine, evaluation, runtime, train_state
+from dist_syndr import files, runtime
+from dist_syndr.evaluate.diagnostics.measures import cheap_measures
+from dist_syndr.evaluate.predict import embed, evaluate_targets
+
+from dist_syndr.train import deepspeed_engine
+
+from dist_syndr.train import state as train_state
 from dist_syndr.config import Config
 from dist_syndr.loader import make_loader, plan_epoch, upsampled_keys
 from dist_syndr.reshape import drcdown
-from dist_syndr.shardset import ShardSet
-from dist_syndr.step_meter import StepMeter
-from dist_syndr.train_state import RankProgress, TrainState
+from dist_syndr.sharding.shard_set import ShardSet
+from dist_syndr.train.step_meter import StepMeter
+from dist_syndr.train.state import RankProgress, TrainState
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +93,8 @@ def _drcdown(cfg: Config, run: Run, original: list[str], epoch: int) -> tuple[np
     if not cfg.reshape.drcdown.enabled:
         positions, stats = np.arange(len(original), dtype=np.int64), {}
     else:
-        module = engine.bare_module(run.model_engine)
-        features = evaluation.embed(module, run.train_set, cfg.data, original, device=run.model_engine.device, dali=cfg.runtime.dali)
+        module = deepspeed_engine.bare_module(run.model_engine)
+        features = embed(module, run.train_set, cfg.data, original, device=run.model_engine.device, dali=cfg.runtime.dali)
         entries = [run.train_set.by_key[key] for key in original]
         labels = np.array([entry.score for entry in entries], dtype=np.float64)
         # Every rank takes part: the neighbour search is split across ranks and its edges gathered.
@@ -99,7 +105,7 @@ def _drcdown(cfg: Config, run: Run, original: list[str], epoch: int) -> tuple[np
         positions = np.array([position_of[k] for k in keys], dtype=np.int64)
         stats = {"clusters": float(len(result.clusters)), "largest_cluster": float(result.largest_cluster)}
         if run.rank == 0:  # how tightly features cluster by content and by distortion (sampled: well under a second)
-            measures = diagnostics.cheap_measures(features, [e.ref for e in entries], [e.distortion_type for e in entries], seed=epoch)
+            measures = cheap_measures(features, [e.ref for e in entries], [e.distortion_type for e in entries], seed=epoch)
             stats |= {f"diag/{name}": value for name, value in measures.items()}
         # Rank 0's list is the one every rank trains on, whatever floating-point noise might do.
         positions = runtime.broadcast_array(positions if run.rank == 0 else None)
@@ -122,11 +128,7 @@ def _check_same_on_all_ranks(run: Run, epoch: int, name: str, value: object) -> 
 
 def _write_keep_list(run: Run, epoch: int, keys: list[str]) -> None:
     path = run.folder / "keep_lists" / f"epoch{epoch:04d}.txt.gz"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    with gzip.open(temporary, "wt") as handle:
-        handle.write("\n".join(keys) + "\n")
-    temporary.replace(path)
+    files.write_bytes(path, gzip.compress(("\n".join(keys) + "\n").encode(), mtime=0))
     run.tracker.log_artifact(path, "keep_lists")
 
 
@@ -159,7 +161,7 @@ def train_epoch(
     last_batch = state.batches_done + rank_plan.num_batches
     meter, model, device = StepMeter(), run.model_engine, run.model_engine.device
     for batch in meter.batches(loader.batches(rank_plan)):
-        loss = engine.l1_loss(model(batch.images.to(device)).float(), batch.scores.to(device))
+        loss = deepspeed_engine.l1_loss(model(batch.images.to(device)).float(), batch.scores.to(device))
         model.backward(loss)
         model.step()
         meter.step_done(loss, len(batch))  # read later, all at once: no device sync per step
@@ -177,7 +179,7 @@ def train_epoch(
                 train_state.save(model, run.checkpoint_dir, state, progress, keep=cfg.train.keep_checkpoints)
     _settle_losses(meter, progress)
     _check_same_on_all_ranks(run, epoch, "steps", state.batches_done)
-    runtime.broadcast_buffers(engine.bare_module(model))  # evaluation, features and the checkpoint all see rank 0's BatchNorm statistics
+    runtime.broadcast_buffers(deepspeed_engine.bare_module(model))  # evaluation, features and the checkpoint all see rank 0's BatchNorm statistics
     loss_sums = [p[0] for p in runtime.all_gather_objects((progress.loss_sum, progress.images))]
     mean_loss = sum(loss_sums) / (state.batches_done * run.world_size) if state.batches_done else float("nan")
     return {"loss": mean_loss, **meter.epoch_rates(), "steps": float(state.batches_done)}
@@ -190,8 +192,8 @@ def _settle_losses(meter: StepMeter, progress: RankProgress) -> None:
 
 
 def _evaluate(cfg: Config, run: Run) -> dict[str, float]:
-    results, _ = evaluation.evaluate_targets(
-        engine.bare_module(run.model_engine), run.targets, cfg.data, device=run.model_engine.device, dali=cfg.runtime.dali, seed=cfg.seed
+    results, _ = evaluate_targets(
+        deepspeed_engine.bare_module(run.model_engine), run.targets, cfg.data, device=run.model_engine.device, dali=cfg.runtime.dali, seed=cfg.seed
     )
     return results
 

@@ -1,0 +1,120 @@
+"""A trained model from any checkpoint: a run folder, a DeepSpeed checkpoint folder or tag, or a weights file.
+
+:func:`load_model` finds the run's ``config.yaml`` beside the checkpoint,
+builds the model without downloading anything and loads the weights strictly.
+Importing this module needs no DeepSpeed; only consolidating a ZeRO checkpoint
+(:mod:`dist_syndr.evaluate.export`) does.
+
+Shapes: none (named tensors of the model's own shapes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from dist_syndr import config as config_module
+from dist_syndr.config import Config
+from dist_syndr.evaluate import export
+from dist_syndr.features.model import IQAModel, build_model
+
+log = logging.getLogger(__name__)
+
+CONFIG_NAME = "config.yaml"
+EXPORT_PATH = Path("export") / "model_fp32.pt"
+CONFIG_SEARCH_LEVELS = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointSource:
+    """Where a model's weights come from: a state dict file or a DeepSpeed checkpoint folder and tag."""
+
+    state_dict_file: Path | None = None
+    deepspeed_dir: Path | None = None
+    tag: str | None = None
+    folder: Path = Path(".")  # where the search for config.yaml starts
+
+    def load(self) -> dict[str, torch.Tensor]:
+        """The fp32 state dict."""
+        if self.state_dict_file is not None:
+            return export.load_state_dict(self.state_dict_file)
+        return export.consolidated_state_dict(self.deepspeed_dir, self.tag)
+
+
+def resolve_checkpoint(checkpoint: Path) -> CheckpointSource:
+    """Read ``checkpoint`` as a run dir (its export, else its latest checkpoint), a DeepSpeed checkpoint
+    folder (with ``latest``), one tag folder, or a ``.pt``/``.pth``/``.safetensors`` state dict."""
+    checkpoint = Path(checkpoint)
+    if checkpoint.is_file():
+        if checkpoint.suffix not in export.STATE_DICT_SUFFIXES:
+            raise ValueError(f"{checkpoint}: a checkpoint file must be a state dict ({', '.join(export.STATE_DICT_SUFFIXES)})")
+        return CheckpointSource(state_dict_file=checkpoint, folder=checkpoint.parent)
+    if not checkpoint.is_dir():
+        raise ValueError(f"{checkpoint}: checkpoint does not exist")
+    if (checkpoint / EXPORT_PATH).is_file():
+        return CheckpointSource(state_dict_file=checkpoint / EXPORT_PATH, folder=checkpoint)
+    if (checkpoint / "checkpoints" / "latest").is_file():
+        return CheckpointSource(deepspeed_dir=checkpoint / "checkpoints", folder=checkpoint)
+    if (checkpoint / "latest").is_file():
+        return CheckpointSource(deepspeed_dir=checkpoint, folder=checkpoint)
+    if export.is_tag_folder(checkpoint):
+        return CheckpointSource(deepspeed_dir=checkpoint.parent, tag=checkpoint.name, folder=checkpoint)
+    raise ValueError(
+        f"{checkpoint}: not a checkpoint (expected a run folder with {EXPORT_PATH} or checkpoints/latest, "
+        "a DeepSpeed checkpoint folder with 'latest', one of its tag folders, or a .pt/.safetensors file)"
+    )
+
+
+def find_config(folder: Path, levels: int = CONFIG_SEARCH_LEVELS) -> Path | None:
+    """The nearest ``config.yaml`` in ``folder`` or up to ``levels`` folders above it."""
+    folder = Path(folder).resolve()
+    for candidate in [folder, *folder.parents][: levels + 1]:
+        if (candidate / CONFIG_NAME).is_file():
+            return candidate / CONFIG_NAME
+    return None
+
+
+def load_model(checkpoint: Path, config_path: Path | None = None, overrides: Sequence[str] = ()) -> tuple[Config, IQAModel]:
+    """The run's config and its model (CPU, eval mode) with the checkpoint's weights loaded strictly.
+
+    The config is ``config_path`` or the run's ``config.yaml`` found beside the
+    checkpoint (up to three folders up), with ``overrides`` applied. The
+    model is built without weights and takes the checkpoint's: nothing is
+    read from ``model.weights`` and nothing is downloaded.
+    """
+    source = resolve_checkpoint(Path(checkpoint))
+    if config_path is None:
+        config_path = find_config(source.folder)
+        if config_path is None:
+            raise ValueError(
+                f"{checkpoint}: no {CONFIG_NAME} in its folder or the {CONFIG_SEARCH_LEVELS} above it; pass the run's config with --config"
+            )
+    cfg = config_module.load(Path(config_path), list(overrides))
+    model_cfg = dataclasses.replace(cfg.model, weights="", is_random_init=True, is_grad_checkpointing=False)
+    # Built on the meta device the model skips its random initialisation (minutes for the large
+    # ViTs on a CPU) and takes the checkpoint's tensors as they are.
+    with torch.device("meta"):
+        model = build_model(model_cfg)
+    state = source.load()
+    expected = model.state_dict()
+    missing = [name for name in expected if name not in state]
+    unexpected = [name for name in state if name not in expected]
+    mismatched = [name for name in expected if name in state and state[name].shape != expected[name].shape]
+    if missing or unexpected or mismatched:
+        raise ValueError(
+            f"{checkpoint}: weights do not fit model.backbone={cfg.model.backbone} (image_size={cfg.model.image_size}) "
+            f"of {config_path}: missing {missing[:3]}, unexpected {unexpected[:3]}, shape mismatch {mismatched[:3]}"
+        )
+    state = {name: tensor.to(expected[name].dtype) for name, tensor in state.items()}
+    model.load_state_dict(state, strict=True, assign=True)
+    if any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers())):
+        # A backbone with non-persistent buffers computes them at construction: build it for real.
+        model = build_model(model_cfg)
+        model.load_state_dict(state, strict=True)
+    log.info("loaded %s (%s) with config %s", checkpoint, cfg.model.backbone, config_path)
+    return cfg, model.eval()

@@ -1,0 +1,1 @@
+"""How tightly features cluster by content and by distortion: measures, tables and plots."""

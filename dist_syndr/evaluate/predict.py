@@ -1,0 +1,163 @@
+"""Predictions and features of a model over shard sets, and their metrics.
+
+Every rank reads its share of an evaluation plan (index order, padded by
+wrap-around repeats so ranks have equal length); rows are gathered with the
+plan positions they came from, the repeats dropped, and the result put back in
+the requested key order, so one process and many give the same answer. The
+forward pass is :mod:`dist_syndr.features.embed`'s, the same one DDCUp's
+reference embeddings use.
+
+::
+
+    cfg, model = load_model(Path("runs/vit-b"))             # dist_syndr.evaluate.checkpoints
+    target = target_shard_set("livec", "/data/ChallengeDB_release", Path("shards/targets"))
+    metrics, predictions = evaluate_targets(model, {"livec": target}, cfg.data, device="cuda", dali="auto")
+    write_predictions_csv(Path("eval/livec_predictions.csv"), predictions["livec"])
+
+Shapes: ``N`` images of a set, ``D`` pooled feature dimension; predictions and
+scores ``(N,)``, features ``(N, D)`` float32.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import logging
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from dist_syndr import files, runtime
+from dist_syndr.config import DataConfig
+from dist_syndr.evaluate import metrics
+from dist_syndr.features.embed import evaluating, forward_rows, gather_rows, input_dtype
+from dist_syndr.features.model import IQAModel
+from dist_syndr.loader import make_loader, plan_epoch
+from dist_syndr.sharding.shard_set import ShardSet
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Predictions:
+    """Per-image predictions of one set, in the set's key order (padded repeats removed)."""
+
+    keys: np.ndarray  # (N,) str
+    predictions: np.ndarray  # (N,) float32, mean over the image's crops
+    scores: np.ndarray  # (N,) float64 from index.json, NaN where the set has no label
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+def predict(
+    module: torch.nn.Module, shard_set: ShardSet, data_cfg: DataConfig, *, device, dali: str = "auto", seed: int = 0
+) -> Predictions:
+    """Scores of every sample of ``shard_set``: ``data_cfg.eval_crops`` crops (``eval_crop_mode``) averaged per image.
+
+    Collective under a process group (every rank calls it); ``seed`` fixes the
+    random crops. Samples skipped under ``data.on_error=skip`` are left out.
+    """
+    keys = shard_set.keys()
+    positions, rows = _gathered_pass(module, shard_set, data_cfg, keys, device=device, dali=dali, seed=seed, forward=module, empty=(0,))
+    if len(positions) < len(keys):
+        log.warning("%s: %d of %d samples could not be read and have no prediction", shard_set.root, len(keys) - len(positions), len(keys))
+    return Predictions(
+        keys=np.array([keys[i] for i in positions], dtype=str),
+        predictions=rows.astype(np.float32),
+        scores=shard_set.scores()[positions],
+    )
+
+
+def embed(module: IQAModel, shard_set: ShardSet, data_cfg: DataConfig, keys: Sequence[str], *, device, dali: str = "auto") -> np.ndarray:
+    """``(len(keys), D)`` float32 pooled features of ``keys`` (one centre crop, eval mode), rows in ``keys`` order.
+
+    Collective under a process group; ValueError when a key cannot be read.
+    """
+    keys = list(keys)
+    data = dataclasses.replace(data_cfg, eval_crop_mode="centre", eval_crops=1)
+    dim = int(module.backbone.num_features)
+    positions, rows = _gathered_pass(
+        module, shard_set, data, keys, device=device, dali=dali, seed=0, forward=module.features, empty=(0, dim)
+    )
+    if len(positions) != len(keys):
+        missing = sorted(set(range(len(keys))) - set(positions.tolist()))
+        raise ValueError(f"{shard_set.root}: no features for {len(missing)} sample(s) (unreadable), e.g. {keys[missing[0]]!r}")
+    return rows.astype(np.float32)
+
+
+def evaluate_targets(
+    module: torch.nn.Module, targets: dict[str, ShardSet], data_cfg: DataConfig, *, device, dali: str = "auto", seed: int = 0
+) -> tuple[dict[str, float], dict[str, Predictions]]:
+    """Predictions on every target and their metrics as ``{"<target>/<metric>": value}`` (collective)."""
+    results: dict[str, float] = {}
+    predictions: dict[str, Predictions] = {}
+    for name, shard_set in targets.items():
+        predictions[name] = predict(module, shard_set, data_cfg, device=device, dali=dali, seed=seed)
+        results |= {f"{name}/{key}": value for key, value in target_metrics(predictions[name], name).items()}
+    return results, predictions
+
+
+def target_metrics(predictions: Predictions, name: str = "") -> dict[str, float]:
+    """SRCC, PLCC, KRCC, RMSE and logistic PLCC over the labelled images ({} with fewer than two;
+    NaN when a prediction is not finite, as from a diverged model)."""
+    labelled = np.isfinite(predictions.scores)
+    if labelled.sum() < 2:
+        log.warning("target %s: %d labelled image(s); no metrics", name, int(labelled.sum()))
+        return {}
+    if not np.isfinite(predictions.predictions[labelled]).all():
+        log.warning("target %s: predictions contain NaN or inf; metrics are NaN", name)
+        return dict.fromkeys(("srcc", "plcc", "krcc", "rmse", "plcc_logistic"), float("nan"))
+    return metrics.iqa_metrics(predictions.predictions[labelled], predictions.scores[labelled])
+
+
+def _gathered_pass(
+    module: torch.nn.Module,
+    shard_set: ShardSet,
+    data_cfg: DataConfig,
+    keys: list[str],
+    *,
+    device,
+    dali: str,
+    seed: int,
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    empty: tuple[int, ...],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Positions in ``keys`` (ascending, each once) and the per-image outputs of ``forward`` at them, from all ranks."""
+    rank, world_size = runtime.rank_world()
+    if not keys:
+        return np.zeros(0, np.int64), np.zeros(empty, np.float32)
+    plan = plan_epoch(keys, data_cfg, seed=seed, epoch=0, world_size=world_size, is_training=False)
+    position = {key: i for i, key in enumerate(keys)}
+    dtype = input_dtype(module)
+    rows, positions = [], []
+    with make_loader(shard_set, data_cfg, is_training=False, dali=dali) as loader, evaluating(module):
+        batches = loader.batches(plan.for_rank(rank))
+        progress = tqdm(batches, total=plan.num_batches, desc=f"evaluating {shard_set.root.name}", unit="batch", disable=rank != 0)
+        for batch in progress:
+            outputs = forward_rows(forward, batch.images, device=device, dtype=dtype)
+            rows.append(batch.mean_over_crops(outputs).cpu().numpy())
+            positions.extend(position[key] for key in batch.keys)
+    gathered_rows = gather_rows(rows, empty)
+    gathered_positions = np.concatenate(runtime.all_gather_array(np.asarray(positions, dtype=np.int64)))
+    # Padding repeats a few samples; their rows are the same computation, so the first one stands.
+    unique, first = np.unique(gathered_positions, return_index=True)
+    return unique, gathered_rows[first]
+
+
+
+def write_predictions_csv(path: Path, predictions: Predictions) -> Path:
+    """``key,prediction,score`` rows in key order (empty score where unlabelled), written atomically."""
+    path = Path(path)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["key", "prediction", "score"])
+    for key, prediction, score in zip(predictions.keys.tolist(), predictions.predictions.tolist(), predictions.scores.tolist()):
+        writer.writerow([key, repr(prediction), "" if math.isnan(score) else repr(score)])
+    files.write_text(path, buffer.getvalue())
+    return path

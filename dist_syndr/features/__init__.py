@@ -1,0 +1,1 @@
+"""Image embeddings: timm backbones, the IQA model built on them, preprocessing and the batched forward pass."""

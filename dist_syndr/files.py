@@ -1,0 +1,74 @@
+"""Files that are never half-written: atomic replacement, fsync and sha256, one copy for the whole package.
+
+:func:`atomic_path` hands out a temporary name in the target's folder; when the
+block ends without an error the file is fsync'd and renamed over the target, so a
+reader sees the old file or the new one, never half of one. A failed block
+removes the temporary file; a killed writer leaves at most a hidden
+``.<name>.tmp-<pid>-<tag>`` file behind. Temporary names are unique per process
+and thread, so concurrent writers of one file never share one.
+
+Shapes: none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+HASH_CHUNK = 1 << 20
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, *, is_durable: bool = True) -> Iterator[Path]:
+    """A temporary path to write ``path``'s new content to; renamed over ``path`` when the block succeeds.
+
+    Parent folders are created. ``is_durable`` fsyncs the data before the rename
+    (folders written to the temporary path are renamed as they are).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        yield temporary
+        if is_durable and temporary.is_file():
+            fsync_file(temporary)
+        temporary.replace(path)
+    finally:
+        if temporary.is_dir():
+            shutil.rmtree(temporary)
+        elif temporary.exists():
+            temporary.unlink()
+
+
+def write_text(path: str | Path, text: str, *, is_durable: bool = True) -> Path:
+    """Replace ``path`` with ``text`` atomically; returns the path."""
+    with atomic_path(path, is_durable=is_durable) as temporary:
+        temporary.write_text(text)
+    return Path(path)
+
+
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    """Replace ``path`` with ``data`` atomically; returns the path."""
+    with atomic_path(path) as temporary:
+        temporary.write_bytes(data)
+    return Path(path)
+
+
+def fsync_file(path: str | Path) -> None:
+    """Flush a written file's data to disk."""
+    with Path(path).open("rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        while chunk := handle.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,1 @@
+"""Experiment tracking: MLflow runs fed from a durable journal, and run comparison."""

@@ -1,0 +1,1 @@
+"""Training under DeepSpeed: the engine, the epoch loop, its resumable state and throughput meter."""

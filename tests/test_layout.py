@@ -1,0 +1,103 @@
+"""The package layout: stages as subpackages, one-way imports, small modules, an architecture doc that is true."""
+
+from __future__ import annotations
+
+import ast
+import graphlib
+import re
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PROJECT_ROOT
+
+PACKAGE = PROJECT_ROOT / "dist_syndr"
+TOP_LEVEL_MODULES = {"__init__", "cli", "config", "demo", "files", "runtime"}
+MAX_MODULE_LINES = 450
+MAX_LAUNCHER_LINES = 100
+LONG_MODULES = {"dist_syndr.pools.distortions"}  # the distortion kernels: 25 types, one table, one file
+
+
+def _modules() -> dict[str, Path]:
+    names = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PROJECT_ROOT).with_suffix("").parts
+        names[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return names
+
+
+def _imports(name: str, path: Path, known: set[str]) -> set[str]:
+    """Every module of ours that ``name`` imports, at the top or inside a function."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            candidates = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            candidates = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        found |= {candidate for candidate in candidates if candidate in known and candidate != name}
+    return found
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    # A package's __init__ is an ordinary module of the graph; importing a submodule runs it, which adds no edge.
+    return {name: _imports(name, path, set(modules)) for name, path in modules.items()}
+
+
+def _stage(name: str) -> str:
+    parts = name.split(".")
+    return parts[1] if len(parts) > 2 or (len(parts) == 2 and (PACKAGE / parts[1]).is_dir()) else name
+
+
+def test_top_level_holds_only_the_base_modules_and_the_stages():
+    modules = {p.stem for p in PACKAGE.glob("*.py")}
+    assert modules == TOP_LEVEL_MODULES
+    stages = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
+    assert stages == {"pools", "features", "reshape", "sharding", "loader", "train", "evaluate", "tracking", "bench"}
+
+
+def test_module_imports_have_no_cycle():
+    graphlib.TopologicalSorter(_graph()).prepare()  # raises CycleError naming the cycle
+
+
+def test_stage_imports_have_no_cycle():
+    stages: dict[str, set[str]] = {}
+    for module, imported in _graph().items():
+        stage = _stage(module)
+        stages.setdefault(stage, set()).update(_stage(other) for other in imported if _stage(other) != stage)
+    graphlib.TopologicalSorter(stages).prepare()
+
+
+def _import_alone(name: str) -> tuple[str, int, str]:
+    result = subprocess.run([sys.executable, "-c", f"import {name}"], cwd=PROJECT_ROOT, capture_output=True, text=True)
+    return name, result.returncode, result.stderr[-400:]
+
+
+@pytest.mark.timeout(600)
+def test_every_module_imports_on_its_own_in_a_fresh_interpreter():
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        failures = [(name, err) for name, code, err in pool.map(_import_alone, sorted(_modules())) if code != 0]
+    assert not failures
+
+
+def test_modules_and_launchers_stay_small():
+    long = {name: n for name, path in _modules().items() if (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES}
+    assert set(long) <= LONG_MODULES, long
+    launchers = {p.name: len(p.read_text().splitlines()) for p in (PROJECT_ROOT / "launchers").glob("*.py")}
+    assert all(n <= MAX_LAUNCHER_LINES for n in launchers.values()), launchers
+
+
+def test_architecture_doc_names_only_what_exists():
+    text = (PROJECT_ROOT / "docs" / "ARCHITECTURE.md").read_text()
+    named = set(re.findall(r"\bdist_syndr(?:/[\w.]+)+", text)) | set(re.findall(r"\blaunchers/\w+\.py", text))
+    assert len(named) > 30, "the module map names the modules it describes"
+    missing = sorted(path for path in named if not (PROJECT_ROOT / path).exists())
+    assert not missing
+    documented = {m for m in re.findall(r"`(\w+)\.py`", text)}
+    undocumented = sorted(name for name, path in _modules().items() if path.stem != "__init__" and path.stem not in documented)
+    assert not undocumented, "docs/ARCHITECTURE.md lists every module"
