@@ -21,7 +21,7 @@ import yaml
 
 from dist_syndr import files
 
-# Target-domain presets of SPEC.md section 6: the KADID-10k distortion types kept.
+# Target-domain presets of docs/METHOD.md section 6: the KADID-10k distortion types kept.
 TARGET_TYPES: dict[str, tuple[int, ...]] = {
     "livec": (1, 3, 10, 17, 18, 25),
     "koniq": (1, 3, 16, 17, 18, 25),
@@ -97,10 +97,10 @@ class NeighborsConfig:
 
 @dataclass
 class DDCUpConfig:
-    """Diverse content upsampling (SPEC.md section 3)."""
+    """Diverse content upsampling (docs/METHOD.md section 3)."""
 
     enabled: bool = True  # training: train on the shard set's upsampled samples (false: a baseline without them)
-    target: str = "bid"  # preset naming the distortion types kept (SPEC.md section 6)
+    target: str = "bid"  # preset naming the distortion types kept (docs/METHOD.md section 6)
     types: list[int] = field(default_factory=list)  # explicit types; overrides target
     levels: list[int] = field(default_factory=lambda: [1, 3, 5])
     top_k: int = 5
@@ -128,7 +128,7 @@ class DDCUpConfig:
 
 @dataclass
 class DRCDownConfig:
-    """Redundant cluster downsampling (SPEC.md section 4)."""
+    """Redundant cluster downsampling (docs/METHOD.md section 4)."""
 
     enabled: bool = True
     sim_threshold: float = 0.9
@@ -168,7 +168,20 @@ class SyntheticPoolConfig:
         _require(self.spread > 0, "spread", f"must be > 0, got {self.spread}")
 
 
-POOL_KINDS = ("kadid10k", "kadid_add81", "kadis700k", "livec", "koniq10k", "bid", "pipal", "tid2013", "live", "csiq", "csv", "folder")
+POOL_KINDS = (
+    "kadid10k",
+    "kadid_add81",
+    "kadis700k",
+    "livec",
+    "koniq10k",
+    "bid",
+    "pipal",
+    "tid2013",
+    "live",
+    "csiq",
+    "csv",
+    "folder",
+)
 
 
 @dataclass
@@ -190,18 +203,20 @@ class FeaturesConfig:
         _require(self.crop >= 8, "crop", f"must be >= 8, got {self.crop}")
         for prefix in ("train", "candidate"):
             features, names = getattr(self, f"{prefix}_features"), getattr(self, f"{prefix}_names")
-            _require(bool(features) == bool(names), f"{prefix}_names", f"{prefix}_features and {prefix}_names go together")
+            _require(
+                bool(features) == bool(names), f"{prefix}_names", f"{prefix}_features and {prefix}_names go together"
+            )
 
 
 @dataclass
 class PoolConfig:
-    """The training pool read by ``dist_syndr.pools`` (SPEC.md section 7 layouts)."""
+    """The training pool read by ``dist_syndr.pools`` (docs/METHOD.md section 7 layouts)."""
 
     kind: str = "folder"
     root: str = ""
     types: list[int] = field(default_factory=list)  # KADID types kept; empty: the DDCUp target's types
     levels: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
-    training_refs_only: bool = True  # KADID-10k: drop the 7 references SPEC.md section 6 excludes
+    training_refs_only: bool = True  # KADID-10k: drop the 7 references docs/METHOD.md section 6 excludes
     distort: bool = False  # reference pools: make every (type, level) with our distortion engine
     labels: str = "dataset"  # dataset | weak (full-reference ensemble) | none
     on_missing: str = "error"  # error | skip: labelled images absent on disk
@@ -210,7 +225,9 @@ class PoolConfig:
         _require_choice(self.kind, "kind", POOL_KINDS)
         _require_choice(self.labels, "labels", ("dataset", "weak", "none"))
         _require_choice(self.on_missing, "on_missing", ("error", "skip"))
-        bad = [t for t in self.types if not 1 <= t <= NUM_DISTORTION_TYPES] + [v for v in self.levels if not 1 <= v <= NUM_LEVELS]
+        bad = [t for t in self.types if not 1 <= t <= NUM_DISTORTION_TYPES] + [
+            v for v in self.levels if not 1 <= v <= NUM_LEVELS
+        ]
         _require(not bad, "types", f"types must lie in 1..25 and levels in 1..5, got {bad}")
 
 
@@ -240,14 +257,27 @@ class ShardConfig:
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
 
     def __post_init__(self) -> None:
-        _require(bool(self.name) and "/" not in self.name and not self.name.startswith("."), "name", f"must be a plain folder name, got {self.name!r}")
+        _require(
+            bool(self.name) and "/" not in self.name and not self.name.startswith("."),
+            "name",
+            f"must be a plain folder name, got {self.name!r}",
+        )
         _require(self.samples_per_shard >= 1, "samples_per_shard", f"must be >= 1, got {self.samples_per_shard}")
-        _require(0 <= self.png_compress_level <= 9, "png_compress_level", f"must lie in 0..9, got {self.png_compress_level}")
+        _require(
+            0 <= self.png_compress_level <= 9, "png_compress_level", f"must lie in 0..9, got {self.png_compress_level}"
+        )
         _require(self.num_workers >= 1, "num_workers", f"must be >= 1, got {self.num_workers}")
         _require_choice(self.on_error, "on_error", ("error", "skip"))
 
 
-BACKBONES = ("resnet18", "resnet50", "vit_tiny_patch16_224", "vit_base_patch16_224", "vit_large_patch16_224", "vit_huge_patch14_224")
+BACKBONES = (
+    "resnet18",
+    "resnet50",
+    "vit_tiny_patch16_224",
+    "vit_base_patch16_224",
+    "vit_large_patch16_224",
+    "vit_huge_patch14_224",
+)
 
 
 @dataclass
@@ -272,7 +302,7 @@ class DataConfig:
     loader: str = "auto"  # auto (DALI when installed) | dali | torch
     batch_size: int = 32  # per rank
     num_workers: int = 2  # reader processes (DALI external_source workers / DataLoader workers)
-    crop: int = 224  # random crop side for training; no resize, flip or colour change (SPEC.md section 5)
+    crop: int = 224  # random crop side for training; no resize, flip or colour change (docs/METHOD.md section 5)
     eval_crops: int = 5  # crops per image at evaluation, predictions averaged per image
     eval_crop_mode: str = "random"  # random | centre
     shuffle_block: int = 0  # 0: global shuffle; n > 0: shuffle blocks of n index-consecutive samples, then within
@@ -292,7 +322,7 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation and DeepSpeed settings (SPEC.md section 5 defaults)."""
+    """Optimisation and DeepSpeed settings (docs/METHOD.md section 5 defaults)."""
 
     epochs: int = 24
     learning_rate: float = 2e-5  # backbone; the head trains at head_lr_multiplier times it
@@ -324,13 +354,23 @@ class TrainConfig:
         _require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
         _require(self.zero_stage in (0, 1, 2, 3), "zero_stage", f"must be 0, 1, 2 or 3, got {self.zero_stage}")
         _require_choice(self.precision, "precision", ("auto", "fp32", "bf16", "fp16"))
-        _require(self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps", f"must be >= 1, got {self.gradient_accumulation_steps}")
+        _require(
+            self.gradient_accumulation_steps >= 1,
+            "gradient_accumulation_steps",
+            f"must be >= 1, got {self.gradient_accumulation_steps}",
+        )
         _require(self.global_batch_size >= 0, "global_batch_size", f"must be >= 0, got {self.global_batch_size}")
-        _require(self.checkpoint_every_steps >= 0, "checkpoint_every_steps", f"must be >= 0, got {self.checkpoint_every_steps}")
+        _require(
+            self.checkpoint_every_steps >= 0,
+            "checkpoint_every_steps",
+            f"must be >= 0, got {self.checkpoint_every_steps}",
+        )
         _require(self.keep_checkpoints >= 1, "keep_checkpoints", f"must be >= 1, got {self.keep_checkpoints}")
         _require(self.log_every_steps >= 1, "log_every_steps", f"must be >= 1, got {self.log_every_steps}")
         _require(self.gradient_clipping >= 0, "gradient_clipping", f"must be >= 0, got {self.gradient_clipping}")
-        _require(not self.is_optimizer_offloaded or self.zero_stage >= 1, "is_optimizer_offloaded", "needs zero_stage >= 1")
+        _require(
+            not self.is_optimizer_offloaded or self.zero_stage >= 1, "is_optimizer_offloaded", "needs zero_stage >= 1"
+        )
 
 
 @dataclass

@@ -33,17 +33,14 @@ from pathlib import Path
 
 import numpy as np
 
-from dist_syndr.tracking.tracker import tracking_uri
-
-from dist_syndr.pools import embedded
-
-from dist_syndr.sharding import writer
 from dist_syndr.config import Config
-from dist_syndr.pools import kadid, synthetic
+from dist_syndr.pools import embedded, kadid, synthetic
 from dist_syndr.reshape import ddcup, drcdown
+from dist_syndr.sharding import writer
 from dist_syndr.sharding.photos import composite_items
 from dist_syndr.sharding.plan import recorded_config, run_shard_step
 from dist_syndr.sharding.shard_set import INDEX_NAME, ShardSet
+from dist_syndr.tracking.tracker import tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +70,9 @@ class DemoPaths:
         return self.work_dir / "runs"
 
 
-def run(config: Config, fixtures_dir: Path | None, paths: DemoPaths | None = None, *, epochs: int | None = None) -> Iterator[str]:
+def run(
+    config: Config, fixtures_dir: Path | None, paths: DemoPaths | None = None, *, epochs: int | None = None
+) -> Iterator[str]:
     """Run the stages in order, yielding each one's report as it finishes (``paths=None``: reshaping only)."""
     yield _drcdown_stage(config)
     yield _ddcup_stage(config)
@@ -119,7 +118,9 @@ def _drcdown_stage(config: Config) -> str:
 
 def _ddcup_stage(config: Config) -> str:
     pool_config = config.synthetic_pool
-    sets = synthetic.reference_sets(pool_config.num_train_refs, pool_config.num_candidate_refs, pool_config.dim, config.seed)
+    sets = synthetic.reference_sets(
+        pool_config.num_train_refs, pool_config.num_candidate_refs, pool_config.dim, config.seed
+    )
     settings = config.reshape.ddcup
     selected = ddcup.select_candidates(sets.train, sets.candidates, search=config.reshape.neighbors)
     labels = ddcup.transfer_labels(
@@ -162,38 +163,67 @@ def _pool_stage(config: Config, paths: DemoPaths) -> tuple[ShardSet, ShardSet, s
     plan = run_shard_step(config, train_dir, options)
     test_dir = paths.shards / "demo-test"
     if not (test_dir / INDEX_NAME).is_file():
-        items = composite_items(test_refs, tuple(shard.pool.types), per_content=TEST_IMAGES_PER_CONTENT, seed=config.seed)
+        items = composite_items(
+            test_refs, tuple(shard.pool.types), per_content=TEST_IMAGES_PER_CONTENT, seed=config.seed
+        )
         writer.write_shard_set(items, test_dir, options, {"composite_test": recorded_config(config)})
     seconds = time.perf_counter() - started
     train_set, test_set = ShardSet(train_dir), ShardSet(test_dir)
     selected = ", ".join(key.rsplit("/", 1)[-1] for key in plan.selected_candidates) or "none"
-    return train_set, test_set, "\n".join(
-        [
-            "== The embedded photo pool (scikit-image, scikit-learn and matplotlib photographs) ==",
-            f"training: {len(embedded.TRAIN_CONTENTS)} contents x {len(shard.pool.types)} engine distortions x 5 levels = "
-            f"{plan.num_original} samples, weak labels (full-reference ensemble, NOT human scores)",
-            f"DDCUp over {len(embedded.CANDIDATE_CONTENTS)} candidate contents selected {selected}: "
-            f"{plan.num_upsampled} pseudo-labelled samples at levels {list(config.reshape.ddcup.levels)}",
-            f"held-out test: {len(test_set)} images of {len(embedded.TEST_CONTENTS)} unseen contents, each with 2-4 composed distortions",
-            f"shard sets {train_set.root} and {test_set.root} in {seconds:.1f} s (a rerun reuses finished shards)",
-        ]
+    return (
+        train_set,
+        test_set,
+        "\n".join(
+            [
+                "== The embedded photo pool (scikit-image, scikit-learn and matplotlib photographs) ==",
+                f"training: {len(embedded.TRAIN_CONTENTS)} contents x {len(shard.pool.types)} engine distortions x 5 levels = "
+                f"{plan.num_original} samples, weak labels (full-reference ensemble, NOT human scores)",
+                f"DDCUp over {len(embedded.CANDIDATE_CONTENTS)} candidate contents selected {selected}: "
+                f"{plan.num_upsampled} pseudo-labelled samples at levels {list(config.reshape.ddcup.levels)}",
+                f"held-out test: {len(test_set)} images of {len(embedded.TEST_CONTENTS)} unseen contents, each with 2-4 composed distortions",
+                f"shard sets {train_set.root} and {test_set.root} in {seconds:.1f} s (a rerun reuses finished shards)",
+            ]
+        ),
     )
 
 
-def _train_stage(paths: DemoPaths, train_set: ShardSet, test_set: ShardSet, epochs: int | None) -> tuple[dict[str, str], str]:
+def _train_stage(
+    paths: DemoPaths, train_set: ShardSet, test_set: ShardSet, epochs: int | None
+) -> tuple[dict[str, str], str]:
     """The baseline and the reshaped run, each ``deepspeed --num_gpus 2`` on the CPU; a finished run is reused."""
-    lines = ["== Training under the deepspeed launcher (2 CPU processes, gloo), DRCDown every epoch in the reshaped run =="]
+    lines = [
+        "== Training under the deepspeed launcher (2 CPU processes, gloo), DRCDown every epoch in the reshaped run =="
+    ]
     run_ids = {}
     for port, (name, extra) in enumerate(RUNS.items(), start=29611):
-        overrides = [f"run_name={name}", f"train.shard_set={train_set.root}", f"train.targets=[mixed={test_set.root}]", f"train.output_dir={paths.runs}", *extra]
+        overrides = [
+            f"run_name={name}",
+            f"train.shard_set={train_set.root}",
+            f"train.targets=[mixed={test_set.root}]",
+            f"train.output_dir={paths.runs}",
+            *extra,
+        ]
         overrides += [f"train.epochs={epochs}"] if epochs is not None else []
         run_dir = paths.runs / name
         started = time.perf_counter()
         state = "reused (finished earlier)" if _is_finished(run_dir) else None
         if state is None:
             log_path = paths.work_dir / "logs" / f"{name}.log"
-            _launch(_deepspeed() + ["--num_gpus", "2", "--master_port", str(port), str(PROJECT_ROOT / "launchers" / "train.py"),
-                     "--config", str(paths.train_preset), *overrides], paths, log_path)
+            _launch(
+                _deepspeed()
+                + [
+                    "--num_gpus",
+                    "2",
+                    "--master_port",
+                    str(port),
+                    str(PROJECT_ROOT / "launchers" / "train.py"),
+                    "--config",
+                    str(paths.train_preset),
+                    *overrides,
+                ],
+                paths,
+                log_path,
+            )
             state = f"trained in {time.perf_counter() - started:.0f} s (log {log_path})"
         run_ids[name] = (run_dir / "mlflow_run_id").read_text().strip()
         lines.append(f"{name}: {state}; MLflow run {run_ids[name]}")
@@ -206,11 +236,25 @@ def _evaluate_stage(paths: DemoPaths, test_set: ShardSet) -> str:
         run_dir = paths.runs / name
         out = paths.work_dir / "evaluation" / name
         run_id = (run_dir / "mlflow_run_id").read_text().strip()
-        command = [sys.executable, str(PROJECT_ROOT / "launchers" / "evaluate.py"), "--checkpoint", str(run_dir),
-                   "--target", f"mixed={test_set.root}", "--out", str(out), "--run-id", run_id]
+        command = [
+            sys.executable,
+            str(PROJECT_ROOT / "launchers" / "evaluate.py"),
+            "--checkpoint",
+            str(run_dir),
+            "--target",
+            f"mixed={test_set.root}",
+            "--out",
+            str(out),
+            "--run-id",
+            run_id,
+        ]
         _launch(command, paths, paths.work_dir / "logs" / f"evaluate-{name}.log")
         metrics = json.loads((out / "metrics.json").read_text())["metrics"]
-        lines.append(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(metrics.items()) if k.endswith(("srcc", "plcc"))) + f"; per-image CSV in {out}")
+        lines.append(
+            f"{name}: "
+            + ", ".join(f"{k} {v:.3f}" for k, v in sorted(metrics.items()) if k.endswith(("srcc", "plcc")))
+            + f"; per-image CSV in {out}"
+        )
     return "\n".join(lines)
 
 
@@ -226,8 +270,16 @@ def _compare_stage(paths: DemoPaths, run_ids: dict[str, str]) -> str:
     uri = _tracking_uri(paths)
     records = compare.fetch_runs(mlflow.MlflowClient(tracking_uri=uri), list(run_ids.values()))
     labels = [
-        "mixed: srcc @ LAST", "mixed: plcc @ LAST", "mixed: BEST epoch (max srcc)", "mixed: srcc @ BEST", "mixed: plcc @ BEST",
-        "mixed: srcc (evaluate.py)", "mixed: plcc (evaluate.py)", "train images/s (mean over epochs)", "kept (first epoch)", "kept (last epoch)",
+        "mixed: srcc @ LAST",
+        "mixed: plcc @ LAST",
+        "mixed: BEST epoch (max srcc)",
+        "mixed: srcc @ BEST",
+        "mixed: plcc @ BEST",
+        "mixed: srcc (evaluate.py)",
+        "mixed: plcc (evaluate.py)",
+        "train images/s (mean over epochs)",
+        "kept (first epoch)",
+        "kept (last epoch)",
     ]
     ui = f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else f"open {uri}"
     return "\n".join(
@@ -251,7 +303,9 @@ def _is_finished(run_dir: Path) -> bool:
 def _deepspeed() -> list[str]:
     launcher = Path(sys.executable).with_name("deepspeed")
     if not launcher.is_file():
-        raise ValueError(f"{launcher}: the deepspeed launcher is missing from this environment (make demo installs it)")
+        raise ValueError(
+            f"{launcher}: the deepspeed launcher is missing from this environment (make demo installs it)"
+        )
     return [str(launcher)]
 
 
@@ -268,7 +322,9 @@ def _launch(command: list[str], paths: DemoPaths, log_path: Path) -> str:
     log_path.write_text(completed.stdout + completed.stderr)
     if completed.returncode != 0:
         tail = "\n".join((completed.stdout + completed.stderr).splitlines()[-15:])
-        raise RuntimeError(f"{' '.join(command[:3])} ... failed (exit {completed.returncode}); log {log_path}:\n{tail}")
+        raise RuntimeError(
+            f"{' '.join(command[:3])} ... failed (exit {completed.returncode}); log {log_path}:\n{tail}"
+        )
     return completed.stdout
 
 
@@ -288,8 +344,12 @@ def _fixture_stage(config: Config, fixtures_dir: Path) -> str:
     if dmos.is_file():
         table = kadid.label_table(kadid.read_dmos_csv(dmos), train_names)
         settings = config.reshape.ddcup
-        labels = ddcup.transfer_labels(train, candidates, selected, table, top_k=settings.top_k, window=settings.window)
-        records = ddcup.upsampled_records(candidate_names, selected, labels, settings.distortion_types, settings.levels)
+        labels = ddcup.transfer_labels(
+            train, candidates, selected, table, top_k=settings.top_k, window=settings.window
+        )
+        records = ddcup.upsampled_records(
+            candidate_names, selected, labels, settings.distortion_types, settings.levels
+        )
         lines.append(f"{len(records)} pseudo-labelled samples for target {settings.target}")
         if expected_path.is_file() and settings.target == "bid" and list(settings.levels) == [1, 3, 5]:
             with expected_path.open() as handle:

@@ -158,7 +158,9 @@ def dali_mode(requested: str = "auto") -> str:
         return "off"
     if importlib.util.find_spec("nvidia.dali") is None:
         if requested in ("gpu", "cpu"):
-            raise ValueError(f"runtime.dali={requested} but nvidia-dali is not installed (pip install nvidia-dali-cuda130)")
+            raise ValueError(
+                f"runtime.dali={requested} but nvidia-dali is not installed (pip install nvidia-dali-cuda130)"
+            )
         return "off"
     if requested == "auto":
         return "gpu" if has_cuda() else "cpu"
@@ -287,7 +289,7 @@ def all_gather_array(array: np.ndarray) -> list[np.ndarray]:
     local = torch.from_numpy(padded).to(device)
     gathered = [torch.empty_like(local) for _ in range(world_size)]
     dist.all_gather(gathered, local)
-    return [g[: int(n)].cpu().numpy() for g, n in zip(gathered, lengths)]
+    return [g[: int(n)].cpu().numpy() for g, n in zip(gathered, lengths, strict=True)]
 
 
 def all_gather_objects(value: object) -> list:

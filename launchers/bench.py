@@ -1,10 +1,10 @@
 """Benchmarks, each beside a baseline measured in the same run.
 
-    python launchers/bench.py reshape [--quick] [--out bench-results/reshape.md]
-    python launchers/bench.py shard [--quick]
-    python launchers/bench.py loader [--quick]
-    python launchers/bench.py train [--quick]     # 2 ranks: DDP vs DeepSpeed vs the trainer
-    python launchers/bench.py all [--quick]       # every benchmark, one report with a summary table on top
+python launchers/bench.py reshape [--quick] [--out bench-results/reshape.md]
+python launchers/bench.py shard [--quick]
+python launchers/bench.py loader [--quick]
+python launchers/bench.py train [--quick]     # 2 ranks: DDP vs DeepSpeed vs the trainer
+python launchers/bench.py all [--quick]       # every benchmark, one report with a summary table on top
 """
 
 from __future__ import annotations
@@ -13,9 +13,7 @@ import argparse
 import os
 from pathlib import Path
 
-from dist_syndr import cli, runtime
-
-from dist_syndr import files
+from dist_syndr import cli, files, runtime
 from dist_syndr.bench import harness, loader, reshape, shard, train
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -31,7 +29,9 @@ BENCHMARKS = {
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("benchmark", choices=[*BENCHMARKS, "all"])
-    parser.add_argument("--quick", action="store_true", help="small sizes; a smoke run in about a minute per benchmark")
+    parser.add_argument(
+        "--quick", action="store_true", help="small sizes; a smoke run in about a minute per benchmark"
+    )
     parser.add_argument("--out", type=Path, default=None, help="also write the Markdown report here")
     args = parser.parse_args(argv)
     runtime.setup_logging("INFO")
@@ -39,7 +39,11 @@ def main(argv: list[str] | None = None) -> int:
 
     names = list(BENCHMARKS) if args.benchmark == "all" else [args.benchmark]
     reports = {name: BENCHMARKS[name](args.quick) for name in names}
-    text = combined_report(reports) if args.benchmark == "all" else "\n\n".join(f"## {name}\n\n{report}" for name, report in reports.items())
+    text = (
+        combined_report(reports)
+        if args.benchmark == "all"
+        else "\n\n".join(f"## {name}\n\n{report}" for name, report in reports.items())
+    )
     print(text)
     if args.out is not None:
         files.write_text(args.out, text + "\n")

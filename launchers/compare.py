@@ -20,9 +20,8 @@ import sys
 from pathlib import Path
 
 from dist_syndr import cli, runtime
-from dist_syndr.tracking import tracker as tracking
-
 from dist_syndr.tracking import compare
+from dist_syndr.tracking import tracker as tracking
 
 LOCAL_STORE = Path("mlruns")  # the trainer's default store, relative to where it ran
 
@@ -31,9 +30,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_ids", nargs="*", metavar="RUN_ID", help="MLflow run ids to compare")
     parser.add_argument("--experiment", help="compare every run of this MLflow experiment")
-    parser.add_argument("--sync", type=Path, nargs="+", action="extend", default=[], metavar="DIR", help="run folder or tracking journal to push first")
+    parser.add_argument(
+        "--sync",
+        type=Path,
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="DIR",
+        help="run folder or tracking journal to push first",
+    )
     parser.add_argument("--tracking-uri", help="MLflow store to read (default: MLFLOW_TRACKING_URI or mlruns/)")
-    parser.add_argument("--out", type=Path, default=Path("runs/compare"), help="folder for the Markdown and CSV tables")
+    parser.add_argument(
+        "--out", type=Path, default=Path("runs/compare"), help="folder for the Markdown and CSV tables"
+    )
     parser.add_argument("--no-log", action="store_true", help="do not log the tables to a 'compare' MLflow run")
     args = parser.parse_args(argv)
     if args.run_ids and args.experiment:
@@ -44,10 +53,15 @@ def main(argv: list[str] | None = None) -> int:
     # ---- push pending tracking journals
     for folder in args.sync:
         report = tracking.sync(folder, show_progress=True)
-        print(f"{report.local_dir}: {report.num_pushed} record(s) pushed to run {report.run_id} at {report.tracking_uri}, "
-              f"{report.num_rejected} rejected, {report.num_pending} pending")
+        print(
+            f"{report.local_dir}: {report.num_pushed} record(s) pushed to run {report.run_id} at {report.tracking_uri}, "
+            f"{report.num_rejected} rejected, {report.num_pending} pending"
+        )
         if not report.is_complete:
-            print(f"error: {report.local_dir}: sync stopped early ({report.error}); run it again when the server answers", file=sys.stderr)
+            print(
+                f"error: {report.local_dir}: sync stopped early ({report.error}); run it again when the server answers",
+                file=sys.stderr,
+            )
             return 1
     if not (args.run_ids or args.experiment):
         return 0
@@ -76,7 +90,9 @@ def _store_uri(explicit: str | None) -> str:
     if explicit or os.environ.get("MLFLOW_TRACKING_URI"):
         return explicit or os.environ["MLFLOW_TRACKING_URI"]
     if not (LOCAL_STORE / "mlflow.db").is_file():
-        raise ValueError(f"no MLflow store at {LOCAL_STORE / 'mlflow.db'}: run from the training folder, or give --tracking-uri")
+        raise ValueError(
+            f"no MLflow store at {LOCAL_STORE / 'mlflow.db'}: run from the training folder, or give --tracking-uri"
+        )
     return tracking.tracking_uri(LOCAL_STORE)
 
 

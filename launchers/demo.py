@@ -1,6 +1,6 @@
 """``make demo``: the main job on embedded default data.
 
-    python launchers/demo.py [--config configs/demo.yaml] [key=value ...]
+python launchers/demo.py [--config configs/demo.yaml] [key=value ...]
 """
 
 from __future__ import annotations
@@ -17,8 +17,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=PROJECT_ROOT / "configs" / "demo.yaml")
     parser.add_argument("--fixtures", type=Path, default=PROJECT_ROOT.parent / "shared" / "fixtures")
-    parser.add_argument("--work-dir", type=Path, default=PROJECT_ROOT / ".cache" / "demo", help="photos, shards, runs, evaluations")
-    parser.add_argument("--mlruns", type=Path, default=PROJECT_ROOT / "mlruns", help="local MLflow store (unless MLFLOW_TRACKING_URI is set)")
+    parser.add_argument(
+        "--work-dir", type=Path, default=PROJECT_ROOT / ".cache" / "demo", help="photos, shards, runs, evaluations"
+    )
+    parser.add_argument(
+        "--mlruns",
+        type=Path,
+        default=PROJECT_ROOT / "mlruns",
+        help="local MLflow store (unless MLFLOW_TRACKING_URI is set)",
+    )
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: configs/train/demo.yaml)")
     parser.add_argument("--reshape-only", action="store_true", help="only the reshaping stages on generated data")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")

@@ -50,7 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.checkpoint is not None:
         cfg, model = load_model(args.checkpoint, args.config, args.overrides)
     else:
-        cfg = config.load(args.config or DEFAULT_CONFIG, [*args.overrides, "model.is_random_init=true", "model.weights="])
+        cfg = config.load(
+            args.config or DEFAULT_CONFIG, [*args.overrides, "model.is_random_init=true", "model.weights="]
+        )
         torch.manual_seed(cfg.seed)  # the same random model, hence the same measures, on every run
         model = build_model(cfg.model)
     backends = runtime.init(cfg.runtime)
@@ -59,8 +61,15 @@ def main(argv: list[str] | None = None) -> int:
     # ---- features, DRCDown, measures, plots
     model_name = str(args.checkpoint) if args.checkpoint is not None else "random-init"
     diagnosis = diagnose(
-        model.to(backends.device), shard_set, cfg, out_dir, device=backends.device, model_name=model_name,
-        epoch=args.epoch, method=args.method, max_points=args.max_points,
+        model.to(backends.device),
+        shard_set,
+        cfg,
+        out_dir,
+        device=backends.device,
+        model_name=model_name,
+        epoch=args.epoch,
+        method=args.method,
+        max_points=args.max_points,
     )
 
     # ---- report and tracking
@@ -76,16 +85,28 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shard-set", type=Path, required=True, help="a written shard set (folder with index.json)")
     model_source = parser.add_mutually_exclusive_group(required=True)
-    model_source.add_argument("--checkpoint", type=Path, help="a training checkpoint (see dist_syndr.evaluate.checkpoints)")
-    model_source.add_argument("--random-init", action="store_true", help="a randomly initialised model (model.is_random_init=true)")
-    parser.add_argument("--config", type=Path, help=f"training config (default with --random-init: {DEFAULT_CONFIG.relative_to(PROJECT_ROOT)})")
-    parser.add_argument("--out", type=Path, help="output folder (default: <train.output_dir>/diagnostics/<shard set name>)")
+    model_source.add_argument(
+        "--checkpoint", type=Path, help="a training checkpoint (see dist_syndr.evaluate.checkpoints)"
+    )
+    model_source.add_argument(
+        "--random-init", action="store_true", help="a randomly initialised model (model.is_random_init=true)"
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help=f"training config (default with --random-init: {DEFAULT_CONFIG.relative_to(PROJECT_ROOT)})",
+    )
+    parser.add_argument(
+        "--out", type=Path, help="output folder (default: <train.output_dir>/diagnostics/<shard set name>)"
+    )
     parser.add_argument("--method", choices=("pca", "tsne"), default="pca", help="2-D embedding of the plots")
     parser.add_argument("--max-points", type=int, default=3000, help="points drawn per embedding plot")
     parser.add_argument("--epoch", type=int, default=0, help="DRCDown epoch seed and MLflow step")
     tracking_target = parser.add_mutually_exclusive_group()
     tracking_target.add_argument("--run-id", help="log into this existing MLflow run (e.g. the training run)")
-    tracking_target.add_argument("--experiment", help="log a new run into this MLflow experiment (default: train.experiment)")
+    tracking_target.add_argument(
+        "--experiment", help="log a new run into this MLflow experiment (default: train.experiment)"
+    )
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     return parser
 
@@ -97,7 +118,9 @@ def _track(cfg: config.Config, args: argparse.Namespace, out_dir: Path, diagnosi
     if Journal.exists(journal_dir) and Journal(journal_dir).num_pending() == 0:
         shutil.rmtree(journal_dir)  # delivered in full: this invocation is a run (or a visit to --run-id) of its own
     experiment = args.experiment or cfg.train.experiment
-    tracker = make_tracker(cfg, rank=0, experiment=experiment, root=Path("mlruns"), tags=tags, run_id=args.run_id, local_dir=journal_dir)
+    tracker = make_tracker(
+        cfg, rank=0, experiment=experiment, root=Path("mlruns"), tags=tags, run_id=args.run_id, local_dir=journal_dir
+    )
     tracker.log_metrics(diagnosis.metrics, step=args.epoch)
     for path in diagnosis.files:
         tracker.log_artifact(path, "diagnostics")
@@ -106,7 +129,11 @@ def _track(cfg: config.Config, args: argparse.Namespace, out_dir: Path, diagnosi
         log.info("diagnostics logged as MLflow run %s", tracker.run_id)
     elif not tracker.flush(timeout_s=60.0):
         # The run belongs to someone else (a training run): it is left open, not ended.
-        log.warning("diagnostics not yet delivered to run %s; push them with `python launchers/compare.py --sync %s`", args.run_id, tracker.local_dir)
+        log.warning(
+            "diagnostics not yet delivered to run %s; push them with `python launchers/compare.py --sync %s`",
+            args.run_id,
+            tracker.local_dir,
+        )
 
 
 if __name__ == "__main__":

@@ -25,13 +25,11 @@ import os
 import time
 from pathlib import Path
 
-from dist_syndr import cli, runtime
-from dist_syndr.tracking import tracker as tracking
+from dist_syndr import cli, files, runtime
 from dist_syndr.evaluate import predict
 from dist_syndr.evaluate.checkpoints import load_model
 from dist_syndr.evaluate.targets import parse_target, target_shard_set
-
-from dist_syndr import files
+from dist_syndr.tracking import tracker as tracking
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MLFLOW_ROOT = Path("mlruns")
@@ -41,16 +39,26 @@ COLUMNS = (("srcc", "SRCC"), ("plcc", "PLCC"), ("krcc", "KRCC"), ("rmse", "RMSE"
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, required=True)
-    parser.add_argument("--target", action="append", default=[], metavar="NAME=DIR", help="repeatable; NAME=DIR or NAME=KIND:DIR")
-    parser.add_argument("--config", type=Path, default=None, help="the run's config (default: config.yaml beside the checkpoint)")
+    parser.add_argument(
+        "--target", action="append", default=[], metavar="NAME=DIR", help="repeatable; NAME=DIR or NAME=KIND:DIR"
+    )
+    parser.add_argument(
+        "--config", type=Path, default=None, help="the run's config (default: config.yaml beside the checkpoint)"
+    )
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: evaluation/<run_name>)")
-    parser.add_argument("--cache-dir", type=Path, default=None, help="shard sets of raw targets (default: <shard.output_root>/targets)")
+    parser.add_argument(
+        "--cache-dir", type=Path, default=None, help="shard sets of raw targets (default: <shard.output_root>/targets)"
+    )
     tracked = parser.add_mutually_exclusive_group()
-    tracked.add_argument("--run-id", default=None, help="log into this MLflow run (e.g. the training run) as eval/<target>/<metric>")
+    tracked.add_argument(
+        "--run-id", default=None, help="log into this MLflow run (e.g. the training run) as eval/<target>/<metric>"
+    )
     tracked.add_argument("--experiment", default=None, help="new run's MLflow experiment (default: train.experiment)")
     tracked.add_argument("--no-tracking", action="store_true", help="write files only, log nothing to MLflow")
     parser.add_argument("--step", type=int, default=0, help="MLflow step of the metrics")
-    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
+    parser.add_argument(
+        "--local_rank", type=int, default=None, help=argparse.SUPPRESS
+    )  # set by the deepspeed launcher
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides of the run's config")
     args = parser.parse_args(argv)
 
@@ -140,7 +148,15 @@ def _write_metrics_json(path: Path, checkpoint: Path, results: dict[str, float],
     return files.write_text(path, json.dumps(record, indent=2))
 
 
-def _track(cfg, args, results: dict[str, float], files: list[Path], backends: runtime.Backends, run_status: str | None, out: Path) -> None:
+def _track(
+    cfg,
+    args,
+    results: dict[str, float],
+    files: list[Path],
+    backends: runtime.Backends,
+    run_status: str | None,
+    out: Path,
+) -> None:
     tags = {
         "git_commit": tracking.git_commit(PROJECT_ROOT),
         "world_size": str(backends.world_size),
@@ -150,10 +166,25 @@ def _track(cfg, args, results: dict[str, float], files: list[Path], backends: ru
     # The journal stays beside the results: records a dead server could not take are pushed later with compare.py --sync.
     journal = out / f"{tracking.LOCAL_DIR_NAME}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     if args.run_id:
-        tracker = tracking.make_tracker(cfg, rank=0, experiment=cfg.train.experiment, root=MLFLOW_ROOT, tags=tags, run_id=args.run_id, local_dir=journal)
+        tracker = tracking.make_tracker(
+            cfg,
+            rank=0,
+            experiment=cfg.train.experiment,
+            root=MLFLOW_ROOT,
+            tags=tags,
+            run_id=args.run_id,
+            local_dir=journal,
+        )
     else:
         named = dataclasses.replace(cfg, run_name=f"evaluate-{cfg.run_name}")
-        tracker = tracking.make_tracker(named, rank=0, experiment=args.experiment or cfg.train.experiment, root=MLFLOW_ROOT, tags=tags, local_dir=journal)
+        tracker = tracking.make_tracker(
+            named,
+            rank=0,
+            experiment=args.experiment or cfg.train.experiment,
+            root=MLFLOW_ROOT,
+            tags=tags,
+            local_dir=journal,
+        )
     tracker.log_metrics({f"eval/{key}": value for key, value in results.items()}, step=args.step)
     for path in files:
         tracker.log_artifact(path, "eval")

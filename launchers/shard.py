@@ -15,7 +15,6 @@ from pathlib import Path
 
 from dist_syndr import cli, config, runtime
 from dist_syndr.sharding import plan as shard_plan
-
 from dist_syndr.sharding import writer
 from dist_syndr.sharding.shard_set import ShardSet
 
@@ -36,7 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.verify:
         shard_set = ShardSet(out_dir)
         shard_set.verify(decode_images=True)
-        print(f"{out_dir}: {len(shard_set)} samples in {len(shard_set.shards)} shards verified (checksums, members, images)")
+        print(
+            f"{out_dir}: {len(shard_set)} samples in {len(shard_set.shards)} shards verified (checksums, members, images)"
+        )
         return 0
 
     # ---- plan, write, index

@@ -1,7 +1,7 @@
 """The main job: training with DRCDown every epoch under DeepSpeed.
 
-    deepspeed --hostfile hosts launchers/train.py --config configs/train/<preset>.yaml [key=value ...]
-    python launchers/train.py --config configs/train/cpu-smoke.yaml      # one process
+deepspeed --hostfile hosts launchers/train.py --config configs/train/<preset>.yaml [key=value ...]
+python launchers/train.py --config configs/train/cpu-smoke.yaml      # one process
 """
 
 from __future__ import annotations
@@ -13,17 +13,12 @@ import time
 from pathlib import Path
 
 from dist_syndr import cli, config, runtime
-from dist_syndr.tracking import tracker as tracking
-
-from dist_syndr.train import deepspeed_engine
-
 from dist_syndr.evaluate import export
-
-from dist_syndr.train import state as train_state
-
-from dist_syndr.train import loop
 from dist_syndr.features.model import build_model
 from dist_syndr.sharding.shard_set import INDEX_NAME, ShardSet
+from dist_syndr.tracking import tracker as tracking
+from dist_syndr.train import deepspeed_engine, loop
+from dist_syndr.train import state as train_state
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SMOKE_TRAIN = (("astronaut", "coffee", "chelsea", "rocket"), (1, 11, 16))
@@ -33,7 +28,9 @@ SMOKE_TEST = (("immunohistochemistry", "hubble_deep_field"), (3, 10, 17))
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, required=True)
-    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
+    parser.add_argument(
+        "--local_rank", type=int, default=None, help=argparse.SUPPRESS
+    )  # set by the deepspeed launcher
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     args = parser.parse_args(argv)
 
@@ -42,7 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     targets = dict(entry.split("=", 1) for entry in cfg.train.targets)
     _check_inputs(cfg, targets)
     _check_batch(cfg, world_size=int(os.environ.get("WORLD_SIZE", "1")))
-    for name, default in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29533")):
+    for name, default in (
+        ("RANK", "0"),
+        ("WORLD_SIZE", "1"),
+        ("LOCAL_RANK", "0"),
+        ("MASTER_ADDR", "127.0.0.1"),
+        ("MASTER_PORT", "29533"),
+    ):
         os.environ.setdefault(name, default)  # one process without a launcher: DeepSpeed would look for MPI
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(PROJECT_ROOT / ".cache" / "torch_extensions"))
 
@@ -59,18 +62,31 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.manual_seed(cfg.seed)  # random-init weights (and any torch RNG use) are the same in every run of this config
     model = build_model(cfg.model)
-    model_engine, ds_config = deepspeed_engine.initialize(model, cfg.train, cfg.data, world_size=backends.world_size, device=backends.device)
+    model_engine, ds_config = deepspeed_engine.initialize(
+        model, cfg.train, cfg.data, world_size=backends.world_size, device=backends.device
+    )
     gc.freeze()  # the loaders' per-epoch gc.collect() then skips the long-lived torch/DeepSpeed objects (about 1 s per epoch here)
 
     # ---- resume, tracking
     checkpoints = run_dir / "checkpoints"
     resumed = train_state.resume(model_engine, checkpoints) if cfg.train.resume == "auto" else None
     state, progress = resumed if resumed is not None else (None, None)
-    tags = {"git_commit": tracking.git_commit(PROJECT_ROOT), "world_size": str(backends.world_size), "device": backends.device, "dali": backends.dali}
-    journal = run_dir / tracking.LOCAL_DIR_NAME  # every record is journalled here first: a tracking outage loses nothing
+    tags = {
+        "git_commit": tracking.git_commit(PROJECT_ROOT),
+        "world_size": str(backends.world_size),
+        "device": backends.device,
+        "dali": backends.dali,
+    }
+    journal = (
+        run_dir / tracking.LOCAL_DIR_NAME
+    )  # every record is journalled here first: a tracking outage loses nothing
     if backends.rank == 0 and resumed is None and journal.exists():
-        journal.rename(run_dir / f"{tracking.LOCAL_DIR_NAME}-before-{time.strftime('%Y%m%d-%H%M%S')}")  # a fresh run gets a fresh record
-    tracker = tracking.make_tracker(cfg, rank=backends.rank, experiment=cfg.train.experiment, root=Path("mlruns"), tags=tags, local_dir=journal)
+        journal.rename(
+            run_dir / f"{tracking.LOCAL_DIR_NAME}-before-{time.strftime('%Y%m%d-%H%M%S')}"
+        )  # a fresh run gets a fresh record
+    tracker = tracking.make_tracker(
+        cfg, rank=backends.rank, experiment=cfg.train.experiment, root=Path("mlruns"), tags=tags, local_dir=journal
+    )
     if backends.rank == 0:
         config.dump(cfg, run_dir / "config.yaml")
         deepspeed_engine.save_deepspeed_config(ds_config, run_dir / "deepspeed.json")
@@ -78,14 +94,18 @@ def main(argv: list[str] | None = None) -> int:
         tracker.log_artifact(run_dir / "deepspeed.json")
 
     # ---- the loop
-    run = loop.Run(model_engine, train_set, target_sets, tracker, checkpoints, backends.rank, backends.world_size, run_dir)
+    run = loop.Run(
+        model_engine, train_set, target_sets, tracker, checkpoints, backends.rank, backends.world_size, run_dir
+    )
     try:
         results, state = loop.fit(cfg, run, state, progress)
 
         # ---- consolidated fp32 weights (any ZeRO stage), once every rank's checkpoint is on disk
         runtime.barrier()
         if backends.rank == 0:
-            weights = export.export_checkpoint(checkpoints, run_dir / "export" / "model_fp32.pt", tag=train_state.completed_tag(checkpoints))
+            weights = export.export_checkpoint(
+                checkpoints, run_dir / "export" / "model_fp32.pt", tag=train_state.completed_tag(checkpoints)
+            )
             tracker.log_artifact(weights, "model")
             print(loop.summary(results, state), flush=True)
     except BaseException:

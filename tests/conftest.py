@@ -85,7 +85,13 @@ def straddling_pool(seed: int, num_groups: int = 12, group_size: int = 8, dim: i
 
 def distributed_env(rank: int, world_size: int, port: int) -> dict[str, str]:
     env = dict(os.environ)
-    env.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    env.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     return env
 
 
@@ -96,7 +102,9 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def run_ranks(command: list[str], *, timeout_s: float, world_size: int = 2, extra_env: dict[str, str] | None = None) -> list[str]:
+def run_ranks(
+    command: list[str], *, timeout_s: float, world_size: int = 2, extra_env: dict[str, str] | None = None
+) -> list[str]:
     """Run ``command`` as ``world_size`` ranks of one gloo group from the project root; their outputs.
 
     Fails the test (with every rank's output tail) unless all ranks exit 0 in time; kills them all in any case.

@@ -17,10 +17,9 @@ from pathlib import Path
 import torch
 
 from dist_syndr import config
-
-from dist_syndr.train import deepspeed_engine
 from dist_syndr.config import ModelConfig
 from dist_syndr.features.model import build_model
+from dist_syndr.train import deepspeed_engine
 
 
 def tiny_model(seed: int):
@@ -37,11 +36,21 @@ def run_stage(out_dir: Path, run: str) -> None:
 
     stage, _, precision = run.partition("-")
     stage = int(stage)
-    cfg = config.load(None, [f"train.zero_stage={stage}", f"train.precision={precision or 'fp32'}", "data.batch_size=2", "train.learning_rate=1.0e-3"])
+    cfg = config.load(
+        None,
+        [
+            f"train.zero_stage={stage}",
+            f"train.precision={precision or 'fp32'}",
+            "data.batch_size=2",
+            "train.learning_rate=1.0e-3",
+        ],
+    )
     model = tiny_model(stage)
     torch.save({name: tensor.clone() for name, tensor in model.state_dict().items()}, out_dir / f"{run}-init.pt")
     ds_config = deepspeed_engine.deepspeed_config(cfg.train, cfg.data, world_size=1, device="cpu")
-    model_engine, *_ = deepspeed.initialize(model=model, optimizer=deepspeed_engine.build_optimizer(model, cfg.train), config=ds_config)
+    model_engine, *_ = deepspeed.initialize(
+        model=model, optimizer=deepspeed_engine.build_optimizer(model, cfg.train), config=ds_config
+    )
     generator = torch.Generator().manual_seed(stage)
     for _ in range(2):
         images = torch.randn(2, 3, 32, 32, generator=generator).to(model_engine.module.head.weight.dtype)

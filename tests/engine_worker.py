@@ -17,10 +17,9 @@ from pathlib import Path
 import torch
 
 from dist_syndr import runtime
-
-from dist_syndr.train import deepspeed_engine
 from dist_syndr.config import RuntimeConfig, load
 from dist_syndr.features.model import IQAModel
+from dist_syndr.train import deepspeed_engine
 from tests.ds_checkpoint_worker import tiny_model
 
 
@@ -34,7 +33,10 @@ def _train(model_engine, rank: int) -> None:
 
 
 def _weights(model_engine) -> dict[str, torch.Tensor]:
-    return {name: tensor.detach().clone() for name, tensor in deepspeed_engine.bare_module(model_engine).state_dict().items()}
+    return {
+        name: tensor.detach().clone()
+        for name, tensor in deepspeed_engine.bare_module(model_engine).state_dict().items()
+    }
 
 
 def main(out_dir: str) -> None:
@@ -47,9 +49,13 @@ def main(out_dir: str) -> None:
     model = tiny_model(0)
     model.backbone.patch_embed.proj.bias.requires_grad_(True)  # DDP needs every parameter in the graph
 
-    overlapped, ds_config = deepspeed_engine.initialize(copy.deepcopy(model), cfg.train, cfg.data, world_size=world_size, device="cpu")
+    overlapped, ds_config = deepspeed_engine.initialize(
+        copy.deepcopy(model), cfg.train, cfg.data, world_size=world_size, device="cpu"
+    )
     plain_model = copy.deepcopy(model)
-    plain, *_ = deepspeed.initialize(model=plain_model, optimizer=deepspeed_engine.build_optimizer(plain_model, cfg.train), config=ds_config)
+    plain, *_ = deepspeed.initialize(
+        model=plain_model, optimizer=deepspeed_engine.build_optimizer(plain_model, cfg.train), config=ds_config
+    )
     _train(overlapped, rank)
     _train(plain, rank)
     trained = _weights(overlapped)
@@ -59,13 +65,18 @@ def main(out_dir: str) -> None:
     overlapped.save_checkpoint(str(out / "checkpoints"), tag="step3")
     runtime.barrier()
     fresh_model = copy.deepcopy(model)
-    fresh, *_ = deepspeed.initialize(model=fresh_model, optimizer=deepspeed_engine.build_optimizer(fresh_model, cfg.train), config=ds_config)
+    fresh, *_ = deepspeed.initialize(
+        model=fresh_model, optimizer=deepspeed_engine.build_optimizer(fresh_model, cfg.train), config=ds_config
+    )
     fresh.load_checkpoint(str(out / "checkpoints"), tag="step3")
     is_loaded_equal = all(torch.equal(tensor, trained[name]) for name, tensor in _weights(fresh).items())
     if rank == 0:
-        saved = torch.load(out / "checkpoints" / "step3" / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
+        saved = torch.load(
+            out / "checkpoints" / "step3" / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False
+        )["module"]
         result = {
-            "is_wrapped": deepspeed_engine.is_reducer_overlapped(cfg.train, world_size=world_size, device="cpu") and not isinstance(overlapped.module, IQAModel),
+            "is_wrapped": deepspeed_engine.is_reducer_overlapped(cfg.train, world_size=world_size, device="cpu")
+            and not isinstance(overlapped.module, IQAModel),
             "is_bare_model": isinstance(deepspeed_engine.bare_module(overlapped), IQAModel),
             "max_gap_to_deepspeed_reduction": gap,
             "is_same_on_ranks": on_ranks[0] == on_ranks[1],

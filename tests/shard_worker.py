@@ -12,8 +12,16 @@ def items_from_folder(folder: Path) -> list[writer.WorkItem]:
     items = []
     for number, path in enumerate(sorted(folder.iterdir())):
         if path.suffix.lower() in (".png", ".bmp", ".jpg"):
-            meta = {"ref": f"test/ref{number % 3}", "type": 1 + number % 25, "level": 1 + number % 5, "origin": "original", "source": "test"}
-            items.append(writer.WorkItem(key=f"test/{path.stem}", source_path=str(path), score=(number % 11) * 1.0, meta=meta))
+            meta = {
+                "ref": f"test/ref{number % 3}",
+                "type": 1 + number % 25,
+                "level": 1 + number % 5,
+                "origin": "original",
+                "source": "test",
+            }
+            items.append(
+                writer.WorkItem(key=f"test/{path.stem}", source_path=str(path), score=(number % 11) * 1.0, meta=meta)
+            )
     return items
 
 

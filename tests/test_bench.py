@@ -9,7 +9,14 @@ from launchers import bench
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("name, expected", [("reshape", ["speed-up", "same clusters", "yes"]), ("shard", ["naive", "x naive", "jpeg2000"]), ("loader", ["webdataset"])])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("reshape", ["speed-up", "same clusters", "yes"]),
+        ("shard", ["naive", "x naive", "jpeg2000"]),
+        ("loader", ["webdataset"]),
+    ],
+)
 def test_quick_benchmarks_report_ratios(name, expected, tmp_path, capsys):
     out = tmp_path / "report.md"
     assert bench.main([name, "--quick", "--out", str(out)]) == 0

@@ -9,7 +9,6 @@ import math
 import pytest
 
 from dist_syndr import cli
-
 from dist_syndr.tracking import compare
 from launchers import compare as compare_launcher
 
@@ -40,12 +39,17 @@ def _two_runs():
 def test_table_reports_config_differences_and_last_and_best_epochs():
     table = compare.compare(_two_runs())
     labels = [label for label, _ in table.rows]
-    assert [label for label in labels if label.startswith("config: ")] == ["config: extra", "config: reshape.drcdown.enabled"]
+    assert [label for label in labels if label.startswith("config: ")] == [
+        "config: extra",
+        "config: reshape.drcdown.enabled",
+    ]
     assert table.row("config: extra") == [None, "x"]
     assert table.row("koniq: LAST epoch") == [3, 3] and table.row("koniq: srcc @ LAST") == [0.75, 0.72]
     assert table.row("koniq: BEST epoch (max srcc)") == [1, 3]
     assert table.row("koniq: srcc @ BEST") == [0.80, 0.72] and table.row("koniq: plcc @ BEST") == [0.79, 0.73]
-    assert table.row("livec: BEST epoch (max srcc)") == [1, None], "ties go to the earliest epoch; a run without the target has none"
+    assert table.row("livec: BEST epoch (max srcc)") == [1, None], (
+        "ties go to the earliest epoch; a run without the target has none"
+    )
     assert math.isnan(table.row("livec: plcc @ BEST")[0])
     assert table.row("train images/s (mean over epochs)") == [115.0, 90.0]
     assert table.row("kept (first epoch)") == [1000.0, 1200.0] and table.row("kept (last epoch)") == [870.0, 1200.0]
@@ -68,7 +72,11 @@ def _log_run(client, experiment_id, record):
 
     run_id = client.create_run(experiment_id, run_name=record.run_name).info.run_id
     params = [Param(k, v) for k, v in record.params.items()]
-    metrics = [Metric(key, value, 1000 + epoch, epoch) for key, series in record.history.items() for epoch, value in series.items()]
+    metrics = [
+        Metric(key, value, 1000 + epoch, epoch)
+        for key, series in record.history.items()
+        for epoch, value in series.items()
+    ]
     metrics += [Metric("train/loss", 1.0 / (step + 1), 1000 + step, step) for step in range(10)]
     client.log_batch(run_id, metrics=metrics, params=params)
     client.set_terminated(run_id)
@@ -89,7 +97,10 @@ def test_launcher_over_a_store_writes_and_logs_the_table(tmp_path, capsys):
     assert compare_launcher.main([*run_ids, "--tracking-uri", uri, "--out", str(out)]) == 0
     (csv_path,), (markdown_path,) = list(out.glob("compare-*.csv")), list(out.glob("compare-*.md"))
     printed = capsys.readouterr().out
-    assert "| koniq: srcc @ BEST | 0.8000 | 0.7200 |" in printed and "| config: reshape.drcdown.enabled | True | False |" in printed
+    assert (
+        "| koniq: srcc @ BEST | 0.8000 | 0.7200 |" in printed
+        and "| config: reshape.drcdown.enabled | True | False |" in printed
+    )
     rows = {row[0]: row[1:] for row in csv.reader(io.StringIO(csv_path.read_text()))}
     assert rows["run id"] == run_ids and rows["koniq: BEST epoch (max srcc)"] == ["1", "3"]
     assert "train: LAST epoch" not in rows, "train/* step metrics are not an evaluation target"
@@ -97,7 +108,9 @@ def test_launcher_over_a_store_writes_and_logs_the_table(tmp_path, capsys):
 
     logged = client.search_runs([experiment_id], filter_string="attributes.run_name = 'compare'")
     assert len(logged) == 1 and logged[0].data.tags[compare.KIND_TAG] == "compare"
-    assert sorted(a.path for a in client.list_artifacts(logged[0].info.run_id)) == sorted([markdown_path.name, csv_path.name])
+    assert sorted(a.path for a in client.list_artifacts(logged[0].info.run_id)) == sorted(
+        [markdown_path.name, csv_path.name]
+    )
     # --experiment compares the training runs only, never earlier comparisons.
     assert compare.experiment_run_ids(client, "cmp") == run_ids
     assert compare_launcher.main(["--experiment", "cmp", "--tracking-uri", uri, "--out", str(out), "--no-log"]) == 0
@@ -105,6 +118,10 @@ def test_launcher_over_a_store_writes_and_logs_the_table(tmp_path, capsys):
 
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
-        cli.run(lambda: compare_launcher.main([run_ids[0], "0123456789abcdef" * 2, "--tracking-uri", uri, "--out", str(out)]))
+        cli.run(
+            lambda: compare_launcher.main(
+                [run_ids[0], "0123456789abcdef" * 2, "--tracking-uri", uri, "--out", str(out)]
+            )
+        )
     assert exit_info.value.code == 2
     assert "error: run 0123456789abcdef0123456789abcdef: not found in sqlite:///" in capsys.readouterr().err

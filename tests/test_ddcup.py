@@ -111,7 +111,11 @@ def test_top_k_one_copies_the_nearest_reference():
     candidates = rng.normal(size=(5, 6)).astype(np.float32)
     table = rng.uniform(0, 10, size=(10, 125))
     labels = ddcup.transfer_labels(train, candidates, np.arange(5), table, top_k=1)
-    nearest = np.argmax((candidates / np.linalg.norm(candidates, axis=1, keepdims=True)) @ (train / np.linalg.norm(train, axis=1, keepdims=True)).T, axis=1)
+    nearest = np.argmax(
+        (candidates / np.linalg.norm(candidates, axis=1, keepdims=True))
+        @ (train / np.linalg.norm(train, axis=1, keepdims=True)).T,
+        axis=1,
+    )
     np.testing.assert_allclose(labels, table[nearest])
 
 

@@ -20,8 +20,16 @@ def test_demo_shards_trains_baseline_and_reshaped_evaluates_and_compares(tmp_pat
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(PROJECT_ROOT / ".cache" / "torch_extensions"))
     argv = [
-        "--work-dir", str(tmp_path / "demo"), "--mlruns", str(tmp_path / "mlruns"), "--fixtures", str(tmp_path / "no-fixtures"),
-        "--epochs", "1", "synthetic_pool.num_samples=3000", "synthetic_pool.num_clusters=60",
+        "--work-dir",
+        str(tmp_path / "demo"),
+        "--mlruns",
+        str(tmp_path / "mlruns"),
+        "--fixtures",
+        str(tmp_path / "no-fixtures"),
+        "--epochs",
+        "1",
+        "synthetic_pool.num_samples=3000",
+        "synthetic_pool.num_clusters=60",
     ]
     started = time.perf_counter()
     assert demo.main(argv) == 0
@@ -34,17 +42,29 @@ def test_demo_shards_trains_baseline_and_reshaped_evaluates_and_compares(tmp_pat
     evaluated = report.split("== launchers/evaluate.py", 1)[1].split("==", 2)[1]
     assert evaluated.count("mixed/srcc ") == 2 and evaluated.count("mixed/plcc ") == 2
     table = report.split("== Baseline vs reshaped", 1)[1]
-    for row in ("mixed: srcc @ LAST", "mixed: srcc @ BEST", "mixed: srcc (evaluate.py)", "train images/s", "kept (first epoch)"):
+    for row in (
+        "mixed: srcc @ LAST",
+        "mixed: srcc @ BEST",
+        "mixed: srcc (evaluate.py)",
+        "train images/s",
+        "kept (first epoch)",
+    ):
         assert row in table
     kept = [line for line in table.splitlines() if line.startswith("| kept (first epoch)")][0].split("|")
-    assert int(kept[2]) == 400 and 0 < int(kept[3]) < 400  # the baseline trains on everything; DRCDown thinned the reshaped pool
+    assert (
+        int(kept[2]) == 400 and 0 < int(kept[3]) < 400
+    )  # the baseline trains on everything; DRCDown thinned the reshaped pool
     assert f"mlflow ui --backend-store-uri sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}" in table
     for name in ("demo-baseline", "demo-reshaped"):
         run_dir = tmp_path / "demo" / "runs" / name
-        assert (run_dir / "export" / "model_fp32.pt").is_file() and (tmp_path / "demo" / "evaluation" / name / "mixed_predictions.csv").is_file()
+        assert (run_dir / "export" / "model_fp32.pt").is_file() and (
+            tmp_path / "demo" / "evaluation" / name / "mixed_predictions.csv"
+        ).is_file()
 
     started = time.perf_counter()
     assert demo.main(argv) == 0  # the rerun reuses the shards and the finished runs
     assert time.perf_counter() - started < first_seconds
     assert "demo-reshaped: reused (finished earlier)" in capsys.readouterr().out
-    assert not any(name.startswith(".") and ".tmp" in name for name in os.listdir(tmp_path / "demo" / "shards" / "demo-train"))
+    assert not any(
+        name.startswith(".") and ".tmp" in name for name in os.listdir(tmp_path / "demo" / "shards" / "demo-train")
+    )

@@ -13,13 +13,26 @@ import numpy as np
 import pytest
 
 from dist_syndr.evaluate.diagnostics import measures
-from dist_syndr.evaluate.diagnostics.clusters import cluster_size_histogram, flat_metrics, format_table, restrict_clusters
-from dist_syndr.evaluate.diagnostics.measures import before_after, cheap_measures, knn_label_consistency, MEASURES, silhouette_by
+from dist_syndr.evaluate.diagnostics.clusters import (
+    cluster_size_histogram,
+    flat_metrics,
+    format_table,
+    restrict_clusters,
+)
+from dist_syndr.evaluate.diagnostics.measures import (
+    MEASURES,
+    before_after,
+    cheap_measures,
+    knn_label_consistency,
+    silhouette_by,
+)
 from dist_syndr.evaluate.diagnostics.plots import embedding_plot, histogram_plot
 from tests.conftest import PROJECT_ROOT
 
 
-def planted_pool(seed: int, *, num_refs: int = 30, num_types: int = 8, per_pair: int = 3, by: str = "type", noise: float = 0.15):
+def planted_pool(
+    seed: int, *, num_refs: int = 30, num_types: int = 8, per_pair: int = 3, by: str = "type", noise: float = 0.15
+):
     """Features built to cluster by ``by`` (``type`` or ``ref``) with the other label uninformative."""
     rng = np.random.default_rng(seed)
     refs = np.repeat(np.arange(num_refs), num_types * per_pair)
@@ -66,7 +79,9 @@ def test_refs_and_types_are_told_apart():
 
 @pytest.mark.timeout(60)
 def test_silhouette_tracks_cluster_tightness():
-    values = [silhouette_by(planted_pool(3, noise=noise)[0], planted_pool(3, noise=noise)[2]) for noise in (0.1, 0.5, 1.5)]
+    values = [
+        silhouette_by(planted_pool(3, noise=noise)[0], planted_pool(3, noise=noise)[2]) for noise in (0.1, 0.5, 1.5)
+    ]
     assert values[0] > values[1] > values[2]
 
 
@@ -238,7 +253,9 @@ def test_embedding_plot_writes_one_valid_png(tmp_path):
     scores = np.linspace(0, 10, len(features))
     labels = types.astype(object)
     labels[:5] = None
-    path = embedding_plot(features, scores, labels, tmp_path / "plots" / "embedding.png", max_points=500, title="planted")
+    path = embedding_plot(
+        features, scores, labels, tmp_path / "plots" / "embedding.png", max_points=500, title="planted"
+    )
     _assert_real_png(path, (1300, 550))
     assert sorted(p.name for p in path.parent.iterdir()) == ["embedding.png"]  # no temporary left behind
     with pytest.raises(ValueError, match="method"):
@@ -251,7 +268,9 @@ def test_tsne_embedding_plot(tmp_path):
 
     features, _, types = planted_pool(13, num_refs=6)
     with threadpool_limits(1):  # OpenMP spin-waits make t-SNE many times slower on an oversubscribed shared CPU
-        path = embedding_plot(features, types.astype(float), types, tmp_path / "tsne.png", method="tsne", max_points=120)
+        path = embedding_plot(
+            features, types.astype(float), types, tmp_path / "tsne.png", method="tsne", max_points=120
+        )
     _assert_real_png(path, (1300, 550))
 
 
@@ -289,10 +308,21 @@ def test_launcher_random_init_writes_outputs_and_logs_to_mlflow(tmp_path):
     photo_shard_set(shard_dir, ("astronaut", "coffee"), (1, 16), size=64, seed=0, num_workers=1)
     out = tmp_path / "diag"
     command = [
-        sys.executable, str(PROJECT_ROOT / "launchers" / "diagnose.py"), "--shard-set", str(shard_dir), "--random-init",
-        "--out", str(out), "--experiment", "diag-test", "--max-points", "40",
+        sys.executable,
+        str(PROJECT_ROOT / "launchers" / "diagnose.py"),
+        "--shard-set",
+        str(shard_dir),
+        "--random-init",
+        "--out",
+        str(out),
+        "--experiment",
+        "diag-test",
+        "--max-points",
+        "40",
     ]
-    completed = subprocess.run(command, cwd=tmp_path, env=_launcher_env(tmp_path), timeout=360, capture_output=True, text=True)
+    completed = subprocess.run(
+        command, cwd=tmp_path, env=_launcher_env(tmp_path), timeout=360, capture_output=True, text=True
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "silhouette_type" in completed.stdout and "before" in completed.stdout
 
@@ -311,7 +341,10 @@ def test_launcher_random_init_writes_outputs_and_logs_to_mlflow(tmp_path):
     assert run.data.metrics["diag/knn_type/before"] == pytest.approx(before["knn_type"])
     assert run.data.metrics["diag/num_samples/after"] == after["num_samples"]
     logged = {item.path for item in client.list_artifacts(run.info.run_id, "diagnostics")}
-    assert logged == {f"diagnostics/{n}" for n in ("diagnostics.json", "clusters_hist.png", "embedding_before.png", "embedding_after.png")}
+    assert logged == {
+        f"diagnostics/{n}"
+        for n in ("diagnostics.json", "clusters_hist.png", "embedding_before.png", "embedding_after.png")
+    }
 
     # The same (seeded) random model saved as a checkpoint, diagnosed in-process into an open "training" run.
     _checkpoint_into_open_run(tmp_path, shard_dir, client, before)
@@ -337,10 +370,22 @@ def _checkpoint_into_open_run(tmp_path, shard_dir, client, expected_before):
         patch.chdir(tmp_path)
         patch.setenv("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"])
         patch.setenv("MPLCONFIGDIR", env["MPLCONFIGDIR"])
-        code = diagnose.main([
-            "--shard-set", str(shard_dir), "--checkpoint", str(run_dir / "model.pt"), "--out", str(out),
-            "--run-id", training_run, "--epoch", "2", "--max-points", "40",
-        ])
+        code = diagnose.main(
+            [
+                "--shard-set",
+                str(shard_dir),
+                "--checkpoint",
+                str(run_dir / "model.pt"),
+                "--out",
+                str(out),
+                "--run-id",
+                training_run,
+                "--epoch",
+                "2",
+                "--max-points",
+                "40",
+            ]
+        )
     assert code == 0
     report = json.loads((out / "diagnostics.json").read_text())
     for name in MEASURES:
@@ -353,7 +398,15 @@ def _checkpoint_into_open_run(tmp_path, shard_dir, client, expected_before):
 
 @pytest.mark.timeout(120)
 def test_launcher_rejects_a_missing_shard_set(tmp_path):
-    command = [sys.executable, str(PROJECT_ROOT / "launchers" / "diagnose.py"), "--shard-set", str(tmp_path / "nothing"), "--random-init"]
-    completed = subprocess.run(command, cwd=tmp_path, env=_launcher_env(tmp_path), timeout=100, capture_output=True, text=True)
+    command = [
+        sys.executable,
+        str(PROJECT_ROOT / "launchers" / "diagnose.py"),
+        "--shard-set",
+        str(tmp_path / "nothing"),
+        "--random-init",
+    ]
+    completed = subprocess.run(
+        command, cwd=tmp_path, env=_launcher_env(tmp_path), timeout=100, capture_output=True, text=True
+    )
     assert completed.returncode == 2
     assert completed.stderr.startswith("error: ") and "index.json" in completed.stderr

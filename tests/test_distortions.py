@@ -151,10 +151,13 @@ def test_seed_changes_the_result_only_for_random_types(small_scenes, distortion_
 @pytest.mark.parametrize("distortion_type", ALL_TYPES)
 def test_strength_grows_with_level(strength_scenes, distortion_type):
     measure, least_rise = MEASURES[distortion_type]
-    strengths = [measure(distort(strength_scenes, distortion_type, level, SEEDS), strength_scenes) for level in range(1, NUM_LEVELS + 1)]
+    strengths = [
+        measure(distort(strength_scenes, distortion_type, level, SEEDS), strength_scenes)
+        for level in range(1, NUM_LEVELS + 1)
+    ]
     span = strengths[-1] - strengths[0]
     assert span >= least_rise, f"{TYPE_NAMES[distortion_type]}: level 5 barely differs from level 1: {strengths}"
-    for lower, higher in zip(strengths, strengths[1:]):
+    for lower, higher in zip(strengths, strengths[1:], strict=False):
         assert higher >= lower - 0.01 * span, f"{TYPE_NAMES[distortion_type]}: strength fell with level: {strengths}"
 
 
@@ -170,7 +173,9 @@ def test_odd_and_tiny_sizes_work_at_every_level(distortion_type, height, width):
 def test_channels_last_input_gives_the_same_result(small_scenes):
     strided = small_scenes.contiguous(memory_format=torch.channels_last)
     for distortion_type in (2, 11, 20, 22):
-        assert torch.equal(distort(strided, distortion_type, 3, SEEDS), distort(small_scenes, distortion_type, 3, SEEDS))
+        assert torch.equal(
+            distort(strided, distortion_type, 3, SEEDS), distort(small_scenes, distortion_type, 3, SEEDS)
+        )
 
 
 def test_distort_image_matches_a_batch_of_one(small_scenes):
@@ -262,7 +267,9 @@ def test_motion_kernel_matches_matlab_fspecial_motion():
     centre = horizontal.shape[-1] // 2
     assert horizontal[0, centre].tolist() == pytest.approx([0.125, 0.25, 0.25, 0.25, 0.125])
     assert torch.allclose(horizontal[1], horizontal[0].T, atol=1e-7)
-    assert distortions._motion_kernels(3, torch.tensor([0.0]))[0, 2].tolist() == pytest.approx([0, 1 / 3, 1 / 3, 1 / 3, 0])
+    assert distortions._motion_kernels(3, torch.tensor([0.0]))[0, 2].tolist() == pytest.approx(
+        [0, 1 / 3, 1 / 3, 1 / 3, 0]
+    )
 
 
 def test_otsu_dynamic_programme_finds_the_optimal_split():

@@ -1,4 +1,4 @@
-"""DRCDown clusters and keep-lists against the dense definition of SPEC.md section 4."""
+"""DRCDown clusters and keep-lists against the dense definition of docs/METHOD.md section 4."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from tests.conftest import straddling_pool
 
 def _assert_same_clusters(got, expected):
     assert len(got) == len(expected)
-    for a, b in zip(got, expected):
+    for a, b in zip(got, expected, strict=True):
         assert a.dtype == np.int64
         np.testing.assert_array_equal(a, b)
 
@@ -140,9 +140,14 @@ def test_kept_keys_follow_keys_and_epoch_seed():
     assert kept == [keys[i] for i in expected] and result is not None
     # The same samples in another order keep the same keys' count and membership rule.
     order = np.random.default_rng(0).permutation(len(keys))
-    shuffled, _ = drcdown.kept_keys([keys[i] for i in order], features[order], labels[order], config=config, run_seed=3, epoch=2)
+    shuffled, _ = drcdown.kept_keys(
+        [keys[i] for i in order], features[order], labels[order], config=config, run_seed=3, epoch=2
+    )
     assert len(shuffled) == len(kept)
-    assert drcdown.kept_keys(keys, features, labels, config=DRCDownConfig(enabled=False), run_seed=3, epoch=2) == (keys, None)
+    assert drcdown.kept_keys(keys, features, labels, config=DRCDownConfig(enabled=False), run_seed=3, epoch=2) == (
+        keys,
+        None,
+    )
     with pytest.raises(ValueError, match="duplicate"):
         drcdown.kept_keys(keys[:-1] + keys[:1], features, labels, config=config, run_seed=3, epoch=2)
     with pytest.raises(ValueError, match="keys"):

@@ -1,4 +1,4 @@
-"""DeepSpeed config generation and the optimizer of SPEC.md section 5."""
+"""DeepSpeed config generation and the optimizer of docs/METHOD.md section 5."""
 
 from __future__ import annotations
 
@@ -11,15 +11,23 @@ import pytest
 import torch
 
 from dist_syndr import config
-
-from dist_syndr.train import deepspeed_engine
 from dist_syndr.config import ModelConfig
 from dist_syndr.features.model import build_model
+from dist_syndr.train import deepspeed_engine
 from tests.conftest import PROJECT_ROOT, free_port, run_ranks
 
 
 def test_generated_config_follows_our_sections(tmp_path):
-    cfg = config.load(None, ["train.zero_stage=3", "train.gradient_accumulation_steps=2", "train.gradient_clipping=1.0", "data.batch_size=8", "train.is_optimizer_offloaded=true"])
+    cfg = config.load(
+        None,
+        [
+            "train.zero_stage=3",
+            "train.gradient_accumulation_steps=2",
+            "train.gradient_clipping=1.0",
+            "data.batch_size=8",
+            "train.is_optimizer_offloaded=true",
+        ],
+    )
     generated = deepspeed_engine.deepspeed_config(cfg.train, cfg.data, world_size=4, device="cpu")
     assert generated["train_micro_batch_size_per_gpu"] == 8 and generated["train_batch_size"] == 64
     assert generated["zero_optimization"]["stage"] == 3
@@ -39,10 +47,17 @@ def test_clipping_is_explicit_and_unread_work_is_skipped():
     assert generated["gradient_clipping"] == 0.0  # absent, DeepSpeed would clip at 1.0
     assert generated["zero_optimization"] == {"stage": 1, "contiguous_gradients": False, "compute_grad_norm": False}
     clipped = config.load(None, ["train.zero_stage=2", "train.gradient_clipping=0.5"])
-    on_gpu = deepspeed_engine.deepspeed_config(clipped.train, clipped.data, world_size=2, device="cuda")["zero_optimization"]
+    on_gpu = deepspeed_engine.deepspeed_config(clipped.train, clipped.data, world_size=2, device="cuda")[
+        "zero_optimization"
+    ]
     assert on_gpu == {"stage": 2}  # contiguous buffers on GPUs; the norm for clipping
     bf16_zero1 = config.load(None, ["train.zero_stage=1", "train.precision=bf16"])
-    assert "compute_grad_norm" not in deepspeed_engine.deepspeed_config(bf16_zero1.train, bf16_zero1.data, world_size=2, device="cuda")["zero_optimization"]
+    assert (
+        "compute_grad_norm"
+        not in deepspeed_engine.deepspeed_config(bf16_zero1.train, bf16_zero1.data, world_size=2, device="cuda")[
+            "zero_optimization"
+        ]
+    )
 
 
 def test_bad_combinations_name_the_key():
@@ -83,15 +98,28 @@ print("stepped with", type(model_engine.optimizer.optimizer).__name__)
 
 @pytest.mark.timeout(240)
 def test_offloaded_optimizer_steps_with_our_adam(tmp_path):
-    env = {**os.environ, "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    env = {
+        **os.environ,
+        "RANK": "0",
+        "WORLD_SIZE": "1",
+        "LOCAL_RANK": "0",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+    }
     env.update(TORCH_EXTENSIONS_DIR=str(PROJECT_ROOT / ".cache" / "torch_extensions"), PYTHONPATH=str(PROJECT_ROOT))
-    completed = subprocess.run([sys.executable, "-c", OFFLOADED_STEP], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=200)
-    assert completed.returncode == 0 and "stepped with Adam" in completed.stdout, completed.stdout[-2000:] + completed.stderr[-3000:]
+    completed = subprocess.run(
+        [sys.executable, "-c", OFFLOADED_STEP], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=200
+    )
+    assert completed.returncode == 0 and "stepped with Adam" in completed.stdout, (
+        completed.stdout[-2000:] + completed.stderr[-3000:]
+    )
 
 
 def test_only_cpu_fp32_zero0_data_parallel_runs_through_the_ddp_reducer():
     def is_overlapped(overrides, world_size=2, device="cpu"):
-        return deepspeed_engine.is_reducer_overlapped(config.load(None, overrides).train, world_size=world_size, device=device)
+        return deepspeed_engine.is_reducer_overlapped(
+            config.load(None, overrides).train, world_size=world_size, device=device
+        )
 
     assert is_overlapped(["train.zero_stage=0"])
     assert not is_overlapped(["train.zero_stage=0"], world_size=1)

@@ -16,22 +16,34 @@ import pytest
 import torch
 
 from dist_syndr import config
-from dist_syndr.evaluate.checkpoints import load_model
-from dist_syndr.evaluate.predict import Predictions, embed, evaluate_targets, predict, target_metrics, write_predictions_csv
-from dist_syndr.evaluate.targets import parse_target, target_shard_set
-
-from dist_syndr.evaluate import export
-
-from dist_syndr.sharding import writer
 from dist_syndr.config import DataConfig, ModelConfig
-from dist_syndr.loader.crops import crop_anchors, cut, normalise
+from dist_syndr.evaluate import export
+from dist_syndr.evaluate.checkpoints import load_model
+from dist_syndr.evaluate.predict import (
+    Predictions,
+    embed,
+    evaluate_targets,
+    predict,
+    target_metrics,
+    write_predictions_csv,
+)
+from dist_syndr.evaluate.targets import parse_target, target_shard_set
 from dist_syndr.features.model import build_model
+from dist_syndr.loader.crops import crop_anchors, cut, normalise
+from dist_syndr.sharding import writer
 from dist_syndr.sharding.shard_set import ShardSet
 from tests.conftest import PROJECT_ROOT
 
 NUM_IMAGES = 7  # odd: two ranks need one padded repeat
 TINY_MODEL = ["model.backbone=vit_tiny_patch16_224", "model.is_random_init=true", "model.image_size=32"]
-TINY_DATA = ["data.crop=32", "data.batch_size=3", "data.num_workers=1", "data.eval_crops=3", "data.loader=torch", "runtime.device=cpu"]
+TINY_DATA = [
+    "data.crop=32",
+    "data.batch_size=3",
+    "data.num_workers=1",
+    "data.eval_crops=3",
+    "data.loader=torch",
+    "runtime.device=cpu",
+]
 
 
 def _write_images(folder: Path, count: int = NUM_IMAGES, seed: int = 0) -> list[tuple[Path, float]]:
@@ -54,10 +66,14 @@ def _write_images(folder: Path, count: int = NUM_IMAGES, seed: int = 0) -> list[
 def _tiny_shard_set(root: Path) -> ShardSet:
     images = _write_images(root / "images")
     items = [
-        writer.WorkItem(key=f"tiny/{path.stem}", source_path=str(path), score=score, meta={"origin": "original", "source": "tiny"})
+        writer.WorkItem(
+            key=f"tiny/{path.stem}", source_path=str(path), score=score, meta={"origin": "original", "source": "tiny"}
+        )
         for path, score in images
     ]
-    writer.write_shard_set(items, root / "set", writer.WriteOptions(samples_per_shard=3, num_workers=1), {"test": "tiny"})
+    writer.write_shard_set(
+        items, root / "set", writer.WriteOptions(samples_per_shard=3, num_workers=1), {"test": "tiny"}
+    )
     return ShardSet(root / "set")
 
 
@@ -75,7 +91,9 @@ def _manual_crops(shard_set: ShardSet, key: str, *, num_crops: int, mode: str, s
 
     with Image.open(io.BytesIO(shard_set.read_image_bytes(key))) as image:
         pixels = np.asarray(image.convert("RGB"))
-    anchors = crop_anchors(key, pixels.shape[1], pixels.shape[0], 32, seed=seed, epoch=0, num_crops=num_crops, mode=mode)
+    anchors = crop_anchors(
+        key, pixels.shape[1], pixels.shape[0], 32, seed=seed, epoch=0, num_crops=num_crops, mode=mode
+    )
     return torch.from_numpy(np.stack([normalise(cut(pixels, anchor, 32)) for anchor in anchors]))
 
 
@@ -95,7 +113,10 @@ def test_predict_averages_crops_in_key_order(tiny_set):
     assert result.keys.tolist() == tiny_set.keys() and len(result) == NUM_IMAGES
     np.testing.assert_array_equal(result.scores, tiny_set.scores())
     with torch.no_grad():
-        manual = [float(model(_manual_crops(tiny_set, key, num_crops=3, mode="random", seed=5)).mean()) for key in tiny_set.keys()]
+        manual = [
+            float(model(_manual_crops(tiny_set, key, num_crops=3, mode="random", seed=5)).mean())
+            for key in tiny_set.keys()
+        ]
     np.testing.assert_allclose(result.predictions, manual, rtol=0, atol=1e-5)
     # the crops matter (a different seed moves them) and batching does not
     other_seed = predict(model, tiny_set, _data(), device="cpu", dali="off", seed=6)
@@ -123,7 +144,9 @@ def test_embed_gives_centre_crop_features_in_the_order_asked(tiny_set):
     assert features.shape == (len(keys), 192) and features.dtype == np.float32 and model.training
     model.eval()
     with torch.no_grad():
-        manual = torch.cat([model.features(_manual_crops(tiny_set, key, num_crops=1, mode="centre")) for key in keys]).numpy()
+        manual = torch.cat(
+            [model.features(_manual_crops(tiny_set, key, num_crops=1, mode="centre")) for key in keys]
+        ).numpy()
     np.testing.assert_allclose(features, manual, atol=1e-5)
 
 
@@ -133,7 +156,9 @@ def test_evaluate_targets_names_metrics_by_target(tiny_set):
     results, predictions = evaluate_targets(_tiny_model(), {"tiny": tiny_set}, data, device="cpu", dali="off")
     assert set(results) == {f"tiny/{m}" for m in ("srcc", "plcc", "krcc", "rmse", "plcc_logistic")}
     p = predictions["tiny"]
-    assert results["tiny/rmse"] == pytest.approx(float(np.sqrt(np.mean((p.predictions.astype(np.float64) - p.scores) ** 2))))
+    assert results["tiny/rmse"] == pytest.approx(
+        float(np.sqrt(np.mean((p.predictions.astype(np.float64) - p.scores) ** 2)))
+    )
 
 
 def _dist_worker(root: str, out: str) -> None:
@@ -160,10 +185,21 @@ def test_two_ranks_give_the_single_process_answer_without_padded_repeats(tiny_se
         port = probe.getsockname()[1]
     processes = []
     for rank in range(2):
-        env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        env = dict(
+            os.environ,
+            RANK=str(rank),
+            WORLD_SIZE="2",
+            LOCAL_RANK=str(rank),
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+        )
         env["PYTHONPATH"] = str(PROJECT_ROOT)
         command = [sys.executable, "-m", "tests.test_evaluation", str(tiny_set.root), str(tmp_path)]
-        processes.append(subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        processes.append(
+            subprocess.Popen(
+                command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
+        )
     outputs = [process.communicate(timeout=200)[0] for process in processes]
     assert [p.returncode for p in processes] == [0, 0], "\n".join(o[-2000:] for o in outputs)
     single = predict(_tiny_model(), tiny_set, _data(), device="cpu", dali="off", seed=5)
@@ -190,12 +226,15 @@ def _run_dir(root: Path, model, *, with_export: bool = True) -> Path:
 def _fake_stage0_tag(checkpoints: Path, tag: str, model) -> None:
     """The layout a ZeRO-0 fp32 DeepSpeed save leaves (module state + buffer names), written without DeepSpeed."""
     (checkpoints / tag).mkdir(parents=True)
-    torch.save({"module": model.state_dict(), "buffer_names": [], "optimizer": None}, checkpoints / tag / export.STAGE0_MODEL_STATES)
+    torch.save(
+        {"module": model.state_dict(), "buffer_names": [], "optimizer": None},
+        checkpoints / tag / export.STAGE0_MODEL_STATES,
+    )
     (checkpoints / "latest").write_text(tag)
 
 
 def _same_weights(a, b) -> bool:
-    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
 
 
 @pytest.mark.timeout(120)
@@ -277,7 +316,9 @@ def test_metrics_use_labelled_images_and_flag_diverged_predictions():
     keys = np.array(["a", "b", "c", "d"])
     scores = np.array([1.0, np.nan, 5.0, 9.0])
     result = target_metrics(Predictions(keys, np.array([2.0, 100.0, 4.0, 8.0], np.float32), scores))
-    assert result["srcc"] == pytest.approx(1.0) and result["rmse"] == pytest.approx(1.0)  # the unlabelled 100 is left out
+    assert result["srcc"] == pytest.approx(1.0) and result["rmse"] == pytest.approx(
+        1.0
+    )  # the unlabelled 100 is left out
     diverged = target_metrics(Predictions(keys, np.array([2.0, 1.0, np.nan, 8.0], np.float32), scores))
     assert set(diverged) == set(result) and all(np.isnan(v) for v in diverged.values())
     assert target_metrics(Predictions(keys, np.zeros(4, np.float32), np.full(4, np.nan))) == {}
@@ -313,17 +354,33 @@ def test_launcher_scores_shard_set_and_raw_targets_and_tracks(tmp_path, tiny_set
     assert [r["key"] for r in rows] == tiny_set.keys()
     assert [float(r["score"]) for r in rows] == tiny_set.scores().tolist()
     recorded = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    assert recorded["num_images"] == {"tiny": 7, "mine": 5} and set(recorded["metrics"]) >= {"tiny/srcc", "mine/plcc_logistic"}
+    assert recorded["num_images"] == {"tiny": 7, "mine": 5} and set(recorded["metrics"]) >= {
+        "tiny/srcc",
+        "mine/plcc_logistic",
+    }
     assert float(table[header + 2].split()[2]) == pytest.approx(recorded["metrics"]["tiny/srcc"], abs=1e-4)
     # MLflow: a new run evaluate-<run_name> with eval/<target>/<metric> and the files
     client = mlflow.MlflowClient(tracking_uri=tracking_uri(tmp_path / "mlruns"))
     (run,) = client.search_runs([client.get_experiment_by_name("dist_syndr").experiment_id])
     assert run.info.run_name == "evaluate-tiny" and run.info.status == "FINISHED"
     assert run.data.metrics["eval/tiny/srcc"] == pytest.approx(recorded["metrics"]["tiny/srcc"])
-    assert {a.path for a in client.list_artifacts(run.info.run_id, "eval")} >= {"eval/tiny_predictions.csv", "eval/metrics.json"}
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "eval")} >= {
+        "eval/tiny_predictions.csv",
+        "eval/metrics.json",
+    }
     # into an existing run (as for a training run), reusing the sharded raw target
     index_time = (tmp_path / "shards" / "targets" / "mine" / "index.json").stat().st_mtime_ns
-    again = _launch(tmp_path, "--checkpoint", str(run_dir), "--target", f"mine=csv:{labels}", "--run-id", run.info.run_id, "--step", "4")
+    again = _launch(
+        tmp_path,
+        "--checkpoint",
+        str(run_dir),
+        "--target",
+        f"mine=csv:{labels}",
+        "--run-id",
+        run.info.run_id,
+        "--step",
+        "4",
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     assert (tmp_path / "shards" / "targets" / "mine" / "index.json").stat().st_mtime_ns == index_time
     history = client.get_metric_history(run.info.run_id, "eval/mine/srcc")
@@ -334,10 +391,14 @@ def test_launcher_scores_shard_set_and_raw_targets_and_tracks(tmp_path, tiny_set
 @pytest.mark.timeout(120)
 def test_launcher_missing_checkpoint_or_target_exits_2(tmp_path):
     completed = _launch(tmp_path, "--checkpoint", str(tmp_path / "nothing"), "--target", "x=/y")
-    assert completed.returncode == 2 and "error: " in completed.stderr and "checkpoint does not exist" in completed.stderr
+    assert (
+        completed.returncode == 2 and "error: " in completed.stderr and "checkpoint does not exist" in completed.stderr
+    )
     assert "Traceback" not in completed.stderr
     run_dir = _run_dir(tmp_path, _tiny_model())
-    completed = _launch(tmp_path, "--checkpoint", str(run_dir), "--target", f"livec={tmp_path / 'absent'}", "--no-tracking")
+    completed = _launch(
+        tmp_path, "--checkpoint", str(run_dir), "--target", f"livec={tmp_path / 'absent'}", "--no-tracking"
+    )
     assert completed.returncode == 2 and "target livec:" in completed.stderr and "does not exist" in completed.stderr
 
 

@@ -22,12 +22,21 @@ def checkpoints(tmp_path_factory):
     out = tmp_path_factory.mktemp("ds_checkpoints")
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI",)}
     env.update(
-        RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()),
-        TORCH_EXTENSIONS_DIR=str(PROJECT_ROOT / ".cache" / "torch_extensions"), PYTHONPATH=str(PROJECT_ROOT),
+        RANK="0",
+        WORLD_SIZE="1",
+        LOCAL_RANK="0",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(free_port()),
+        TORCH_EXTENSIONS_DIR=str(PROJECT_ROOT / ".cache" / "torch_extensions"),
+        PYTHONPATH=str(PROJECT_ROOT),
     )
     completed = subprocess.run(
         [sys.executable, "-m", "tests.ds_checkpoint_worker", str(out), *RUNS],
-        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=240,
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     return out
@@ -47,7 +56,9 @@ def test_fp32_checkpoint_of_every_stage_consolidates_to_the_true_weights(checkpo
     assert not torch.equal(state["head.weight"], initial["head.weight"])
     assert torch.equal(state["backbone.patch_embed.proj.bias"], initial["backbone.patch_embed.proj.bias"])
     assert state["head.calibration"].tolist() == [0.5, 0.5, 0.5] and int(state["head.num_updates"]) == 2
-    assert torch.equal(export.consolidated_state_dict(checkpoints / stage, tag="epoch0000")["head.weight"], state["head.weight"])
+    assert torch.equal(
+        export.consolidated_state_dict(checkpoints / stage, tag="epoch0000")["head.weight"], state["head.weight"]
+    )
 
 
 @pytest.mark.slow
@@ -61,7 +72,9 @@ def test_bf16_stage0_exports_the_fp32_master_weights(checkpoints):
         assert torch.equal(state[name].to(tensor.dtype), tensor), name  # the bf16 weights are the masters rounded
     trained = [n for n in module if module[n].is_floating_point() and not torch.equal(state[n], module[n].float())]
     assert len(trained) > 100 and "head.weight" in trained  # masters carry more than bf16 precision
-    assert torch.equal(state["backbone.patch_embed.proj.bias"], module["backbone.patch_embed.proj.bias"].float())  # frozen
+    assert torch.equal(
+        state["backbone.patch_embed.proj.bias"], module["backbone.patch_embed.proj.bias"].float()
+    )  # frozen
 
 
 @pytest.mark.timeout(60)

@@ -7,10 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
+from dist_syndr.config import FeaturesConfig
 from dist_syndr.features.backbone import build_backbone
 from dist_syndr.features.embed import embed_paths, load_named_features
 from dist_syndr.features.preprocess import centre_crop
-from dist_syndr.config import FeaturesConfig
 
 
 def _images(folder, count=5):
@@ -57,7 +57,9 @@ def test_embed_paths_is_batch_invariant(tmp_path):
     torch.manual_seed(0)
     model = build_backbone(config)
     embedded = embed_paths(paths, config, model)
-    one_batch = embed_paths(paths, FeaturesConfig(backbone="resnet18", is_random_init=True, crop=32, batch_size=8), model)
+    one_batch = embed_paths(
+        paths, FeaturesConfig(backbone="resnet18", is_random_init=True, crop=32, batch_size=8), model
+    )
     assert embedded.shape == (5, model.num_features) and embedded.dtype == np.float32
     np.testing.assert_allclose(embedded, one_batch, rtol=1e-4, atol=1e-5)
 

@@ -33,6 +33,6 @@ def test_gpu_and_cpu_drcdown_agree_on_clustered_pool():
     cpu = drcdown.run(pool.features, pool.labels, search=NeighborsConfig(backend="cpu"))
     gpu = drcdown.run(pool.features, pool.labels, search=NeighborsConfig(backend="gpu"))
     assert len(cpu.clusters) == len(gpu.clusters)
-    for a, b in zip(cpu.clusters, gpu.clusters):
+    for a, b in zip(cpu.clusters, gpu.clusters, strict=True):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(cpu.kept, gpu.kept)

@@ -86,7 +86,9 @@ def test_every_module_imports_on_its_own_in_a_fresh_interpreter():
 
 
 def test_modules_and_launchers_stay_small():
-    long = {name: n for name, path in _modules().items() if (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES}
+    long = {
+        name: n for name, path in _modules().items() if (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES
+    }
     assert set(long) <= LONG_MODULES, long
     launchers = {p.name: len(p.read_text().splitlines()) for p in (PROJECT_ROOT / "launchers").glob("*.py")}
     assert all(n <= MAX_LAUNCHER_LINES for n in launchers.values()), launchers
@@ -99,5 +101,7 @@ def test_architecture_doc_names_only_what_exists():
     missing = sorted(path for path in named if not (PROJECT_ROOT / path).exists())
     assert not missing
     documented = {m for m in re.findall(r"`(\w+)\.py`", text)}
-    undocumented = sorted(name for name, path in _modules().items() if path.stem != "__init__" and path.stem not in documented)
+    undocumented = sorted(
+        name for name, path in _modules().items() if path.stem != "__init__" and path.stem not in documented
+    )
     assert not undocumented, "docs/ARCHITECTURE.md lists every module"

@@ -14,13 +14,13 @@ import pytest
 import torch
 from PIL import Image
 
-from dist_syndr.sharding import writer
 from dist_syndr.config import DataConfig
 from dist_syndr.loader import make_loader, plan_epoch, verify_shard_set
 from dist_syndr.loader.crops import IMAGENET_STD, crop_anchors, cut, image_size, normalise
 from dist_syndr.loader.dali_pipeline import DaliLoader
 from dist_syndr.loader.torch_loader import TorchLoader
 from dist_syndr.pools.images import decode as decode_image
+from dist_syndr.sharding import writer
 from dist_syndr.sharding.shard_set import ShardSet
 
 CROP = 224
@@ -94,7 +94,9 @@ def _reference(shard_set: ShardSet, key: str, *, epoch: int, num_crops: int = 1,
     return torch.from_numpy(np.stack([normalise(cut(pixels, anchor, CROP)) for anchor in anchors]))
 
 
-def _assert_pixels_match(shard_set: ShardSet, key: str, got: torch.Tensor, want: torch.Tensor, jpeg_max_levels: float = 4) -> None:
+def _assert_pixels_match(
+    shard_set: ShardSet, key: str, got: torch.Tensor, want: torch.Tensor, jpeg_max_levels: float = 4
+) -> None:
     if shard_set.by_key[key].image_extension == "png":
         torch.testing.assert_close(got, want, atol=1e-5, rtol=0)  # lossless: bit-exact up to float rounding
         return
@@ -128,7 +130,11 @@ def test_anchors_are_reproducible_inside_the_image_and_spread():
                 again = crop_anchors(key, width, height, CROP, seed=SEED, epoch=epoch, num_crops=5, mode="random")
                 np.testing.assert_array_equal(anchors, again)
                 assert anchors.dtype == np.int32 and anchors.shape == (5, 2)
-                assert (anchors >= 0).all() and (anchors[:, 0] <= width - CROP).all() and (anchors[:, 1] <= height - CROP).all()
+                assert (
+                    (anchors >= 0).all()
+                    and (anchors[:, 0] <= width - CROP).all()
+                    and (anchors[:, 1] <= height - CROP).all()
+                )
                 if width == 1024:
                     seen_x.update(anchors[:, 0].tolist())
     assert len(seen_x) > 30  # draws differ by key, epoch and crop index
@@ -147,13 +153,20 @@ def test_dali_and_torch_agree_with_each_other_and_the_pil_reference(shard_set):
     kept = shard_set.keys()[1:]
     plan = plan_epoch(shard_set.keys(), config, seed=SEED, epoch=3, world_size=2, kept_keys=kept)
     delivered = {"dali": collections.Counter(), "torch": collections.Counter()}
-    with DaliLoader(shard_set, config, is_training=True) as dali, TorchLoader(shard_set, config, is_training=True) as fallback:
+    with (
+        DaliLoader(shard_set, config, is_training=True) as dali,
+        TorchLoader(shard_set, config, is_training=True) as fallback,
+    ):
         for rank in range(2):
             rank_plan = plan.for_rank(rank)
             dali_batches, dali_crops = _collect(dali, rank_plan)
             torch_batches, torch_crops = _collect(fallback, rank_plan)
             assert len(dali_batches) == len(torch_batches) == plan.num_batches
-            assert [b.keys for b in dali_batches] == [b.keys for b in torch_batches] == [list(rank_plan.batch_keys(i)) for i in range(plan.num_batches)]
+            assert (
+                [b.keys for b in dali_batches]
+                == [b.keys for b in torch_batches]
+                == [list(rank_plan.batch_keys(i)) for i in range(plan.num_batches)]
+            )
             for batch in dali_batches:
                 assert batch.images.shape == (len(batch), 3, CROP, CROP) and batch.images.dtype == torch.float32
                 expected = [shard_set.by_key[key].score for key in batch.keys]
@@ -190,7 +203,10 @@ def test_evaluation_crops_are_grouped_per_image(shard_set, mode):
     config = _config(eval_crops=3, eval_crop_mode=mode, batch_size=5)
     num_crops = 3 if mode == "random" else 1
     plan = plan_epoch(shard_set.keys(), config, seed=SEED, epoch=0, is_training=False)
-    with DaliLoader(shard_set, config, is_training=False) as dali, TorchLoader(shard_set, config, is_training=False) as fallback:
+    with (
+        DaliLoader(shard_set, config, is_training=False) as dali,
+        TorchLoader(shard_set, config, is_training=False) as fallback,
+    ):
         dali_batches, dali_crops = _collect(dali, plan.for_rank(0))
         _, torch_crops = _collect(fallback, plan.for_rank(0))
     assert [key for batch in dali_batches for key in batch.keys] == shard_set.keys()

@@ -25,10 +25,21 @@ def test_selection_is_the_keep_set_plus_the_upsampled_keys_in_a_seeded_order():
     upsampled = KEYS[-5:]
     plan = plan_epoch(KEYS, _config(drop_last=False), seed=7, epoch=2, kept_keys=kept, always_kept_keys=upsampled)
     assert set(plan.keys) == kept | set(upsampled) and len(plan.keys) == len(kept | set(upsampled))
-    again = plan_epoch(KEYS, _config(drop_last=False), seed=7, epoch=2, kept_keys=sorted(kept, reverse=True), always_kept_keys=upsampled)
+    again = plan_epoch(
+        KEYS,
+        _config(drop_last=False),
+        seed=7,
+        epoch=2,
+        kept_keys=sorted(kept, reverse=True),
+        always_kept_keys=upsampled,
+    )
     assert again.keys == plan.keys  # keys, not list positions, identify samples
-    next_epoch = plan_epoch(KEYS, _config(drop_last=False), seed=7, epoch=3, kept_keys=kept, always_kept_keys=upsampled)
-    other_seed = plan_epoch(KEYS, _config(drop_last=False), seed=8, epoch=2, kept_keys=kept, always_kept_keys=upsampled)
+    next_epoch = plan_epoch(
+        KEYS, _config(drop_last=False), seed=7, epoch=3, kept_keys=kept, always_kept_keys=upsampled
+    )
+    other_seed = plan_epoch(
+        KEYS, _config(drop_last=False), seed=8, epoch=2, kept_keys=kept, always_kept_keys=upsampled
+    )
     assert next_epoch.keys != plan.keys and other_seed.keys != plan.keys
     assert set(next_epoch.keys) == set(plan.keys)
     assert list(plan.keys) != sorted(plan.keys)

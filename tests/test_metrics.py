@@ -38,7 +38,10 @@ def test_constant_predictions_give_nan_with_a_warning(caplog):
     assert "constant" in caplog.text
 
 
-@pytest.mark.parametrize("predictions, targets, message", [([1.0], [1.0], "at least 2"), ([1, 2], [1, 2, 3], "targets"), ([1, np.nan], [1, 2], "NaN")])
+@pytest.mark.parametrize(
+    "predictions, targets, message",
+    [([1.0], [1.0], "at least 2"), ([1, 2], [1, 2, 3], "targets"), ([1, np.nan], [1, 2], "NaN")],
+)
 def test_bad_input(predictions, targets, message):
     with pytest.raises(ValueError, match=message):
         metrics.iqa_metrics(predictions, targets)

@@ -11,7 +11,11 @@ from dist_syndr.features.model import build_model
 
 @pytest.mark.parametrize("backbone, dim", [("resnet18", 512), ("vit_tiny_patch16_224", 192)])
 def test_scores_and_features(backbone, dim):
-    model = build_model(ModelConfig(backbone=backbone, is_random_init=True, image_size=32, is_grad_checkpointing=backbone.startswith("vit")))
+    model = build_model(
+        ModelConfig(
+            backbone=backbone, is_random_init=True, image_size=32, is_grad_checkpointing=backbone.startswith("vit")
+        )
+    )
     images = torch.rand(3, 3, 32, 32)
     scores = model(images)
     assert scores.shape == (3,)

@@ -14,7 +14,7 @@ from tests.conftest import straddling_pool
 def _dense_edges(features, threshold):
     similarity = 1.0 - squareform(pdist(features.astype(np.float64), "cosine"))
     rows, cols = np.nonzero(np.triu(similarity > threshold, k=1))
-    return set(zip(rows.tolist(), cols.tolist()))
+    return set(zip(rows.tolist(), cols.tolist(), strict=True))
 
 
 @pytest.mark.parametrize("engine, backend", [("torch", "torch-gemm"), ("faiss", "faiss-cpu")])
@@ -23,8 +23,10 @@ def test_exact_cpu_graph_equals_dense(threshold, engine, backend):
     features, _ = straddling_pool(4)
     settings = NeighborsConfig(database_block=50, query_block=17, cpu_engine=engine)
     pairs = neighbors.similar_pairs(features, threshold, settings=settings)
-    assert set(zip(pairs.rows.tolist(), pairs.cols.tolist())) == _dense_edges(features, threshold)
-    assert np.all(pairs.rows < pairs.cols) and len(set(zip(pairs.rows.tolist(), pairs.cols.tolist()))) == len(pairs)
+    assert set(zip(pairs.rows.tolist(), pairs.cols.tolist(), strict=True)) == _dense_edges(features, threshold)
+    assert np.all(pairs.rows < pairs.cols) and len(
+        set(zip(pairs.rows.tolist(), pairs.cols.tolist(), strict=True))
+    ) == len(pairs)
     assert pairs.stats["backend"] == backend
 
 
@@ -41,11 +43,12 @@ def test_rank_shares_partition_the_graph(world_size):
     settings = NeighborsConfig(database_block=16)
     whole = neighbors.similar_pairs(features, 0.9, settings=settings)
     shares = [
-        neighbors.similar_pairs(features, 0.9, settings=settings, rank=r, world_size=world_size) for r in range(world_size)
+        neighbors.similar_pairs(features, 0.9, settings=settings, rank=r, world_size=world_size)
+        for r in range(world_size)
     ]
-    edge_sets = [set(zip(s.rows.tolist(), s.cols.tolist())) for s in shares]
+    edge_sets = [set(zip(s.rows.tolist(), s.cols.tolist(), strict=True)) for s in shares]
     assert sum(len(s) for s in edge_sets) == len(whole)
-    assert set().union(*edge_sets) == set(zip(whole.rows.tolist(), whole.cols.tolist()))
+    assert set().union(*edge_sets) == set(zip(whole.rows.tolist(), whole.cols.tolist(), strict=True))
 
 
 def test_balanced_assignment_covers_and_balances():
@@ -64,8 +67,8 @@ def test_ivf_reports_measured_recall():
     approx = neighbors.similar_pairs(
         features, 0.9, settings=NeighborsConfig(index="ivf", ivf_nlist=16, ivf_nprobe=4, recall_sample=300)
     )
-    exact_set = set(zip(exact.rows.tolist(), exact.cols.tolist()))
-    approx_set = set(zip(approx.rows.tolist(), approx.cols.tolist()))
+    exact_set = set(zip(exact.rows.tolist(), exact.cols.tolist(), strict=True))
+    approx_set = set(zip(approx.rows.tolist(), approx.cols.tolist(), strict=True))
     assert len(approx_set) == len(approx), "an edge found from both ends must be stored once"
     assert approx_set <= exact_set  # IVF can miss edges, never invent them
     assert 0.5 < approx.stats["edge_recall"] <= 1.0
@@ -105,7 +108,7 @@ def test_growing_k_path_is_exact(monkeypatch):
     monkeypatch.setattr(neighbors.runtime, "faiss_index_to_gpus", to_gpus)
     settings = NeighborsConfig(backend="gpu", max_gpu_k=8, query_block=50)
     pairs = neighbors.similar_pairs(features, 0.9, settings=settings)
-    assert set(zip(pairs.rows.tolist(), pairs.cols.tolist())) == _dense_edges(features, 0.9)
+    assert set(zip(pairs.rows.tolist(), pairs.cols.tolist(), strict=True)) == _dense_edges(features, 0.9)
     assert max(fake["index"].calls) == 8 and pairs.stats["backend"] == "faiss-gpu"
 
 

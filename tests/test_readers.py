@@ -1,4 +1,4 @@
-"""Dataset readers against tiny replicas of every on-disk layout of SPEC.md section 7."""
+"""Dataset readers against tiny replicas of every on-disk layout of docs/METHOD.md section 7."""
 
 from __future__ import annotations
 
@@ -75,7 +75,9 @@ def _kadid_replica(root: Path) -> list[float]:
         for distortion_type in (1, 25):
             for level in (1, 5):
                 value = round(1.0 + ref_number + 0.25 * distortion_type / 25 - 0.5 * level / 5, 4)
-                rows.append(f"I{ref_number:02d}_{distortion_type:02d}_{level:02d}.png,I{ref_number:02d}.png,{value},0.1")
+                rows.append(
+                    f"I{ref_number:02d}_{distortion_type:02d}_{level:02d}.png,I{ref_number:02d}.png,{value},0.1"
+                )
                 dmos.append(value)
                 _image(root / "images" / f"I{ref_number:02d}_{distortion_type:02d}_{level:02d}.png")
     _image(root / "images" / "I01.png")
@@ -93,7 +95,7 @@ def test_kadid10k_reads_scores_refs_and_names(tmp_path):
     keys_in_csv_order = [f"kadid10k/I{r:02d}_{t:02d}_{l:02d}" for r in (1, 2, 3) for t in (1, 25) for l in (1, 5)]
     assert {s.key for s in samples} == set(keys_in_csv_order)
     by_key = _by_key(samples)
-    for key, score in zip(keys_in_csv_order, _scaled(dmos)):
+    for key, score in zip(keys_in_csv_order, _scaled(dmos), strict=True):
         assert by_key[key].score == pytest.approx(score, abs=1e-12)
     sample = by_key["kadid10k/I03_25_05"]
     assert (sample.ref, sample.distortion_type, sample.level) == ("kadid10k/I03", 25, 5)
@@ -178,7 +180,12 @@ def test_kadid_add81_from_either_root(tmp_path, nested):
     samples = read_kadid_add81(root)
     assert len(samples) == 6 and all(s.score is None for s in samples)
     sample = _by_key(samples)["kadid_add81/beta-2_09_03"]
-    assert (sample.ref, sample.distortion_type, sample.level, sample.origin) == ("kadid_add81/beta-2", 9, 3, "original")
+    assert (sample.ref, sample.distortion_type, sample.level, sample.origin) == (
+        "kadid_add81/beta-2",
+        9,
+        3,
+        "original",
+    )
     assert sample.ref_path == tmp_path / "kadid_add81" / "ref_imgs" / "beta-2.png"
     references = read_reference_images(root)
     assert [s.key for s in references] == ["kadid_add81/alpha", "kadid_add81/beta-2"]

@@ -9,7 +9,6 @@ import pytest
 from PIL import Image
 
 from dist_syndr import config
-
 from dist_syndr.sharding import writer
 from tests.conftest import PROJECT_ROOT
 
@@ -35,15 +34,26 @@ def test_loading_shards_snippet_runs(tmp_path, monkeypatch):
     for i in range(12):
         path = tmp_path / f"img{i}.png"
         Image.fromarray(rng.integers(0, 256, (240, 250, 3), dtype=np.uint8)).save(path)
-        items.append(writer.WorkItem(key=f"demo/img{i}", source_path=str(path), score=float(i % 10), meta={"origin": "original"}))
+        items.append(
+            writer.WorkItem(
+                key=f"demo/img{i}", source_path=str(path), score=float(i % 10), meta={"origin": "original"}
+            )
+        )
     monkeypatch.chdir(tmp_path)
-    writer.write_shard_set(items, tmp_path / "shards" / "kadid-bid", writer.WriteOptions(samples_per_shard=5, num_workers=1), {})
+    writer.write_shard_set(
+        items, tmp_path / "shards" / "kadid-bid", writer.WriteOptions(samples_per_shard=5, num_workers=1), {}
+    )
     seen = []
     namespace = {
         "cfg": config.load(None, ["data.batch_size=4", "data.num_workers=1"]),
-        "epoch": 0, "world": 1, "rank": 0, "drcdown_kept": [f"demo/img{i}" for i in range(10)],
+        "epoch": 0,
+        "world": 1,
+        "rank": 0,
+        "drcdown_kept": [f"demo/img{i}" for i in range(10)],
     }
-    code = _section_code("Loading shards").replace("        ...", "        seen.extend(batch.keys); assert batch.images.shape[1:] == (3, 224, 224)")
+    code = _section_code("Loading shards").replace(
+        "        ...", "        seen.extend(batch.keys); assert batch.images.shape[1:] == (3, 224, 224)"
+    )
     namespace["seen"] = seen
     exec(compile(code, "README.md", "exec"), namespace)
     # 10 kept, cut to whole batches of 4; upsampled keys (none here) would always be kept.

@@ -110,7 +110,12 @@ def test_ddcup_needs_a_labelled_pool(tmp_path):
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "pristine" / "a.png")
     cfg = config.load(
         "configs/shard/folder-weak.yaml",
-        [f"shard.pool.root={tmp_path / 'pristine'}", "shard.candidates.kind=folder", f"shard.candidates.root={tmp_path}", "shard.pool.labels=none"],
+        [
+            f"shard.pool.root={tmp_path / 'pristine'}",
+            "shard.candidates.kind=folder",
+            f"shard.candidates.root={tmp_path}",
+            "shard.pool.labels=none",
+        ],
     )
     with pytest.raises(ValueError, match="DDCUp needs labels"):
         build_plan(cfg)
@@ -135,25 +140,38 @@ def test_ddcup_on_a_weakly_labelled_engine_pool(tmp_path):
     (tmp_path / "train.txt").write_text("a b c d")
     (tmp_path / "candidates.txt").write_text("x y")
     overrides = [
-        f"shard.pool.root={tmp_path / 'pristine'}", "shard.pool.types=[1, 11]", "shard.candidates.kind=folder",
-        f"shard.candidates.root={tmp_path / 'candidates'}", "shard.samples_per_shard=16",
-        f"shard.features.train_features={tmp_path / 'train.npy'}", f"shard.features.train_names={tmp_path / 'train.txt'}",
-        f"shard.features.candidate_features={tmp_path / 'candidates.npy'}", f"shard.features.candidate_names={tmp_path / 'candidates.txt'}",
+        f"shard.pool.root={tmp_path / 'pristine'}",
+        "shard.pool.types=[1, 11]",
+        "shard.candidates.kind=folder",
+        f"shard.candidates.root={tmp_path / 'candidates'}",
+        "shard.samples_per_shard=16",
+        f"shard.features.train_features={tmp_path / 'train.npy'}",
+        f"shard.features.train_names={tmp_path / 'train.txt'}",
+        f"shard.features.candidate_features={tmp_path / 'candidates.npy'}",
+        f"shard.features.candidate_names={tmp_path / 'candidates.txt'}",
     ]
     cfg = config.load("configs/shard/folder-weak.yaml", overrides)
     out = tmp_path / "shards" / "weak-ddcup"
     plan = run_shard_step(cfg, out, WriteOptions(samples_per_shard=16, num_workers=1))
-    assert plan.selected_candidates == ["candidates/x"] and plan.num_original == 4 * 2 * 5 and plan.num_upsampled == 2 * 3
+    assert (
+        plan.selected_candidates == ["candidates/x"] and plan.num_original == 4 * 2 * 5 and plan.num_upsampled == 2 * 3
+    )
     shard_set = ShardSet(out)
     entries = shard_set.by_key
     upsampled = [e for e in entries.values() if e.origin == "upsampled"]
     assert len(entries) == 46 and len(upsampled) == 6 and all(e.ref == "candidates/x" for e in upsampled)
     for e in upsampled:  # a weighted mean of the training contents' weak scores at the same (type, level)
-        same = [o.score for o in entries.values() if o.origin != "upsampled" and (o.distortion_type, o.level) == (e.distortion_type, e.level)]
+        same = [
+            o.score
+            for o in entries.values()
+            if o.origin != "upsampled" and (o.distortion_type, o.level) == (e.distortion_type, e.level)
+        ]
         assert min(same) - 1e-9 <= e.score <= max(same) + 1e-9
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     run_shard_step(cfg, out, WriteOptions(samples_per_shard=16, num_workers=1))  # a rerun reuses every shard
-    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.suffix == ".tar"} == {k: v for k, v in before.items() if k.endswith(".tar")}
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.suffix == ".tar"} == {
+        k: v for k, v in before.items() if k.endswith(".tar")
+    }
 
 
 def test_missing_pool_root_is_a_clear_error(tmp_path):
@@ -188,11 +206,16 @@ def test_folder_pool_engine_distortions_with_weak_labels_and_resume(tmp_path):
     scores = shard_set.scores()
     assert scores.min() == 0.0 and scores.max() == 10.0
     for entry in shard_set.samples:
-        assert entry.origin == "distorted" and entry.key == f"pristine/{entry.ref.split('/')[-1]}_{entry.distortion_type:02d}_{entry.level:02d}"
+        assert (
+            entry.origin == "distorted"
+            and entry.key == f"pristine/{entry.ref.split('/')[-1]}_{entry.distortion_type:02d}_{entry.level:02d}"
+        )
         assert shard_set.read_meta(entry.key)["weak_label"]["metrics"]
     for ref in ("pristine/photo0", "pristine/photo1"):
         for distortion_type in (1, 11):
-            by_level = sorted((e.level, e.score) for e in shard_set.samples if e.ref == ref and e.distortion_type == distortion_type)
+            by_level = sorted(
+                (e.level, e.score) for e in shard_set.samples if e.ref == ref and e.distortion_type == distortion_type
+            )
             assert [s for _, s in by_level] == sorted((s for _, s in by_level), reverse=True)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     (out / "shard-000001.tar").unlink()
@@ -210,9 +233,14 @@ def test_two_ranks_write_the_same_set_as_one(tmp_path):
 
     _pristine_folder(tmp_path / "pristine", count=9)
     common = [
-        "--config", "configs/shard/folder-weak.yaml",
-        f"shard.pool.root={tmp_path / 'pristine'}", "shard.pool.distort=false", "shard.pool.labels=none",
-        "shard.samples_per_shard=2", "shard.num_workers=1", "runtime.device=cpu",
+        "--config",
+        "configs/shard/folder-weak.yaml",
+        f"shard.pool.root={tmp_path / 'pristine'}",
+        "shard.pool.distort=false",
+        "shard.pool.labels=none",
+        "shard.samples_per_shard=2",
+        "shard.num_workers=1",
+        "runtime.device=cpu",
     ]
     assert shard_launcher.main([*common, f"shard.output_root={tmp_path / 'one'}"]) == 0
     run_ranks([sys.executable, "launchers/shard.py", *common, f"shard.output_root={tmp_path / 'two'}"], timeout_s=200)

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dist_syndr.sharding import writer
 from dist_syndr.pools.images import decode as decode_image
+from dist_syndr.sharding import writer
 from dist_syndr.sharding.shard_set import ShardSet, scan_tar
 from tests.conftest import PROJECT_ROOT
 from tests.shard_worker import items_from_folder
@@ -56,7 +56,11 @@ def test_round_trip_is_bit_exact_with_metadata(tmp_path):
         np.testing.assert_array_equal(decode_image(shard_set.read_image_bytes(key), key), pixels[key])
         meta = shard_set.read_meta(key)
         assert meta["key"] == key and meta["score"] == entry.score == (number % 11) * 1.0
-        assert (entry.ref, entry.distortion_type, entry.level) == (f"test/ref{number % 3}", 1 + number % 25, 1 + number % 5)
+        assert (entry.ref, entry.distortion_type, entry.level) == (
+            f"test/ref{number % 3}",
+            1 + number % 25,
+            1 + number % 5,
+        )
     # JPEG and PNG sources keep their bytes; BMP becomes PNG.
     assert shard_set.read_image_bytes("test/img002") == (tmp_path / "src" / "img002.jpg").read_bytes()
     assert shard_set.read_image_bytes("test/img000") == (tmp_path / "src" / "img000.png").read_bytes()

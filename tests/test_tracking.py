@@ -25,7 +25,9 @@ def test_params_metrics_artifacts_and_resume(tmp_path, monkeypatch):
     artifact.write_text("a\nb\n")
     tracker.log_artifact(artifact, "keep_lists")
     assert tracker.flush()
-    resumed = tracking.make_tracker(cfg, rank=0, experiment="tests", root=tmp_path / "mlruns", tags=tags, run_id=tracker.run_id)
+    resumed = tracking.make_tracker(
+        cfg, rank=0, experiment="tests", root=tmp_path / "mlruns", tags=tags, run_id=tracker.run_id
+    )
     resumed.log_metrics({"loss": 0.125}, step=3)
     resumed.close()
 
@@ -73,14 +75,20 @@ def test_journal_resume_after_crash_and_full_replay(tmp_path, monkeypatch):
     # Replaying the whole journal with the run forgotten: the start record finds its run
     # by the journal tag and SQLite drops the exact duplicate metrics.
     state = json.loads((local_dir / "delivered.json").read_text())
-    (local_dir / "delivered.json").write_text(json.dumps({**state, "offset": 0, "run_id": None, "experiment_id": None}))
+    (local_dir / "delivered.json").write_text(
+        json.dumps({**state, "offset": 0, "run_id": None, "experiment_id": None})
+    )
     report = tracking.sync(local_dir.parent)
     assert report.is_complete and report.run_id == first.run_id and report.num_pushed == 6
 
     client = mlflow.MlflowClient(tracking_uri=tracking.tracking_uri(tmp_path / "mlruns"))
     run = client.get_run(first.run_id)
     assert [(m.step, m.value) for m in client.get_metric_history(first.run_id, "loss")] == [(0, 1.0), (1, 0.5)]
-    assert run.info.status == "FAILED" and run.data.tags["note"] == "resumed" and run.data.params["run_name"] == "journaled"
+    assert (
+        run.info.status == "FAILED"
+        and run.data.tags["note"] == "resumed"
+        and run.data.params["run_name"] == "journaled"
+    )
     assert len(client.search_runs([run.info.experiment_id])) == 1
     with pytest.raises(ValueError, match="no tracking journal"):
         tracking.sync(tmp_path)

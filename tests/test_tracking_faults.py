@@ -49,7 +49,9 @@ class MlflowServer:
         log_file = (self.folder / "server.log").open("ab")
         # Its own session: stop() ends the server and the workers it spawns, nothing else.
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job-runner process: a quicker start
-        self.process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        self.process = subprocess.Popen(
+            command, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True, env=env
+        )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -114,15 +116,28 @@ def _server_env(server, monkeypatch):
 def _tracker(tmp_path, run_name, local_dir, **options):
     cfg = config.load(None, [f"run_name={run_name}", "reshape.drcdown.cap=7"])
     tags = {"git_commit": "abc123", "world_size": "1", "device": "cpu", "dali": "none"}
-    return tracking.make_tracker(cfg, rank=0, experiment="faults", root=tmp_path / "mlruns", tags=tags, local_dir=local_dir, **options)
+    return tracking.make_tracker(
+        cfg, rank=0, experiment="faults", root=tmp_path / "mlruns", tags=tags, local_dir=local_dir, **options
+    )
 
 
 def _step_values(step):
-    return {"train/loss": 1.0 / (step + 1), "train/lr": 1e-4 * (step % 7), "train/images_per_second": 100.0 + step, "train/data_wait_share": 0.01 * step}
+    return {
+        "train/loss": 1.0 / (step + 1),
+        "train/lr": 1e-4 * (step % 7),
+        "train/images_per_second": 100.0 + step,
+        "train/data_wait_share": 0.01 * step,
+    }
 
 
 def _epoch_values(epoch):
-    return {"loss": 0.5 - 0.1 * epoch, "images_per_second": 90.0 + epoch, "kept": 100.0 - epoch, "koniq/srcc": 0.7 + 0.01 * epoch, "koniq/plcc": float("nan") if epoch == 1 else 0.6}
+    return {
+        "loss": 0.5 - 0.1 * epoch,
+        "images_per_second": 90.0 + epoch,
+        "kept": 100.0 - epoch,
+        "koniq/srcc": 0.7 + 0.01 * epoch,
+        "koniq/plcc": float("nan") if epoch == 1 else 0.6,
+    }
 
 
 def _assert_history(client, run_id, expected: dict[str, dict[int, float]]):
@@ -220,7 +235,10 @@ def test_outage_mid_run_loses_no_metric(server, tmp_path, caplog, capsys):
     expected_epochs = {k: {e: _epoch_values(e)[k] for e in epochs} for k in EPOCH_KEYS}
     _assert_history(client, run_id, expected_steps)
     _assert_history(client, run_id, expected_epochs)
-    assert sorted(a.path for a in client.list_artifacts(run_id, "keep_lists")) == ["keep_lists/epoch0.txt", "keep_lists/epoch1.txt"]
+    assert sorted(a.path for a in client.list_artifacts(run_id, "keep_lists")) == [
+        "keep_lists/epoch0.txt",
+        "keep_lists/epoch1.txt",
+    ]
     assert client.get_run(run_id).info.status == "FINISHED"
 
     # Replaying everything as if no delivery were known to have arrived adds nothing.
@@ -231,7 +249,9 @@ def test_outage_mid_run_loses_no_metric(server, tmp_path, caplog, capsys):
     assert report.is_complete and report.run_id == run_id
     _assert_history(client, run_id, expected_steps)
     _assert_history(client, run_id, expected_epochs)
-    runs = client.search_runs([client.get_run(run_id).info.experiment_id], filter_string="attributes.run_name = 'outage'")
+    runs = client.search_runs(
+        [client.get_run(run_id).info.experiment_id], filter_string="attributes.run_name = 'outage'"
+    )
     assert len(runs) == 1
 
 
@@ -288,4 +308,6 @@ def test_hung_server_times_out_and_the_tracker_catches_up_by_itself(server, tmp_
     assert tracking.journal_run_id(local_dir.parent) == tracker.run_id
     assert tracker.journal.num_pending() == 0
     tracker.close()
-    _assert_history(_client(server), tracker.run_id, {k: {e: _epoch_values(e)[k] for e in range(4)} for k in EPOCH_KEYS})
+    _assert_history(
+        _client(server), tracker.run_id, {k: {e: _epoch_values(e)[k] for e in range(4)} for k in EPOCH_KEYS}
+    )

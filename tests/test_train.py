@@ -27,7 +27,11 @@ def _overrides(root, **extra):
 
 
 def _env():
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT", "MLFLOW_TRACKING_URI")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT", "MLFLOW_TRACKING_URI")
+    }
     env["TORCH_EXTENSIONS_DIR"] = str(PROJECT_ROOT / ".cache" / "torch_extensions")
     env["PYTHONPATH"] = str(PROJECT_ROOT)
     return env
@@ -45,7 +49,14 @@ def _deepspeed_command(root, port, **overrides):
     deepspeed = PROJECT_ROOT / ".venv" / "bin" / "deepspeed"
     if not deepspeed.is_file():
         pytest.skip(f"{deepspeed} not found (run through make test)")
-    launcher = [str(deepspeed), "--num_gpus", "2", "--master_port", str(port), str(PROJECT_ROOT / "launchers" / "train.py")]
+    launcher = [
+        str(deepspeed),
+        "--num_gpus",
+        "2",
+        "--master_port",
+        str(port),
+        str(PROJECT_ROOT / "launchers" / "train.py"),
+    ]
     return [*launcher, "--config", str(PRESET), *_overrides(root, **overrides)]
 
 
@@ -53,38 +64,74 @@ def _final_weights(run_dir):
     import torch
 
     tag = json.loads((run_dir / "checkpoints" / "complete").read_text())["tag"]
-    return tag, torch.load(run_dir / "checkpoints" / tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
+    return tag, torch.load(
+        run_dir / "checkpoints" / tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False
+    )["module"]
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_single_process_trains_reshapes_evaluates_checkpoints_and_resumes(tmp_path):
-    command = [sys.executable, str(PROJECT_ROOT / "launchers" / "train.py"), "--config", str(PRESET), *_overrides(tmp_path)]
+    command = [
+        sys.executable,
+        str(PROJECT_ROOT / "launchers" / "train.py"),
+        "--config",
+        str(PRESET),
+        *_overrides(tmp_path),
+    ]
     subprocess.run(command, cwd=tmp_path, env=_env(), check=True, timeout=400, capture_output=True)
     run_dir = tmp_path / "runs" / "cpu-smoke"
     assert {p.name for p in (run_dir / "checkpoints").iterdir()} >= {"epoch0000", "epoch0001", "latest"}
-    assert (run_dir / "config.yaml").is_file() and '"stage": 0' in (run_dir / "deepspeed.json").read_text()  # the preset's
+    assert (run_dir / "config.yaml").is_file() and '"stage": 0' in (
+        run_dir / "deepspeed.json"
+    ).read_text()  # the preset's
     assert len(_metric_history(tmp_path, "loss")) == 2
     kept = _metric_history(tmp_path, "kept")
     assert len(kept) == 2 and all(0 < k < 60 for k in kept)  # DRCDown thinned the 60 samples every epoch
     assert len(_metric_history(tmp_path, "smoke-test/srcc")) == 2
     # resume=auto: a third epoch continues the same run from the latest checkpoint
-    subprocess.run([*command, "train.epochs=3"], cwd=tmp_path, env=_env(), check=True, timeout=400, capture_output=True)
+    subprocess.run(
+        [*command, "train.epochs=3"], cwd=tmp_path, env=_env(), check=True, timeout=400, capture_output=True
+    )
     assert len(_metric_history(tmp_path, "loss")) == 3
     assert (run_dir / "checkpoints" / "epoch0002").is_dir()
 
 
 def test_bad_config_stops_before_any_process_group(tmp_path):
-    command = [sys.executable, str(PROJECT_ROOT / "launchers" / "train.py"), "--config", str(PRESET), "train.is_smoke_data=false", *_overrides(tmp_path)]
+    command = [
+        sys.executable,
+        str(PROJECT_ROOT / "launchers" / "train.py"),
+        "--config",
+        str(PRESET),
+        "train.is_smoke_data=false",
+        *_overrides(tmp_path),
+    ]
     completed = subprocess.run(command, cwd=tmp_path, env=_env(), timeout=120, capture_output=True, text=True)
-    assert completed.returncode == 2 and "error: " in completed.stderr and "not a finished shard set" in completed.stderr
+    assert (
+        completed.returncode == 2 and "error: " in completed.stderr and "not a finished shard set" in completed.stderr
+    )
     assert "Traceback" not in completed.stderr
-    missing_weights = [*command[:4], *_overrides(tmp_path), "model.is_random_init=false", "model.weights=/nonexistent.pth"]
+    missing_weights = [
+        *command[:4],
+        *_overrides(tmp_path),
+        "model.is_random_init=false",
+        "model.weights=/nonexistent.pth",
+    ]
     completed = subprocess.run(missing_weights, cwd=tmp_path, env=_env(), timeout=120, capture_output=True, text=True)
     assert completed.returncode == 2 and "model.weights: /nonexistent.pth does not exist" in completed.stderr
     uneven = {**os.environ, **_env(), "WORLD_SIZE": "3"}
-    completed = subprocess.run([*command[:4], *_overrides(tmp_path), "train.global_batch_size=20"], cwd=tmp_path, env=uneven, timeout=120, capture_output=True, text=True)
-    assert completed.returncode == 2 and "train.global_batch_size=20 does not match data.batch_size=8 x world size 3" in completed.stderr
+    completed = subprocess.run(
+        [*command[:4], *_overrides(tmp_path), "train.global_batch_size=20"],
+        cwd=tmp_path,
+        env=uneven,
+        timeout=120,
+        capture_output=True,
+        text=True,
+    )
+    assert (
+        completed.returncode == 2
+        and "train.global_batch_size=20 does not match data.batch_size=8 x world size 3" in completed.stderr
+    )
 
 
 @pytest.mark.dist
@@ -93,24 +140,40 @@ def test_bad_config_stops_before_any_process_group(tmp_path):
 def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
     """`deepspeed --num_gpus 2` on the CPU (gloo), fp32, ZeRO-1: a straight run, and one killed with SIGKILL in
     epoch 1 after a mid-epoch checkpoint, then resumed: both end with bit-identical weights and metrics."""
-    common = {"train.checkpoint_every_steps": 1, "train.log_every_steps": 1, "data.batch_size": 4, "train.zero_stage": 1}
+    common = {
+        "train.checkpoint_every_steps": 1,
+        "train.log_every_steps": 1,
+        "data.batch_size": 4,
+        "train.zero_stage": 1,
+    }
     straight = _deepspeed_command(tmp_path, 29571, **common, **{"train.output_dir": tmp_path / "straight"})
     completed = subprocess.run(straight, cwd=tmp_path, env=_env(), timeout=400, capture_output=True, text=True)
-    assert completed.returncode == 0 and "exits successfully" in completed.stdout + completed.stderr, completed.stderr[-3000:]
-    assert len(_metric_history(tmp_path, "loss", "straight")) == 2 and len(_metric_history(tmp_path, "kept", "straight")) == 2
+    assert completed.returncode == 0 and "exits successfully" in completed.stdout + completed.stderr, completed.stderr[
+        -3000:
+    ]
+    assert (
+        len(_metric_history(tmp_path, "loss", "straight")) == 2
+        and len(_metric_history(tmp_path, "kept", "straight")) == 2
+    )
 
     killed = _deepspeed_command(tmp_path, 29572, **common, **{"train.output_dir": tmp_path / "killed"})
     pointer = tmp_path / "killed" / "cpu-smoke" / "checkpoints" / "complete"
-    process = subprocess.Popen(killed, cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        killed, cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + 300
         while not (pointer.is_file() and json.loads(pointer.read_text())["tag"].startswith("epoch0001-step")):
-            assert process.poll() is None and time.monotonic() < deadline, "run ended before a mid-epoch checkpoint of epoch 1"
+            assert process.poll() is None and time.monotonic() < deadline, (
+                "run ended before a mid-epoch checkpoint of epoch 1"
+            )
             time.sleep(0.05)
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-    assert not (tmp_path / "killed" / "cpu-smoke" / "checkpoints" / "epoch0001").exists(), "killed too late: epoch 1 had finished"
+    assert not (tmp_path / "killed" / "cpu-smoke" / "checkpoints" / "epoch0001").exists(), (
+        "killed too late: epoch 1 had finished"
+    )
     resumed = _deepspeed_command(tmp_path, 29573, **common, **{"train.output_dir": tmp_path / "killed"})
     completed = subprocess.run(resumed, cwd=tmp_path, env=_env(), timeout=400, capture_output=True, text=True)
     assert completed.returncode == 0, completed.stderr[-3000:]
@@ -118,13 +181,22 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
 
     import torch
 
-    (tag_a, weights_a), (tag_b, weights_b) = _final_weights(tmp_path / "straight" / "cpu-smoke"), _final_weights(tmp_path / "killed" / "cpu-smoke")
+    (tag_a, weights_a), (tag_b, weights_b) = (
+        _final_weights(tmp_path / "straight" / "cpu-smoke"),
+        _final_weights(tmp_path / "killed" / "cpu-smoke"),
+    )
     assert tag_a == tag_b == "epoch0001" and weights_a.keys() == weights_b.keys()
     assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
     for name in ("loss", "kept", "smoke-test/srcc", "smoke-test/plcc", "best/smoke-test/srcc"):
         assert _metric_history(tmp_path, name, "straight")[-1] == _metric_history(tmp_path, name, "killed")[-1], name
     for root in ("straight", "killed"):  # every rank recorded the same keep-list and step count in every epoch
-        records = [[json.loads(line) for line in (tmp_path / root / "cpu-smoke" / "ranks" / f"rank-{r:04d}.jsonl").read_text().splitlines()] for r in (0, 1)]
+        records = [
+            [
+                json.loads(line)
+                for line in (tmp_path / root / "cpu-smoke" / "ranks" / f"rank-{r:04d}.jsonl").read_text().splitlines()
+            ]
+            for r in (0, 1)
+        ]
         assert records[0] == records[1] and {r["epoch"] for r in records[0]} == {0, 1}
 
 
@@ -133,12 +205,29 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
 @pytest.mark.parametrize("stage", [2, 3])
 def test_zero_stage_trains_checkpoints_and_resumes(tmp_path, stage):
     """ZeRO-1 runs in the tests above; stages 2 and 3 train an epoch, checkpoint, and resume from it."""
-    command = [sys.executable, str(PROJECT_ROOT / "launchers" / "train.py"), "--config", str(PRESET), *_overrides(tmp_path), f"train.zero_stage={stage}", "train.log_every_steps=2"]
-    subprocess.run([*command, "train.epochs=1"], cwd=tmp_path, env=_env(), check=True, timeout=400, capture_output=True)
+    command = [
+        sys.executable,
+        str(PROJECT_ROOT / "launchers" / "train.py"),
+        "--config",
+        str(PRESET),
+        *_overrides(tmp_path),
+        f"train.zero_stage={stage}",
+        "train.log_every_steps=2",
+    ]
+    subprocess.run(
+        [*command, "train.epochs=1"], cwd=tmp_path, env=_env(), check=True, timeout=400, capture_output=True
+    )
     checkpoint = tmp_path / "runs" / "cpu-smoke" / "checkpoints" / "epoch0000"
-    assert any(checkpoint.glob("*optim_states.pt")) and f'"stage": {stage}' in (tmp_path / "runs" / "cpu-smoke" / "deepspeed.json").read_text()
-    completed = subprocess.run([*command, "train.epochs=2"], cwd=tmp_path, env=_env(), timeout=400, capture_output=True, text=True)
-    assert completed.returncode == 0 and "resumed from epoch0000" in completed.stdout + completed.stderr, completed.stderr[-3000:]
+    assert (
+        any(checkpoint.glob("*optim_states.pt"))
+        and f'"stage": {stage}' in (tmp_path / "runs" / "cpu-smoke" / "deepspeed.json").read_text()
+    )
+    completed = subprocess.run(
+        [*command, "train.epochs=2"], cwd=tmp_path, env=_env(), timeout=400, capture_output=True, text=True
+    )
+    assert completed.returncode == 0 and "resumed from epoch0000" in completed.stdout + completed.stderr, (
+        completed.stderr[-3000:]
+    )
     assert len(_metric_history(tmp_path, "loss")) == 2 and len(_metric_history(tmp_path, "train/loss")) >= 2
 
 
@@ -146,9 +235,26 @@ def test_zero_stage_trains_checkpoints_and_resumes(tmp_path, stage):
 @pytest.mark.timeout(900)
 def test_one_gpu_bf16_zero2_with_dali_mixed_decoder(tmp_path):
     """The GPU path of the trainer: NCCL, bf16, ZeRO-2, DALI decoding on the device, FAISS on the GPU for DRCDown."""
-    extra = ["runtime.device=cuda", "runtime.dali=gpu", "train.precision=bf16", "train.zero_stage=2", "train.epochs=2", "train.log_every_steps=2"]
-    command = [sys.executable, str(PROJECT_ROOT / "launchers" / "train.py"), "--config", str(PRESET), *_overrides(tmp_path), *extra]
+    extra = [
+        "runtime.device=cuda",
+        "runtime.dali=gpu",
+        "train.precision=bf16",
+        "train.zero_stage=2",
+        "train.epochs=2",
+        "train.log_every_steps=2",
+    ]
+    command = [
+        sys.executable,
+        str(PROJECT_ROOT / "launchers" / "train.py"),
+        "--config",
+        str(PRESET),
+        *_overrides(tmp_path),
+        *extra,
+    ]
     completed = subprocess.run(command, cwd=tmp_path, env=_env(), timeout=800, capture_output=True, text=True)
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "DALI loader on gpu" in completed.stdout + completed.stderr
-    assert len(_metric_history(tmp_path, "loss")) == 2 and (tmp_path / "runs" / "cpu-smoke" / "export" / "model_fp32.pt").is_file()
+    assert (
+        len(_metric_history(tmp_path, "loss")) == 2
+        and (tmp_path / "runs" / "cpu-smoke" / "export" / "model_fp32.pt").is_file()
+    )

@@ -25,7 +25,7 @@ def test_quality_falls_as_noise_grows():
         assert all(0.0 <= v <= 1.0 for v in metrics.values())
         qualities.append(weak_labels.ensemble_quality(metrics))
     assert qualities[0] == pytest.approx(1.0, abs=1e-4)
-    assert all(a > b for a, b in zip(qualities, qualities[1:]))
+    assert all(a > b for a, b in zip(qualities, qualities[1:], strict=False))
 
 
 def test_small_images_skip_ms_ssim_and_shapes_must_match():

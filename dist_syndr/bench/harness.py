@@ -15,8 +15,8 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -116,5 +116,7 @@ def format_ratio(ratio: float | None) -> str:
 def summary_table(rows: list[SummaryRow] | tuple[SummaryRow, ...]) -> str:
     """One Markdown row per case: benchmark, case, ours, baseline name, baseline, ratio."""
     header = ["benchmark", "case", "ours", "baseline", "baseline value", "ratio (ours vs baseline)"]
-    cells = [[row.benchmark, row.case, row.ours, row.baseline_name, row.baseline, format_ratio(row.ratio)] for row in rows]
+    cells = [
+        [row.benchmark, row.case, row.ours, row.baseline_name, row.baseline, format_ratio(row.ratio)] for row in rows
+    ]
     return markdown_table(header, cells)

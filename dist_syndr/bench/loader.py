@@ -53,9 +53,11 @@ class LoaderPlan:
     encodings: tuple[str, ...] = ("dataset", "sharded")
 
     @staticmethod
-    def quick() -> "LoaderPlan":
+    def quick() -> LoaderPlan:
         """A smoke-run plan that finishes in seconds."""
-        return LoaderPlan(num_images=48, width=320, height=256, samples_per_shard=12, batch_size=8, repeats=1, encodings=("dataset",))
+        return LoaderPlan(
+            num_images=48, width=320, height=256, samples_per_shard=12, batch_size=8, repeats=1, encodings=("dataset",)
+        )
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,9 @@ def run(plan: LoaderPlan) -> Report:
         for encoding in plan.encodings:
             shard_root = make_shard_set(Path(scratch) / encoding, plan, encoding)
             best = _measure(shard_root, plan)
-            table = markdown_table(["loader", "images/s", "consumer wait", "first batch (s)", "vs baseline"], _rows(best))
+            table = markdown_table(
+                ["loader", "images/s", "consumer wait", "first batch (s)", "vs baseline"], _rows(best)
+            )
             summary += _summary_rows(best, encoding)
             sections.append(f"#### {ENCODINGS[encoding]}\n\n{table}")
     setting = (
@@ -157,8 +161,8 @@ def make_shard_set(folder: Path, plan: LoaderPlan, encoding: str) -> Path:
     """Photo crops sharded by the sharding step: PNG files kept as they are, or BMP files it encodes."""
     from PIL import Image
 
-    from dist_syndr.sharding import writer
     from dist_syndr.pools.embedded import photo_crops
+    from dist_syndr.sharding import writer
 
     source = folder / "pool"
     source.mkdir(parents=True)
@@ -234,7 +238,9 @@ def _baseline(shard_root: Path, plan: LoaderPlan) -> LoaderRun:
 
     urls = sorted(str(path) for path in shard_root.glob("shard-*.tar"))
     dataset = (
-        wds.WebDataset(urls, shardshuffle=len(urls), nodesplitter=None, workersplitter=wds.split_by_worker, empty_check=False)
+        wds.WebDataset(
+            urls, shardshuffle=len(urls), nodesplitter=None, workersplitter=wds.split_by_worker, empty_check=False
+        )
         .shuffle(100)
         .decode("pil")
         .map(_baseline_sample)
@@ -255,4 +261,3 @@ def _baseline_sample(sample: dict):
     y = int(rng.integers(0, image.height - 224 + 1))
     crop = np.asarray(image.convert("RGB").crop((x, y, x + 224, y + 224)))
     return torch.from_numpy(normalise(crop)), float(sample["json"]["score"])
-

@@ -12,7 +12,15 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from dist_syndr.bench.harness import Measurement, Report, SummaryRow, child_main, digest_arrays, markdown_table, run_child
+from dist_syndr.bench.harness import (
+    Measurement,
+    Report,
+    SummaryRow,
+    child_main,
+    digest_arrays,
+    markdown_table,
+    run_child,
+)
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +41,7 @@ class ReshapePlan:
     timeout_s: float = 1800.0
 
     @staticmethod
-    def quick() -> "ReshapePlan":
+    def quick() -> ReshapePlan:
         """A plan that finishes in well under a minute (for tests and smoke runs)."""
         return ReshapePlan((1_000, 3_000), (64,), 3_000, (300, 600), 64, 40, 600, 300.0)
 
@@ -95,7 +103,16 @@ def _ddcup_section(plan: ReshapePlan) -> tuple[str, list[SummaryRow]]:
         rows.append([f"{size:,}", str(plan.ddcup_dim), str(plan.ddcup_train_refs), extra, *_compare(fast, dense)])
         summary.append(_summary(f"DDCUp selection, {size:,} candidates D={plan.ddcup_dim}", fast, dense))
         log.info("ddcup n=%d: %s", size, rows[-1])
-    header = ["candidates", "D", "train refs", "selected", "ours (edge list)", "dense baseline", "speed-up", "same selection"]
+    header = [
+        "candidates",
+        "D",
+        "train refs",
+        "selected",
+        "ours (edge list)",
+        "dense baseline",
+        "speed-up",
+        "same selection",
+    ]
     return "### DDCUp selection\n\n" + markdown_table(header, rows), summary
 
 
@@ -120,7 +137,11 @@ def _drcdown_case(case: dict):
         else:
             settings = NeighborsConfig(progress_min_rows=10**12)
             clusters = drcdown.redundant_clusters(pool.features, pool.labels, search=settings)
-        kept = case["n"] - sum(c.size for c in clusters) + sum(c.size if c.size <= 20 else max(20, c.size // 2) for c in clusters)
+        kept = (
+            case["n"]
+            - sum(c.size for c in clusters)
+            + sum(c.size if c.size <= 20 else max(20, c.size // 2) for c in clusters)
+        )
         return digest_arrays(clusters), {"clusters": len(clusters), "kept": kept}
 
     return work

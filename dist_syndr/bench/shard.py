@@ -35,7 +35,7 @@ class ShardPlan:
     engine_references: int = 6
 
     @staticmethod
-    def quick() -> "ShardPlan":
+    def quick() -> ShardPlan:
         return ShardPlan(num_images=24, width=128, height=96, engine_images_per_type=2, engine_references=2)
 
 
@@ -89,8 +89,17 @@ def engine_items(references: list[Path]):
         for distortion_type in ENGINE_TYPES:
             for level in range(1, 6):
                 key = f"bench/{reference.stem}_{distortion_type:02d}_{level:02d}"
-                meta = {"ref": f"bench/{reference.stem}", "type": distortion_type, "level": level, "origin": "distorted"}
-                items.append(writer.WorkItem(key=key, ref_path=str(reference), is_engine=True, seed=writer.item_seed(0, key), meta=meta))
+                meta = {
+                    "ref": f"bench/{reference.stem}",
+                    "type": distortion_type,
+                    "level": level,
+                    "origin": "distorted",
+                }
+                items.append(
+                    writer.WorkItem(
+                        key=key, ref_path=str(reference), is_engine=True, seed=writer.item_seed(0, key), meta=meta
+                    )
+                )
     return items
 
 
@@ -146,7 +155,9 @@ def run(plan: ShardPlan) -> Report:
         f"### Sharding with the distortion engine: {engine_pool}\n\n{_writer_table(num_engine_images, engine_times)}",
         f"### Distortion engine alone (CPU, {plan.width}x{plan.height}, batches of {plan.engine_images_per_type})\n\n{engine_table(plan)}",
     ]
-    rows = _summary_rows("on-disk pool", len(paths), file_times) + _summary_rows("distortion engine pool", num_engine_images, engine_times)
+    rows = _summary_rows("on-disk pool", len(paths), file_times) + _summary_rows(
+        "distortion engine pool", num_engine_images, engine_times
+    )
     return Report("\n\n".join(sections), tuple(rows))
 
 
@@ -154,9 +165,18 @@ def _summary_rows(pool: str, count: int, times: list[float]) -> list[SummaryRow]
     naive = times[0]
     baseline = "naive: PIL PNG level 6 + tarfile, 1 process"
     rows = []
-    for workers, seconds in zip((1, 2), times[1:]):
+    for workers, seconds in zip((1, 2), times[1:], strict=False):
         case = f"{pool}, sharding step, {workers} worker" + ("s" if workers > 1 else "")
-        rows.append(SummaryRow("shard", case, f"{count / seconds:.1f} images/s", baseline, f"{count / naive:.1f} images/s", naive / seconds))
+        rows.append(
+            SummaryRow(
+                "shard",
+                case,
+                f"{count / seconds:.1f} images/s",
+                baseline,
+                f"{count / naive:.1f} images/s",
+                naive / seconds,
+            )
+        )
     return rows
 
 
@@ -165,7 +185,11 @@ def _writer_table(count: int, times: list[float]) -> str:
     rows = [
         ["naive: PIL PNG level 6 + tarfile, 1 process", f"{count / naive:.1f}", "1.00x (baseline)"],
         ["ours: sharding step, 1 worker", f"{count / one:.1f}", f"{naive / one:.2f}x naive"],
-        ["ours: sharding step, 2 workers", f"{count / two:.1f}", f"{naive / two:.2f}x naive, {one / two:.2f}x 1 worker"],
+        [
+            "ours: sharding step, 2 workers",
+            f"{count / two:.1f}",
+            f"{naive / two:.2f}x naive, {one / two:.2f}x 1 worker",
+        ],
     ]
     return markdown_table(["writer", "images/s", "ratio"], rows)
 

@@ -106,16 +106,22 @@ class TrainPlan:
         if not self.models:
             raise ValueError("TrainPlan.models: no model to measure")
         if not 1 <= self.num_photos <= 7:
-            raise ValueError(f"TrainPlan.num_photos: must lie in 1..7 (scikit-image photographs), got {self.num_photos}")
+            raise ValueError(
+                f"TrainPlan.num_photos: must lie in 1..7 (scikit-image photographs), got {self.num_photos}"
+            )
         if self.crop > self.image_side:
-            raise ValueError(f"TrainPlan.crop: {self.crop} exceeds image_side={self.image_side} (images are never resized)")
+            raise ValueError(
+                f"TrainPlan.crop: {self.crop} exceeds image_side={self.image_side} (images are never resized)"
+            )
         for key in ("batch_size", "num_workers", "world_size", "epochs", "repeats"):
             if getattr(self, key) < 1:
                 raise ValueError(f"TrainPlan.{key}: must be >= 1, got {getattr(self, key)}")
         if self.warmup_epochs < 0 or self.threads_per_rank < 0:
             raise ValueError("TrainPlan.warmup_epochs and TrainPlan.threads_per_rank must be >= 0")
         if not set(self.step_stages) | {self.trainer_zero_stage} <= {0, 1, 2, 3}:
-            raise ValueError(f"TrainPlan.step_stages / trainer_zero_stage: ZeRO stages are 0-3, got {self.step_stages} / {self.trainer_zero_stage}")
+            raise ValueError(
+                f"TrainPlan.step_stages / trainer_zero_stage: ZeRO stages are 0-3, got {self.step_stages} / {self.trainer_zero_stage}"
+            )
 
     @property
     def cases(self) -> tuple[str, ...]:
@@ -128,14 +134,22 @@ class TrainPlan:
         return tuple(sorted(set(self.step_stages) | {self.trainer_zero_stage}))
 
     @staticmethod
-    def quick() -> "TrainPlan":
+    def quick() -> TrainPlan:
         """A smoke-run plan: one model, tiny crops, a few steps per epoch, one repeat."""
         return TrainPlan(
-            models=("vit_tiny_patch16_224",), num_photos=4, types=(1, 11, 16, 21), image_side=48, crop=32, batch_size=8, epochs=1, repeats=1, timeout_s=600.0
+            models=("vit_tiny_patch16_224",),
+            num_photos=4,
+            types=(1, 11, 16, 21),
+            image_side=48,
+            crop=32,
+            batch_size=8,
+            epochs=1,
+            repeats=1,
+            timeout_s=600.0,
         )
 
     @staticmethod
-    def gpu() -> "TrainPlan":
+    def gpu() -> TrainPlan:
         """Full sizes on GPUs: 224 crops, ViT-L/16 included, batches sized for a large GPU."""
         return TrainPlan(
             models=("resnet18", "vit_tiny_patch16_224", "vit_large_patch16_224"),
@@ -150,14 +164,14 @@ class TrainPlan:
         )
 
     @staticmethod
-    def for_this_machine() -> "TrainPlan":
+    def for_this_machine() -> TrainPlan:
         """:meth:`gpu` where CUDA is visible, the CPU plan elsewhere."""
         from dist_syndr import runtime
 
         return TrainPlan.gpu() if runtime.has_cuda() else TrainPlan()
 
     @staticmethod
-    def from_dict(values: dict) -> "TrainPlan":
+    def from_dict(values: dict) -> TrainPlan:
         """The plan from :func:`dataclasses.asdict` output (lists back to tuples)."""
         return TrainPlan(**{key: tuple(value) if isinstance(value, list) else value for key, value in values.items()})
 
@@ -184,7 +198,9 @@ class ModelResult:
     cases: dict[str, CaseResult]
     flops_per_image: float  # forward + backward, counted by FlopCounterMode
     loader_images_per_second: float  # the loader alone, same epochs, no step
-    trainer_loop_images_per_second: float  # (c) as train_epoch's own meter sees it: its batch loop only (NaN if not reported)
+    trainer_loop_images_per_second: (
+        float  # (c) as train_epoch's own meter sees it: its batch loop only (NaN if not reported)
+    )
     steps_per_epoch: int
     world_size: int
     device: str
@@ -195,9 +211,12 @@ class ModelResult:
     trainer_zero_stage: int = 0
 
     @staticmethod
-    def from_json(values: dict) -> "ModelResult":
+    def from_json(values: dict) -> ModelResult:
         """Parse the worker's JSON report."""
-        cases = {name: CaseResult(case["images_per_second"], tuple(case["per_rank"]), case["data_wait_share"]) for name, case in values["cases"].items()}
+        cases = {
+            name: CaseResult(case["images_per_second"], tuple(case["per_rank"]), case["data_wait_share"])
+            for name, case in values["cases"].items()
+        }
         return ModelResult(**{**values, "cases": cases})
 
     def mfu(self, case: str) -> float | None:
@@ -256,9 +275,20 @@ def build_report(plan: TrainPlan, results: dict[str, ModelResult | None]) -> Rep
                 ]
             )
             if case != BASELINE:
-                ours = f"{measured.images_per_second:.1f} images/s per process" + ("" if mfu is None else f", MFU {100 * mfu:.1f}%")
+                ours = f"{measured.images_per_second:.1f} images/s per process" + (
+                    "" if mfu is None else f", MFU {100 * mfu:.1f}%"
+                )
                 label = summary_name(case, trainer_zero_stage=result.trainer_zero_stage)
-                summary.append(SummaryRow("train", f"{model}: {label}", ours, "plain DDP + Adam step", f"{baseline:.1f} images/s per process", ratio))
+                summary.append(
+                    SummaryRow(
+                        "train",
+                        f"{model}: {label}",
+                        ours,
+                        "plain DDP + Adam step",
+                        f"{baseline:.1f} images/s per process",
+                        ratio,
+                    )
+                )
         notes.append(
             f"- {model}: {result.flops_per_image / 1e9:.3f} GFLOP per image (forward + backward), {result.steps_per_epoch} steps per epoch"
             f" per rank; the loader alone delivers {result.loader_images_per_second:.1f} images/s per process on the same epochs;"
@@ -350,7 +380,13 @@ def _wait_all(processes: list[subprocess.Popen], timeout_s: float) -> bool:
 
 def _worker_env(rank: int, world_size: int, port: int) -> dict[str, str]:
     env = dict(os.environ)
-    env.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    env.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     # DeepSpeed compiles its CPU shared-memory comm op on first use (~40 s); cached here.
     env.setdefault("TORCH_EXTENSIONS_DIR", str(PROJECT_ROOT / ".cache" / "torch_extensions"))
     env.setdefault("MPLCONFIGDIR", str(PROJECT_ROOT / ".cache" / "matplotlib"))

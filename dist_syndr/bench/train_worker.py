@@ -25,19 +25,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dist_syndr import runtime
-from dist_syndr.tracking.tracker import NullTracker
-
-from dist_syndr import files
-
-from dist_syndr.train import deepspeed_engine
-
-from dist_syndr.train import loop
+from dist_syndr import files, runtime
 from dist_syndr.bench.train import BASELINE, TRAINER, TrainPlan, step_case
 from dist_syndr.config import Config, DataConfig, ModelConfig, RuntimeConfig, TrainConfig
-from dist_syndr.loader import make_loader, plan_epoch, upsampled_keys
 from dist_syndr.features.model import build_model
+from dist_syndr.loader import make_loader, plan_epoch, upsampled_keys
 from dist_syndr.sharding.shard_set import ShardSet
+from dist_syndr.tracking.tracker import NullTracker
+from dist_syndr.train import deepspeed_engine, loop
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +65,9 @@ def bench_config(plan: TrainPlan, model: str, shard_root: str, zero_stage: int) 
         run_name="bench-train",
         runtime=RuntimeConfig(faiss="cpu"),
         model=ModelConfig(backbone=model, is_random_init=True, image_size=plan.crop),
-        data=DataConfig(batch_size=plan.batch_size, num_workers=plan.num_workers, crop=plan.crop, verify_checksums=False),
+        data=DataConfig(
+            batch_size=plan.batch_size, num_workers=plan.num_workers, crop=plan.crop, verify_checksums=False
+        ),
         train=TrainConfig(zero_stage=zero_stage, learning_rate=1e-4, shard_set=shard_root, resume="never"),
     )
 
@@ -102,7 +99,9 @@ def main(case: dict) -> None:
             loader_clock.images += sum(len(scores) for _, scores in decoded[epoch])
             loader_clock.seconds += seconds
     if not decoded[epochs[0]]:
-        raise ValueError(f"{cfg.train.shard_set}: too few samples for one batch of {plan.batch_size} on each of {world_size} ranks")
+        raise ValueError(
+            f"{cfg.train.shard_set}: too few samples for one batch of {plan.batch_size} on each of {world_size} ranks"
+        )
 
     # ---- models: one initial state for the baseline and every engine
     torch.manual_seed(cfg.seed)
@@ -115,10 +114,16 @@ def main(case: dict) -> None:
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     engines = {stage: _engine(plan, case, model, stage, world_size, backends.device) for stage in plan.engine_stages}
     gc.freeze()  # as launchers/train.py does
-    run = loop.Run(engines[plan.trainer_zero_stage], train_set, {}, NullTracker(), Path(case["checkpoints"]), rank, world_size)
-    train_loader = make_loader(train_set, cfg.data, is_training=True, dali=cfg.runtime.dali)  # kept across epochs, as loop.fit does
+    run = loop.Run(
+        engines[plan.trainer_zero_stage], train_set, {}, NullTracker(), Path(case["checkpoints"]), rank, world_size
+    )
+    train_loader = make_loader(
+        train_set, cfg.data, is_training=True, dali=cfg.runtime.dali
+    )  # kept across epochs, as loop.fit does
 
-    cases: dict[str, Callable[[int], dict]] = {BASELINE: lambda epoch: _ddp_epoch(ddp, optimizer, autocast, decoded[epoch])}
+    cases: dict[str, Callable[[int], dict]] = {
+        BASELINE: lambda epoch: _ddp_epoch(ddp, optimizer, autocast, decoded[epoch])
+    }
     for stage in plan.step_stages:
         cases[step_case(stage)] = lambda epoch, stage=stage: _engine_epoch(engines[stage], decoded[epoch])
     cases[TRAINER] = lambda epoch: loop.train_epoch(cfg, run, kept, always, epoch, loader=train_loader)
@@ -149,7 +154,9 @@ def main(case: dict) -> None:
                 name: {
                     "images_per_second": float(per_rank[:, i].mean()),
                     "per_rank": per_rank[:, i].tolist(),
-                    "data_wait_share": None if best[name].wait_seconds is None else best[name].wait_seconds / best[name].seconds,
+                    "data_wait_share": None
+                    if best[name].wait_seconds is None
+                    else best[name].wait_seconds / best[name].seconds,
                 }
                 for i, name in enumerate(names)
             },
@@ -161,7 +168,9 @@ def main(case: dict) -> None:
             "device": backends.device,
             "dist_backend": backends.dist_backend,
             "gpu_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "",
-            "loader": f"DALI {backends.dali}" if cfg.data.loader != "torch" and backends.dali != "off" else "torch DataLoader",
+            "loader": f"DALI {backends.dali}"
+            if cfg.data.loader != "torch" and backends.dali != "off"
+            else "torch DataLoader",
             "threads": threads,
             "trainer_zero_stage": plan.trainer_zero_stage,
         }
@@ -172,15 +181,32 @@ def main(case: dict) -> None:
 def _engine(plan: TrainPlan, case: dict, model: torch.nn.Module, stage: int, world_size: int, device: str):
     """A DeepSpeed engine at ZeRO ``stage`` over a copy of ``model``, configured as the trainer would be."""
     cfg = bench_config(plan, case["model"], case["shard_root"], stage)
-    model_engine, _ = deepspeed_engine.initialize(copy.deepcopy(model), cfg.train, cfg.data, world_size=world_size, device=device)
+    model_engine, _ = deepspeed_engine.initialize(
+        copy.deepcopy(model), cfg.train, cfg.data, world_size=world_size, device=device
+    )
     return model_engine
 
 
 def _decode_epoch(
-    cfg: Config, train_set: ShardSet, kept: list[str], always: list[str], epoch: int, rank: int, world_size: int, device: torch.device
+    cfg: Config,
+    train_set: ShardSet,
+    kept: list[str],
+    always: list[str],
+    epoch: int,
+    rank: int,
+    world_size: int,
+    device: torch.device,
 ) -> tuple[Batches, float]:
     """The batches ``train_epoch`` reads in ``epoch`` on this rank, on ``device``, and the seconds the loader took."""
-    plan = plan_epoch(train_set.keys(), cfg.data, seed=cfg.seed, epoch=epoch, world_size=world_size, kept_keys=kept, always_kept_keys=always)
+    plan = plan_epoch(
+        train_set.keys(),
+        cfg.data,
+        seed=cfg.seed,
+        epoch=epoch,
+        world_size=world_size,
+        kept_keys=kept,
+        always_kept_keys=always,
+    )
     batches = []
     started = time.perf_counter()
     with make_loader(train_set, cfg.data, is_training=True, dali=cfg.runtime.dali) as loader:
@@ -236,7 +262,9 @@ def _timed(epoch_fn: Callable[[int], dict], epochs: list[int], batch_size: int, 
         if "data_wait_share" in stats:
             clock.wait_seconds = (clock.wait_seconds or 0.0) + float(stats["data_wait_share"]) * seconds
         if stats.get("images_per_second"):
-            clock.loop_seconds = (clock.loop_seconds or 0.0) + int(stats["steps"]) * batch_size / float(stats["images_per_second"])
+            clock.loop_seconds = (clock.loop_seconds or 0.0) + int(stats["steps"]) * batch_size / float(
+                stats["images_per_second"]
+            )
     return clock
 
 

@@ -52,7 +52,9 @@ def resolve_checkpoint(checkpoint: Path) -> CheckpointSource:
     checkpoint = Path(checkpoint)
     if checkpoint.is_file():
         if checkpoint.suffix not in export.STATE_DICT_SUFFIXES:
-            raise ValueError(f"{checkpoint}: a checkpoint file must be a state dict ({', '.join(export.STATE_DICT_SUFFIXES)})")
+            raise ValueError(
+                f"{checkpoint}: a checkpoint file must be a state dict ({', '.join(export.STATE_DICT_SUFFIXES)})"
+            )
         return CheckpointSource(state_dict_file=checkpoint, folder=checkpoint.parent)
     if not checkpoint.is_dir():
         raise ValueError(f"{checkpoint}: checkpoint does not exist")
@@ -79,7 +81,9 @@ def find_config(folder: Path, levels: int = CONFIG_SEARCH_LEVELS) -> Path | None
     return None
 
 
-def load_model(checkpoint: Path, config_path: Path | None = None, overrides: Sequence[str] = ()) -> tuple[Config, IQAModel]:
+def load_model(
+    checkpoint: Path, config_path: Path | None = None, overrides: Sequence[str] = ()
+) -> tuple[Config, IQAModel]:
     """The run's config and its model (CPU, eval mode) with the checkpoint's weights loaded strictly.
 
     The config is ``config_path`` or the run's ``config.yaml`` found beside the

@@ -120,7 +120,9 @@ def _stage0_masters(optimizer_state, buffer_names, module: dict, folder: Path) -
         raise ValueError(f"{folder}: the optimizer's fp32 master weights do not line up with the module's parameters")
     lossy = [name for name in frozen if module[name].dtype != torch.float32]
     if lossy:
-        log.warning("%s: %d frozen parameter(s) exported from the 16-bit module copy, e.g. %s", folder, len(lossy), lossy[0])
+        log.warning(
+            "%s: %d frozen parameter(s) exported from the 16-bit module copy, e.g. %s", folder, len(lossy), lossy[0]
+        )
     return masters
 
 
@@ -135,7 +137,9 @@ def _zero_state_dict(checkpoint_dir: Path, tag: str) -> dict[str, torch.Tensor]:
     except (FileNotFoundError, ValueError, KeyError) as error:
         raise ValueError(f"{folder}: cannot merge the ZeRO partitions ({error})") from None
     log.debug("zero_to_fp32: %s", chatter.getvalue())
-    states_file = folder / STAGE3_MODEL_STATES if (folder / STAGE3_MODEL_STATES).is_file() else folder / STAGE0_MODEL_STATES
+    states_file = (
+        folder / STAGE3_MODEL_STATES if (folder / STAGE3_MODEL_STATES).is_file() else folder / STAGE0_MODEL_STATES
+    )
     module = _load_model_states(states_file)["module"]
     state, missing, lossy = {}, [], []
     for name, saved in module.items():
@@ -150,7 +154,9 @@ def _zero_state_dict(checkpoint_dir: Path, tag: str) -> dict[str, torch.Tensor]:
     if missing:
         raise ValueError(f"{folder}: no weights for {len(missing)} tensor(s), e.g. {missing[:3]}")
     if lossy:
-        log.warning("%s: %d frozen parameter(s) exported from the 16-bit module copy, e.g. %s", folder, len(lossy), lossy[0])
+        log.warning(
+            "%s: %d frozen parameter(s) exported from the 16-bit module copy, e.g. %s", folder, len(lossy), lossy[0]
+        )
     return state
 
 
@@ -223,7 +229,9 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for foreign or damaged pickles
-        raise ValueError(f"{path}: not a readable torch state dict ({type(error).__name__}: {str(error)[:200]})") from None
+        raise ValueError(
+            f"{path}: not a readable torch state dict ({type(error).__name__}: {str(error)[:200]})"
+        ) from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path}: expected a flat mapping of names to tensors")
     return state

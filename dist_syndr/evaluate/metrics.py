@@ -51,7 +51,12 @@ def iqa_metrics(predictions, targets) -> dict[str, float]:
     constant = [name for name, v in (("predictions", predictions), ("targets", targets)) if np.ptp(v) == 0]
     if constant:
         log.warning("%s are constant: correlations are undefined (NaN)", " and ".join(constant))
-        return result | {"srcc": float("nan"), "plcc": float("nan"), "krcc": float("nan"), "plcc_logistic": float("nan")}
+        return result | {
+            "srcc": float("nan"),
+            "plcc": float("nan"),
+            "krcc": float("nan"),
+            "plcc_logistic": float("nan"),
+        }
     result["srcc"] = float(stats.spearmanr(predictions, targets).statistic)
     result["plcc"] = float(stats.pearsonr(predictions, targets).statistic)
     result["krcc"] = float(stats.kendalltau(predictions, targets).statistic)

@@ -64,9 +64,16 @@ def predict(
     random crops. Samples skipped under ``data.on_error=skip`` are left out.
     """
     keys = shard_set.keys()
-    positions, rows = _gathered_pass(module, shard_set, data_cfg, keys, device=device, dali=dali, seed=seed, forward=module, empty=(0,))
+    positions, rows = _gathered_pass(
+        module, shard_set, data_cfg, keys, device=device, dali=dali, seed=seed, forward=module, empty=(0,)
+    )
     if len(positions) < len(keys):
-        log.warning("%s: %d of %d samples could not be read and have no prediction", shard_set.root, len(keys) - len(positions), len(keys))
+        log.warning(
+            "%s: %d of %d samples could not be read and have no prediction",
+            shard_set.root,
+            len(keys) - len(positions),
+            len(keys),
+        )
     return Predictions(
         keys=np.array([keys[i] for i in positions], dtype=str),
         predictions=rows.astype(np.float32),
@@ -74,7 +81,9 @@ def predict(
     )
 
 
-def embed(module: IQAModel, shard_set: ShardSet, data_cfg: DataConfig, keys: Sequence[str], *, device, dali: str = "auto") -> np.ndarray:
+def embed(
+    module: IQAModel, shard_set: ShardSet, data_cfg: DataConfig, keys: Sequence[str], *, device, dali: str = "auto"
+) -> np.ndarray:
     """``(len(keys), D)`` float32 pooled features of ``keys`` (one centre crop, eval mode), rows in ``keys`` order.
 
     Collective under a process group; ValueError when a key cannot be read.
@@ -87,12 +96,20 @@ def embed(module: IQAModel, shard_set: ShardSet, data_cfg: DataConfig, keys: Seq
     )
     if len(positions) != len(keys):
         missing = sorted(set(range(len(keys))) - set(positions.tolist()))
-        raise ValueError(f"{shard_set.root}: no features for {len(missing)} sample(s) (unreadable), e.g. {keys[missing[0]]!r}")
+        raise ValueError(
+            f"{shard_set.root}: no features for {len(missing)} sample(s) (unreadable), e.g. {keys[missing[0]]!r}"
+        )
     return rows.astype(np.float32)
 
 
 def evaluate_targets(
-    module: torch.nn.Module, targets: dict[str, ShardSet], data_cfg: DataConfig, *, device, dali: str = "auto", seed: int = 0
+    module: torch.nn.Module,
+    targets: dict[str, ShardSet],
+    data_cfg: DataConfig,
+    *,
+    device,
+    dali: str = "auto",
+    seed: int = 0,
 ) -> tuple[dict[str, float], dict[str, Predictions]]:
     """Predictions on every target and their metrics as ``{"<target>/<metric>": value}`` (collective)."""
     results: dict[str, float] = {}
@@ -138,7 +155,9 @@ def _gathered_pass(
     rows, positions = [], []
     with make_loader(shard_set, data_cfg, is_training=False, dali=dali) as loader, evaluating(module):
         batches = loader.batches(plan.for_rank(rank))
-        progress = tqdm(batches, total=plan.num_batches, desc=f"evaluating {shard_set.root.name}", unit="batch", disable=rank != 0)
+        progress = tqdm(
+            batches, total=plan.num_batches, desc=f"evaluating {shard_set.root.name}", unit="batch", disable=rank != 0
+        )
         for batch in progress:
             outputs = forward_rows(forward, batch.images, device=device, dtype=dtype)
             rows.append(batch.mean_over_crops(outputs).cpu().numpy())
@@ -150,14 +169,15 @@ def _gathered_pass(
     return unique, gathered_rows[first]
 
 
-
 def write_predictions_csv(path: Path, predictions: Predictions) -> Path:
     """``key,prediction,score`` rows in key order (empty score where unlabelled), written atomically."""
     path = Path(path)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["key", "prediction", "score"])
-    for key, prediction, score in zip(predictions.keys.tolist(), predictions.predictions.tolist(), predictions.scores.tolist()):
+    for key, prediction, score in zip(
+        predictions.keys.tolist(), predictions.predictions.tolist(), predictions.scores.tolist(), strict=True
+    ):
         writer.writerow([key, repr(prediction), "" if math.isnan(score) else repr(score)])
     files.write_text(path, buffer.getvalue())
     return path

@@ -63,14 +63,16 @@ def target_shard_set(name: str, spec: str, cache_dir: Path, *, num_workers: int 
         if cached.config == recorded:
             log.info("target %s: reusing %s (%d samples)", name, out_dir, len(cached))
             return cached
-        log.warning("target %s: %s was sharded from %s; re-sharding from %s", name, out_dir, cached.config.get("root"), root)
+        log.warning(
+            "target %s: %s was sharded from %s; re-sharding from %s", name, out_dir, cached.config.get("root"), root
+        )
     _shard_raw_target(kind, root, out_dir, recorded, num_workers=num_workers, seed=seed)
     return ShardSet(out_dir)
 
 
 def _shard_raw_target(kind: str, root: Path, out_dir: Path, recorded: dict, *, num_workers: int, seed: int) -> None:
-    from dist_syndr.sharding import writer
     from dist_syndr.config import PoolConfig, ShardConfig
+    from dist_syndr.sharding import writer
     from dist_syndr.sharding.plan import build_plan
 
     # Every image the dataset labels: all distortion types and levels, every reference.

@@ -29,7 +29,7 @@ from dist_syndr.features.preprocess import centre_crop, normalise
 from dist_syndr.pools import images
 
 
-def input_dtype(module) -> "torch.dtype":  # noqa: F821 - torch is imported lazily
+def input_dtype(module) -> torch.dtype:  # noqa: F821 - torch is imported lazily
     """The dtype of the module's first floating parameter (float32 for a module without any)."""
     import torch
 
@@ -53,7 +53,7 @@ def evaluating(module) -> Iterator[None]:
         module.train(was_training)
 
 
-def forward_rows(forward: Callable, images_batch, *, device, dtype) -> "torch.Tensor":  # noqa: F821
+def forward_rows(forward: Callable, images_batch, *, device, dtype) -> torch.Tensor:  # noqa: F821
     """``forward(images)`` with the images moved to ``device`` as ``dtype``; float32 rows."""
     return forward(images_batch.to(device=device, dtype=dtype, non_blocking=True)).float()
 
@@ -95,5 +95,7 @@ def load_named_features(features_path: str, names_path: str) -> tuple[list[str],
     features = np.load(features_file, allow_pickle=False)
     names = names_file.read_text().split()
     if features.ndim != 2 or features.shape[0] != len(names):
-        raise ValueError(f"{features_file}: shape {features.shape} does not match the {len(names)} names in {names_file}")
+        raise ValueError(
+            f"{features_file}: shape {features.shape} does not match the {len(names)} names in {names_file}"
+        )
     return names, features.astype(np.float32)

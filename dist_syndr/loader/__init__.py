@@ -54,7 +54,9 @@ def make_loader(shard_set: ShardSet, config: DataConfig, *, is_training: bool, d
     mode = runtime.dali_mode(dali)
     if mode == "off":
         if config.loader == "dali":
-            raise ValueError(f"data.loader=dali but DALI is unavailable (runtime.dali={dali}); install nvidia-dali-cuda130 or set data.loader=torch")
+            raise ValueError(
+                f"data.loader=dali but DALI is unavailable (runtime.dali={dali}); install nvidia-dali-cuda130 or set data.loader=torch"
+            )
         log.info("DALI unavailable: using the torch DataLoader fallback")
         return _torch_loader(shard_set, config, is_training)
     from dist_syndr.loader.dali_pipeline import DaliLoader

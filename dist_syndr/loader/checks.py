@@ -15,8 +15,8 @@ from __future__ import annotations
 import logging
 
 from dist_syndr.config import DataConfig
-from dist_syndr.loader.members import MemberReader, SampleError, SampleTable, decodes_fully
 from dist_syndr.files import sha256_file
+from dist_syndr.loader.members import MemberReader, SampleError, SampleTable, decodes_fully
 from dist_syndr.sharding.shard_set import ShardSet, member_base, scan_tar
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,11 @@ def _shard_problem(shard_set: ShardSet, name: str, size: int, sha256: str, keys:
         moved = [key for key in keys if not _matches_index(shard_set, key, members)]
         return f"{path}: member offsets of sample {moved[0]} do not match the index" if moved else None
     bad = _broken_samples(shard_set, keys, members)
-    detail = f" (samples that no longer decode or match the index: {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''})" if bad else ""
+    detail = (
+        f" (samples that no longer decode or match the index: {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''})"
+        if bad
+        else ""
+    )
     return f"{path}: checksum mismatch (shard corrupt or changed after writing){detail}"
 
 
@@ -71,7 +75,7 @@ def _broken_samples(shard_set: ShardSet, keys: list[str], members: dict[str, tup
     table = SampleTable.from_shard_set(shard_set)
     reader = MemberReader(table)
     bad = []
-    for key, row in zip(keys, table.rows(keys)):
+    for key, row in zip(keys, table.rows(keys), strict=True):
         if not _matches_index(shard_set, key, members):
             bad.append(key)
             continue

@@ -11,7 +11,7 @@ same rows and columns. No relative position is ever rounded (``fn.crop``'s
 rule the torch path would have to mimic), so the two paths cannot disagree by
 a pixel, and an image too small for the crop is caught before decoding.
 
-Images smaller than the crop are refused (no resize, no padding: SPEC.md
+Images smaller than the crop are refused (no resize, no padding: docs/METHOD.md
 section 5 forbids changing the image's quality, and padding would feed the
 model borders it never sees at test time).
 
@@ -48,7 +48,7 @@ class CropSpec:
     mode: str  # random | centre
 
     @staticmethod
-    def from_config(config: DataConfig, *, is_training: bool) -> "CropSpec":
+    def from_config(config: DataConfig, *, is_training: bool) -> CropSpec:
         """Training: one random crop. Evaluation: ``eval_crops`` random crops, or one centre crop
         (``n`` identical centre crops would average to the same prediction)."""
         if is_training:
@@ -59,7 +59,9 @@ class CropSpec:
 
     def anchors(self, key: str, width: int, height: int, *, seed: int, epoch: int) -> np.ndarray:
         """``(num_crops, 2)`` int32 anchors of sample ``key`` (see :func:`crop_anchors`)."""
-        return crop_anchors(key, width, height, self.size, seed=seed, epoch=epoch, num_crops=self.num_crops, mode=self.mode)
+        return crop_anchors(
+            key, width, height, self.size, seed=seed, epoch=epoch, num_crops=self.num_crops, mode=self.mode
+        )
 
 
 def image_size(data: bytes | memoryview) -> tuple[int, int]:
@@ -103,7 +105,9 @@ def _jpeg_size(data: bytes | memoryview) -> tuple[int, int]:
     raise ValueError("JPEG header is truncated (no frame header)")
 
 
-def crop_anchors(key: str, width: int, height: int, crop: int, *, seed: int, epoch: int, num_crops: int, mode: str) -> np.ndarray:
+def crop_anchors(
+    key: str, width: int, height: int, crop: int, *, seed: int, epoch: int, num_crops: int, mode: str
+) -> np.ndarray:
     """``(num_crops, 2)`` int32 top-left ``[x, y]`` of each crop; ValueError if the image is smaller than ``crop``."""
     if width < crop or height < crop:
         raise ValueError(f"image is {width}x{height}, smaller than the {crop}x{crop} crop (images are never resized)")

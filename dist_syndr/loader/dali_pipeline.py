@@ -111,7 +111,15 @@ class PlannedSource:
 class DaliLoader:
     """Batches of planned samples through DALI; ``device`` is ``gpu`` (mixed decoding) or ``cpu``."""
 
-    def __init__(self, shard_set: ShardSet, config: DataConfig, *, is_training: bool, device: str = "cpu", device_id: int | None = None):
+    def __init__(
+        self,
+        shard_set: ShardSet,
+        config: DataConfig,
+        *,
+        is_training: bool,
+        device: str = "cpu",
+        device_id: int | None = None,
+    ):
         if device not in ("cpu", "gpu"):
             raise ValueError(f"DALI device must be cpu or gpu, got {device!r}")
         self.config = config
@@ -135,7 +143,9 @@ class DaliLoader:
     def batches(self, plan: RankPlan) -> Iterator[Batch]:
         """Every batch of ``plan`` in order (samples skipped under ``on_error=skip`` left out)."""
         if plan.batch_size != self.config.batch_size:
-            raise ValueError(f"plan batch size {plan.batch_size} differs from data.batch_size={self.config.batch_size}")
+            raise ValueError(
+                f"plan batch size {plan.batch_size} differs from data.batch_size={self.config.batch_size}"
+            )
         rows = self.table.rows(plan.keys)
         known_bad: dict[int, str] = {}  # plan position -> why it is skipped (decoder failures)
         num_skipped_before = self.num_skipped
@@ -153,7 +163,11 @@ class DaliLoader:
             if not is_finished:  # abandoned mid-epoch: DALI cannot reset before the end, so rebuild next time
                 self._discard_pipeline()
         if self.num_skipped > num_skipped_before:
-            log.warning("epoch %d: %d sample(s) skipped on this rank (data.on_error=skip)", plan.epoch, self.num_skipped - num_skipped_before)
+            log.warning(
+                "epoch %d: %d sample(s) skipped on this rank (data.on_error=skip)",
+                plan.epoch,
+                self.num_skipped - num_skipped_before,
+            )
 
     def close(self) -> None:
         """Stop the pipeline and its workers and remove the feed files."""
@@ -161,7 +175,7 @@ class DaliLoader:
         self.reader.close()
         self._remove_feeds()
 
-    def __enter__(self) -> "DaliLoader":
+    def __enter__(self) -> DaliLoader:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -206,7 +220,9 @@ class DaliLoader:
             self._pipeline, self._iterator = self._build(feed_dir)
         return self._iterator, is_reused
 
-    def _write_feed(self, feed_dir: Path, plan: RankPlan, rows: np.ndarray, position: int, known_bad: dict[int, str]) -> None:
+    def _write_feed(
+        self, feed_dir: Path, plan: RankPlan, rows: np.ndarray, position: int, known_bad: dict[int, str]
+    ) -> None:
         batch_size = plan.batch_size
         count = len(rows) - position
         padded = -(-count // batch_size) * batch_size
@@ -219,7 +235,14 @@ class DaliLoader:
                 status[bad - position] = STATUS_SKIPPED
         positions = np.arange(position, position + padded, dtype=np.int64)
         temporary = feed_dir / f".epoch-{self._dali_epoch:06d}.tmp.npz"
-        np.savez(temporary, rows=feed_rows, status=status, positions=positions, seed=np.int64(plan.seed), epoch=np.int64(plan.epoch))
+        np.savez(
+            temporary,
+            rows=feed_rows,
+            status=status,
+            positions=positions,
+            seed=np.int64(plan.seed),
+            epoch=np.int64(plan.epoch),
+        )
         temporary.replace(feed_dir / f"epoch-{self._dali_epoch:06d}.npz")
 
     def _build(self, feed_dir: Path):
@@ -242,7 +265,9 @@ class DaliLoader:
 
     # -- outputs and errors -------------------------------------------------
 
-    def _to_batch(self, outputs: dict[str, torch.Tensor], plan: RankPlan, rows: np.ndarray, known_bad: dict[int, str]) -> Batch:
+    def _to_batch(
+        self, outputs: dict[str, torch.Tensor], plan: RankPlan, rows: np.ndarray, known_bad: dict[int, str]
+    ) -> Batch:
         status = outputs["status"].reshape(-1).numpy()
         positions = outputs["positions"].reshape(-1).numpy()
         if self.spec.num_crops == 1:  # no stacking copy for the common training case
@@ -274,7 +299,9 @@ class DaliLoader:
             return str(error)
         return f"{self.table.describe(row)}: unreadable"
 
-    def _diagnose(self, error: Exception, plan: RankPlan, rows: np.ndarray, position: int, known_bad: dict[int, str]) -> dict[int, str]:
+    def _diagnose(
+        self, error: Exception, plan: RankPlan, rows: np.ndarray, position: int, known_bad: dict[int, str]
+    ) -> dict[int, str]:
         # Positions to skip after a failure at `position`, or a ValueError naming the sample.
         source_message = _source_error(error)
         if source_message is not None:  # only raised with on_error=error
@@ -287,7 +314,10 @@ class DaliLoader:
         if not failing:
             keys = ", ".join(plan.keys[p] for p in candidates[: plan.batch_size])
             raise RuntimeError(f"DALI pipeline failed near samples {keys}; none fails alone: {summary}") from error
-        reasons = {p: f"{self.table.describe(int(rows[p]))}: image bytes are corrupt (DALI decoder: {summary})" for p in failing}
+        reasons = {
+            p: f"{self.table.describe(int(rows[p]))}: image bytes are corrupt (DALI decoder: {summary})"
+            for p in failing
+        }
         if self.config.on_error != "skip":
             raise ValueError(reasons[failing[0]]) from None
         return reasons
@@ -311,7 +341,9 @@ class DaliLoader:
             )
             # Source-side problems become skipped placeholders here: only decoder failures are sought.
             source = PlannedSource(self.reader, self.spec, feed_dir, "skip")
-            pipeline = build_pipeline(source, self.spec, self.config, device=self.device, device_id=self.device_id, is_one_by_one=True)
+            pipeline = build_pipeline(
+                source, self.spec, self.config, device=self.device, device_id=self.device_id, is_one_by_one=True
+            )
             done = 0
             try:
                 for _ in remaining:
@@ -326,7 +358,13 @@ class DaliLoader:
 
 
 def build_pipeline(
-    source: PlannedSource, spec: CropSpec, config: DataConfig, *, device: str, device_id: int | None, is_one_by_one: bool = False
+    source: PlannedSource,
+    spec: CropSpec,
+    config: DataConfig,
+    *,
+    device: str,
+    device_id: int | None,
+    is_one_by_one: bool = False,
 ):
     """The DALI pipeline over ``source``: ``n`` normalised crops, score, position and status per sample.
 
@@ -376,7 +414,9 @@ def build_pipeline(
             decoded = fn.decoders.image(encoded, **decoder)
             crops = [fn.slice(decoded, anchor, shape, **absolute) for anchor in anchors]
         normalised = [
-            fn.crop_mirror_normalize(crop, dtype=types.FLOAT, output_layout="CHW", mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD))
+            fn.crop_mirror_normalize(
+                crop, dtype=types.FLOAT, output_layout="CHW", mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD)
+            )
             for crop in crops
         ]
         return (*normalised, *tail)

@@ -38,7 +38,7 @@ class SampleTable:
     scores: np.ndarray  # (N,) float32, NaN where the index has none
 
     @staticmethod
-    def from_shard_set(shard_set: ShardSet) -> "SampleTable":
+    def from_shard_set(shard_set: ShardSet) -> SampleTable:
         """The table of every sample of ``shard_set``."""
         names = sorted(shard_set.shards)
         shard_number = {name: number for number, name in enumerate(names)}

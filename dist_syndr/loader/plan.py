@@ -178,7 +178,10 @@ def upsampled_keys(shard_set: ShardSet) -> list[str]:
 
 
 def _select(
-    index_keys: Sequence[str], kept_keys: Iterable[str] | None, always_kept_keys: Iterable[str], excluded_keys: Collection[str]
+    index_keys: Sequence[str],
+    kept_keys: Iterable[str] | None,
+    always_kept_keys: Iterable[str],
+    excluded_keys: Collection[str],
 ) -> list[str]:
     if len(set(index_keys)) != len(index_keys):
         raise ValueError("index keys must be distinct")

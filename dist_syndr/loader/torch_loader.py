@@ -33,7 +33,9 @@ log = logging.getLogger(__name__)
 class PlannedCrops(torch.utils.data.Dataset):
     """Map-style dataset over one rank plan: item ``i`` is the plan's ``i``-th sample, cropped and normalised."""
 
-    def __init__(self, reader: MemberReader, rows: np.ndarray, spec: CropSpec, *, seed: int, epoch: int, on_error: str):
+    def __init__(
+        self, reader: MemberReader, rows: np.ndarray, spec: CropSpec, *, seed: int, epoch: int, on_error: str
+    ):
         self.reader = reader
         self.rows = rows
         self.spec = spec
@@ -64,7 +66,9 @@ class PlannedCrops(torch.utils.data.Dataset):
             with Image.open(io.BytesIO(data)) as image:
                 image.load()
                 if image.size != (width, height):
-                    raise SampleError(f"{self.reader.table.describe(row)}: decoded size {image.size} differs from the header's")
+                    raise SampleError(
+                        f"{self.reader.table.describe(row)}: decoded size {image.size} differs from the header's"
+                    )
                 # Conversion is per pixel, so cropping first gives the same values for less work.
                 crops = [np.asarray(image.crop(_box(anchor, self.spec.size)).convert("RGB")) for anchor in anchors]
         except (UnidentifiedImageError, OSError, SyntaxError) as error:
@@ -103,14 +107,24 @@ class TorchLoader:
     def batches(self, plan: RankPlan) -> Iterator[Batch]:
         """Every batch of ``plan`` in order (samples skipped under ``on_error=skip`` left out)."""
         if plan.batch_size != self.config.batch_size:
-            raise ValueError(f"plan batch size {plan.batch_size} differs from data.batch_size={self.config.batch_size}")
+            raise ValueError(
+                f"plan batch size {plan.batch_size} differs from data.batch_size={self.config.batch_size}"
+            )
         if not plan.keys:
             return
         dataset = PlannedCrops(
-            self.reader, self.table.rows(plan.keys), self.spec, seed=plan.seed, epoch=plan.epoch, on_error=self.config.on_error
+            self.reader,
+            self.table.rows(plan.keys),
+            self.spec,
+            seed=plan.seed,
+            epoch=plan.epoch,
+            on_error=self.config.on_error,
         )
         # The plan fixes the order and the batches: no sampler shuffles here.
-        batch_positions = [list(range(start, min(start + plan.batch_size, len(plan)))) for start in range(0, len(plan), plan.batch_size)]
+        batch_positions = [
+            list(range(start, min(start + plan.batch_size, len(plan))))
+            for start in range(0, len(plan), plan.batch_size)
+        ]
         workers = self.config.num_workers
         loader = torch.utils.data.DataLoader(
             dataset,
@@ -133,13 +147,17 @@ class TorchLoader:
                 skipped_keys=tuple(key for key, _ in collated["skipped"]),
             )
         if self.num_skipped > num_skipped_before:
-            log.warning("epoch %d: %d sample(s) skipped on this rank (data.on_error=skip)", plan.epoch, self.num_skipped - num_skipped_before)
+            log.warning(
+                "epoch %d: %d sample(s) skipped on this rank (data.on_error=skip)",
+                plan.epoch,
+                self.num_skipped - num_skipped_before,
+            )
 
     def close(self) -> None:
         """Close the shard files this process opened."""
         self.reader.close()
 
-    def __enter__(self) -> "TorchLoader":
+    def __enter__(self) -> TorchLoader:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -1,4 +1,4 @@
-"""Authentic-distortion test sets: LIVE Challenge, KonIQ-10k and BID (SPEC.md section 7).
+"""Authentic-distortion test sets: LIVE Challenge, KonIQ-10k and BID (docs/METHOD.md section 7).
 
 Each image is its own content, so samples carry a score but no reference,
 distortion type or level. Scores are min-max mapped to [0, 10] over every
@@ -60,7 +60,7 @@ def read_livec(root: str | Path, *, on_missing: str = "error") -> list[Sample]:
         )
     names, mos = names[LIVEC_NUM_TRAINING_ENTRIES:], mos[LIVEC_NUM_TRAINING_ENTRIES:]
     scores = normalise(mos, mos_file)
-    return _authentic_samples(list(zip(names, scores)), "livec", root / "Images", names_file, on_missing)
+    return _authentic_samples(list(zip(names, scores, strict=True)), "livec", root / "Images", names_file, on_missing)
 
 
 def read_koniq10k(root: str | Path, *, image_folder: str = "512x384", on_missing: str = "error") -> list[Sample]:
@@ -71,7 +71,9 @@ def read_koniq10k(root: str | Path, *, image_folder: str = "512x384", on_missing
     rows = read_csv_table(labels, ["image_name", "MOS"], "KonIQ-10k score table")
     mos = np.array([parse_float(row["MOS"], f"{labels}:{line}") for line, row in rows])
     names = [row["image_name"].strip() for _, row in rows]
-    return _authentic_samples(list(zip(names, normalise(mos, labels))), "koniq10k", root / image_folder, labels, on_missing)
+    return _authentic_samples(
+        list(zip(names, normalise(mos, labels), strict=True)), "koniq10k", root / image_folder, labels, on_missing
+    )
 
 
 def read_bid(root: str | Path, *, on_missing: str = "error") -> list[Sample]:
@@ -81,7 +83,10 @@ def read_bid(root: str | Path, *, on_missing: str = "error") -> list[Sample]:
     grades_file = root / BID_GRADES
     grades = _read_bid_grades(grades_file)
     raw = np.array([grade for _, grade in grades])
-    named = [(f"DatabaseImage{number:04d}.JPG", score) for (number, _), score in zip(grades, normalise(raw, grades_file))]
+    named = [
+        (f"DatabaseImage{number:04d}.JPG", score)
+        for (number, _), score in zip(grades, normalise(raw, grades_file), strict=True)
+    ]
     return _authentic_samples(named, "bid", root, grades_file, on_missing, recursive=True)
 
 

@@ -440,7 +440,7 @@ def _blur_gaussian(pixels: torch.Tensor, sigma: float, draws: _Draws) -> torch.T
     return _gaussian_blur(pixels, sigma)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _disk_kernel(radius: float) -> np.ndarray:
     # fspecial('disk'): each tap is the share of its pixel square inside the circle,
     # here estimated on a 32 x 32 sub-grid.
@@ -542,7 +542,9 @@ def _colour_quantisation(pixels: torch.Tensor, num_colours: int, draws: _Draws) 
 
     def quantise(array: np.ndarray) -> np.ndarray:
         image = Image.fromarray(array)
-        paletted = image.quantize(colors=num_colours, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.FLOYDSTEINBERG)
+        paletted = image.quantize(
+            colors=num_colours, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.FLOYDSTEINBERG
+        )
         return np.asarray(paletted.convert("RGB"))
 
     return _per_image_on_cpu(pixels, quantise)
@@ -576,7 +578,9 @@ def _jpeg2000(pixels: torch.Tensor, ratio: int, draws: _Draws) -> torch.Tensor:
     def compress(array: np.ndarray) -> np.ndarray:
         buffer = io.BytesIO()
         # Irreversible (9/7) wavelets, as MATLAB's lossy 'CompressionRatio' mode.
-        Image.fromarray(array).save(buffer, format="JPEG2000", quality_mode="rates", quality_layers=[ratio], irreversible=True)
+        Image.fromarray(array).save(
+            buffer, format="JPEG2000", quality_mode="rates", quality_layers=[ratio], irreversible=True
+        )
         with Image.open(io.BytesIO(buffer.getvalue())) as decoded:
             return np.asarray(decoded.convert("RGB"))
 
@@ -688,7 +692,9 @@ def _patch_owner(top: torch.Tensor, left: torch.Tensor, size: int, height: int, 
     rows = top.unsqueeze(2) + offsets.view(1, 1, size)
     columns = left.unsqueeze(2) + offsets.view(1, 1, size)
     flat = (rows.unsqueeze(3) * width + columns.unsqueeze(2)).view(batch, -1)
-    order = torch.arange(num_patches, device=top.device).view(1, num_patches, 1).expand(batch, num_patches, size * size)
+    order = (
+        torch.arange(num_patches, device=top.device).view(1, num_patches, 1).expand(batch, num_patches, size * size)
+    )
     owner = torch.full((batch, height * width), -1, dtype=torch.int64, device=top.device)
     # 'amax' makes later patches win regardless of scatter order (deterministic on GPU too).
     return owner.scatter_reduce(1, flat, order.reshape(batch, -1), reduce="amax", include_self=True)
@@ -798,12 +804,14 @@ def _high_sharpen(pixels: torch.Tensor, amount: float, draws: _Draws) -> torch.T
     return _lab_to_rgb(torch.cat([sharpened, lab[:, 1:]], dim=1))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _contrast_table(amount: float) -> tuple[float, ...]:
     from scipy.interpolate import CubicSpline
 
     # MATLAB spline() defaults to not-a-knot end conditions.
-    spline = CubicSpline([0.0, 0.3, 0.5, 0.7, 1.0], [0.0, 0.25 - amount / 4, 0.5, 0.75 + amount / 4, 1.0], bc_type="not-a-knot")
+    spline = CubicSpline(
+        [0.0, 0.3, 0.5, 0.7, 1.0], [0.0, 0.25 - amount / 4, 0.5, 0.75 + amount / 4, 1.0], bc_type="not-a-knot"
+    )
     return tuple(np.clip(spline(np.arange(256) / 255.0), 0.0, 1.0).tolist())
 
 

@@ -84,7 +84,9 @@ def photo_crops(
     for name in photos:
         photo = Image.fromarray(getattr(skimage.data, name)())
         scale = max(width / photo.width, height / photo.height, 1.0)
-        sources.append(np.asarray(photo.resize((round(photo.width * scale), round(photo.height * scale)), Image.BICUBIC)))
+        sources.append(
+            np.asarray(photo.resize((round(photo.width * scale), round(photo.height * scale)), Image.BICUBIC))
+        )
     crops = []
     for i in range(count):
         photo = sources[i % len(sources)]

@@ -16,7 +16,6 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from dist_syndr.pools.scores import minmax_to_ten
 from dist_syndr.pools.layout import (
     IMAGE_EXTENSIONS,
     check_on_missing,
@@ -28,6 +27,7 @@ from dist_syndr.pools.layout import (
     warn_missing_refs,
 )
 from dist_syndr.pools.sample import Sample
+from dist_syndr.pools.scores import minmax_to_ten
 
 
 class _DirectoryListings:
@@ -67,7 +67,7 @@ def read_csv_pool(
     scores = _scores(raw, rows, labels, is_lower_better=is_lower_better, is_normalised=is_normalised)
     listings = _DirectoryListings()
     samples, missing, missing_refs = [], [], set()
-    for (line, row), score in zip(rows, scores):
+    for (line, row), score in zip(rows, scores, strict=True):
         where = f"{labels}:{line}"
         image = _resolve(row["path"], folder, where)
         if not listings.exists(image):

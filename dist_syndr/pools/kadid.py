@@ -2,7 +2,7 @@
 
 Distorted images are named ``I01_TT_LL.png`` (reference, distortion type 1-25,
 level 1-5); DMOS is higher-is-better and mapped to [0, 10] once over the whole
-file (SPEC.md section 2). On disk: ``images/`` holds the distorted images and
+file (docs/METHOD.md section 2). On disk: ``images/`` holds the distorted images and
 usually the references ``I01.png`` … ``I81.png``, which may instead sit in
 ``ref_imgs/``.
 """
@@ -18,16 +18,16 @@ from pathlib import Path
 import numpy as np
 
 from dist_syndr.config import NUM_DISTORTION_TYPES, NUM_LEVELS
-from dist_syndr.pools.scores import minmax_to_ten
 from dist_syndr.pools.layout import check_on_missing, finish, image_index, report_missing, warn_missing_refs
 from dist_syndr.pools.sample import Sample
+from dist_syndr.pools.scores import minmax_to_ten
 
 _DISTORTED_NAME = re.compile(r"^(?P<stem>.+)_(?P<type>\d{2})_(?P<level>\d{2})\.\w+$")
 _COLUMNS = ("dist_img", "ref_img", "dmos")
 
 NUM_KADID_REFS = 81
 KADID_EXCLUDED_TRAINING_REFS = ("I06", "I07", "I18", "I19", "I53", "I58", "I70")
-"""References the reference code leaves out of training (SPEC.md section 6)."""
+"""References the reference code leaves out of training (docs/METHOD.md section 6)."""
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ def read_dmos_csv(path: str | Path) -> list[KadidScore]:
         raise ValueError(f"{path}: non-numeric dmos: {error}") from None
     scores = minmax_to_ten(dmos)
     records = []
-    for line, (row, value, score) in enumerate(zip(rows, dmos, scores), start=2):
+    for line, (row, value, score) in enumerate(zip(rows, dmos, scores, strict=True), start=2):
         _, distortion_type, level = parse_distorted_name(row["dist_img"], f"{path}:{line}")
         records.append(KadidScore(row["dist_img"], row["ref_img"], distortion_type, level, float(value), float(score)))
     return records

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dist_syndr.pools.scores import minmax_to_ten
 from dist_syndr.pools.sample import Sample
+from dist_syndr.pools.scores import minmax_to_ten
 
 log = logging.getLogger(__name__)
 
@@ -118,14 +118,18 @@ def warn_missing_refs(missing_refs: set[str], source: str, folder: Path) -> None
     if missing_refs:
         shown = ", ".join(sorted(missing_refs)[:5])
         log.warning(
-            "%s: %d reference image(s) absent under %s (ref_path left empty): %s", source, len(missing_refs), folder, shown
+            "%s: %d reference image(s) absent under %s (ref_path left empty): %s",
+            source,
+            len(missing_refs),
+            folder,
+            shown,
         )
 
 
 def finish(samples: list[Sample]) -> list[Sample]:
     """``samples`` sorted by key; ValueError naming the first key that occurs twice."""
     ordered = sorted(samples, key=lambda sample: sample.key)
-    for before, after in zip(ordered, ordered[1:]):
+    for before, after in zip(ordered, ordered[1:], strict=False):
         if before.key == after.key:
             raise ValueError(f"duplicate sample key {after.key!r} ({before.path} and {after.path})")
     return ordered
@@ -145,7 +149,9 @@ def read_csv_table(path: Path, required: Iterable[str], what: str) -> list[tuple
         missing = [c for c in required if c not in columns]
         if missing:
             raise ValueError(f"{path}: missing column(s) {missing}; found {columns}")
-        rows = [(reader.line_num, row) for row in reader if any(isinstance(v, str) and v.strip() for v in row.values())]
+        rows = [
+            (reader.line_num, row) for row in reader if any(isinstance(v, str) and v.strip() for v in row.values())
+        ]
     if not rows:
         raise ValueError(f"{path}: no rows")
     return rows

@@ -1,4 +1,4 @@
-"""One entry point for every on-disk dataset layout of SPEC.md section 7.
+"""One entry point for every on-disk dataset layout of docs/METHOD.md section 7.
 
 ``read_pool(kind, root, **options)`` dispatches to the reader registered under
 ``kind`` in :data:`READERS`; each reader takes the dataset's root folder (the

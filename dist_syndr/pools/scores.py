@@ -1,4 +1,4 @@
-"""Score scaling shared by every label source (SPEC.md section 2).
+"""Score scaling shared by every label source (docs/METHOD.md section 2).
 
 Scores map to [0, 10] by one global min-max per source dataset, flipped for
 datasets where lower means better.

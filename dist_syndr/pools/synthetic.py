@@ -29,7 +29,9 @@ class ClusteredPool:
     keys: list[str]
 
 
-def clustered_pool(num_samples: int, dim: int, num_clusters: int, spread: float = 0.25, seed: int = 0) -> ClusteredPool:
+def clustered_pool(
+    num_samples: int, dim: int, num_clusters: int, spread: float = 0.25, seed: int = 0
+) -> ClusteredPool:
     """``num_samples`` rows around ``num_clusters`` centres; sizes are skewed, tightness varies."""
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(num_clusters, dim)).astype(np.float32)

@@ -1,4 +1,4 @@
-"""Synthetic-distortion test sets: PIPAL, TID2013, LIVE and CSIQ (SPEC.md section 7).
+"""Synthetic-distortion test sets: PIPAL, TID2013, LIVE and CSIQ (docs/METHOD.md section 7).
 
 Distortion types and levels keep each set's own numbering (they are not KADID
 ids): PIPAL ``A0001_TT_SS`` gives the distortion family ``TT`` (0-6) as the type
@@ -57,7 +57,7 @@ def read_pipal(root: str | Path, *, on_missing: str = "error") -> list[Sample]:
         raise ValueError(f"{label_dir}: no name,score lines in any .txt file")
     scores = normalise(np.array([raw for _, _, raw in entries]), label_dir)
     named = []
-    for (name, where, _), score in zip(entries, scores):
+    for (name, where, _), score in zip(entries, scores, strict=True):
         match = _PIPAL_NAME.match(name)
         if match is None:
             raise ValueError(f"{where}: {name!r} is not named <ref>_<family>_<subtype>.<ext>")
@@ -96,11 +96,18 @@ def read_tid2013(root: str | Path, *, on_missing: str = "error") -> list[Sample]
             raise ValueError(f"{where}: expected 'score i<ref>_<type>_<level>.bmp', got {line.strip()!r}")
         entries.append((parts[1], parse_float(parts[0], where), match))
     scores = normalise(np.array([raw for _, raw, _ in entries]), labels)
-    named = [(name, score, f"I{m['ref']}", int(m["type"]), int(m["level"])) for (name, _, m), score in zip(entries, scores)]
-    return _reference_samples(named, "tid2013", root / "distorted_images", root / "reference_images", labels, on_missing)
+    named = [
+        (name, score, f"I{m['ref']}", int(m["type"]), int(m["level"]))
+        for (name, _, m), score in zip(entries, scores, strict=True)
+    ]
+    return _reference_samples(
+        named, "tid2013", root / "distorted_images", root / "reference_images", labels, on_missing
+    )
 
 
-def _reference_samples(named, source: str, folder: Path, ref_folder: Path, labels: Path, on_missing: str) -> list[Sample]:
+def _reference_samples(
+    named, source: str, folder: Path, ref_folder: Path, labels: Path, on_missing: str
+) -> list[Sample]:
     """Samples of ``(name, score, ref stem, type, level)`` entries whose image is in ``folder``."""
     images = image_index(folder)
     refs = stem_index(image_index(ref_folder))
@@ -143,7 +150,9 @@ def read_live(root: str | Path, *, folders=LIVE_FOLDERS, on_missing: str = "erro
     info = load_mat(dmos_file, ["dmos_new", "orgs"], "LIVE DMOS")
     dmos = mat_vector(info["dmos_new"], f"{dmos_file} (dmos_new)")
     is_reference_copy = mat_vector(info["orgs"], f"{dmos_file} (orgs)").astype(bool)
-    refnames = mat_strings(load_mat(names_file, ["refnames_all"], "LIVE reference names")["refnames_all"], str(names_file))
+    refnames = mat_strings(
+        load_mat(names_file, ["refnames_all"], "LIVE reference names")["refnames_all"], str(names_file)
+    )
     num_expected = sum(count for _, count in folders)
     if not dmos.size == is_reference_copy.size == len(refnames) == num_expected:
         raise ValueError(
@@ -202,7 +211,7 @@ def read_csiq(root: str | Path, *, labels: str | Path | None = None, on_missing:
     distorted = image_index(root, recursive=True, skip_dirs=[root / "src_imgs"])
     distorted_stems, refs = stem_index(distorted), stem_index(image_index(root / "src_imgs"))
     samples, missing, missing_refs = [], [], set()
-    for (line, row), score in zip(rows, scores):
+    for (line, row), score in zip(rows, scores, strict=True):
         where = f"{labels_file}:{line}"
         path = _find_image(row["dist_img"].strip(), distorted, distorted_stems, where)
         if path is None:

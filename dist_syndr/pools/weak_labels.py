@@ -4,7 +4,7 @@ Each distorted image is compared with its pristine reference by SSIM, MS-SSIM
 (when the image is large enough for five scales), GMSD, VIF and FSIM from
 ``piq``. Every metric is turned into a quality in [0, 1] (higher is better) and
 the ensemble quality is their mean; the sharding step maps the qualities of a
-whole pool to [0, 10] with one min-max (SPEC.md section 2). These are
+whole pool to [0, 10] with one min-max (docs/METHOD.md section 2). These are
 algorithmic labels, not human opinion scores.
 
 Shapes: images ``(H, W, 3)`` uint8 RGB.
@@ -26,7 +26,9 @@ def metric_qualities(distorted: np.ndarray, reference: np.ndarray) -> dict[str, 
     import torch
 
     if distorted.shape != reference.shape or distorted.ndim != 3 or distorted.shape[2] != 3:
-        raise ValueError(f"weak labels need two (H, W, 3) images of one shape, got {distorted.shape} and {reference.shape}")
+        raise ValueError(
+            f"weak labels need two (H, W, 3) images of one shape, got {distorted.shape} and {reference.shape}"
+        )
     pair = torch.from_numpy(np.stack([distorted, reference])).permute(0, 3, 1, 2).float() / 255.0
     x, y = pair[:1], pair[1:]
     with torch.inference_mode():

@@ -59,9 +59,7 @@ def check_labels(labels: object, name: str, num_rows: int) -> np.ndarray:
 def check_same_dim(first: np.ndarray, second: np.ndarray, first_name: str, second_name: str) -> None:
     """Raise ValueError unless both feature arrays have the same column count."""
     if first.shape[1] != second.shape[1]:
-        raise ValueError(
-            f"{first_name} has dimension {first.shape[1]} but {second_name} has {second.shape[1]}"
-        )
+        raise ValueError(f"{first_name} has dimension {first.shape[1]} but {second_name} has {second.shape[1]}")
 
 
 def check_threshold(value: float, name: str, low: float, high: float) -> float:

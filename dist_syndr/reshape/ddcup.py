@@ -1,4 +1,4 @@
-"""DDCUp: distribution-aware diverse content upsampling (SPEC.md section 3).
+"""DDCUp: distribution-aware diverse content upsampling (docs/METHOD.md section 3).
 
 :func:`select_candidates` keeps candidate contents that lie far from every
 training reference yet inside the training distribution, then removes
@@ -48,7 +48,7 @@ class TrainingSpread:
 
 
 def training_spread(train_features: np.ndarray) -> TrainingSpread:
-    """``minT`` and ``maxT`` of SPEC.md section 3 step 1, computed in row blocks."""
+    """``minT`` and ``maxT`` of docs/METHOD.md section 3 step 1, computed in row blocks."""
     train_features = check_features(train_features, "train_features", min_rows=2)
     norms = neighbors.row_norms(train_features)
     num_train = train_features.shape[0]
@@ -88,7 +88,7 @@ def select_candidates(
     *,
     search: NeighborsConfig | None = None,
 ) -> np.ndarray:
-    """Int64 indices of the candidates DDCUp selects, ascending (SPEC.md section 3 steps 1-3)."""
+    """Int64 indices of the candidates DDCUp selects, ascending (docs/METHOD.md section 3 steps 1-3)."""
     train_features = check_features(train_features, "train_features", min_rows=2)
     candidate_features = check_features(candidate_features, "candidate_features")
     check_same_dim(train_features, candidate_features, "train_features", "candidate_features")
@@ -123,7 +123,7 @@ def _remove_redundant(features: np.ndarray, radius: float, search: NeighborsConf
     order = np.lexsort((cols, rows, distance))
     alive = np.ones(num, dtype=bool)
     num_alive = num
-    for first, second in zip(rows[order].tolist(), cols[order].tolist()):
+    for first, second in zip(rows[order].tolist(), cols[order].tolist(), strict=True):
         if num_alive <= 1:
             break
         if alive[first] and alive[second]:
@@ -143,7 +143,7 @@ def transfer_labels(
     weighting: str = "reference",
     temperature: float = 0.05,
 ) -> np.ndarray:
-    """Pseudo labels ``(S, C)`` for the selected candidates (SPEC.md section 3 step 4).
+    """Pseudo labels ``(S, C)`` for the selected candidates (docs/METHOD.md section 3 step 4).
 
     ``train_label_table[t, (type - 1) * 5 + (level - 1)]`` is reference ``t``'s
     label; each candidate gets the weighted mean over its ``top_k`` nearest
@@ -211,10 +211,14 @@ def upsampled_records(
 def _check_selected(selected: object, num_candidates: int) -> np.ndarray:
     selected = np.asarray(selected)
     if selected.ndim != 1 or (selected.size and selected.dtype.kind not in "iu"):
-        raise ValueError(f"selected: expected a 1-D integer index array, got dtype {selected.dtype}, shape {selected.shape}")
+        raise ValueError(
+            f"selected: expected a 1-D integer index array, got dtype {selected.dtype}, shape {selected.shape}"
+        )
     selected = selected.astype(np.int64)
     if selected.size and (selected.min() < 0 or selected.max() >= num_candidates):
-        raise ValueError(f"selected: indices must lie in [0, {num_candidates}), got range [{selected.min()}, {selected.max()}]")
+        raise ValueError(
+            f"selected: indices must lie in [0, {num_candidates}), got range [{selected.min()}, {selected.max()}]"
+        )
     return selected
 
 

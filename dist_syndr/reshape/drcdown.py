@@ -1,4 +1,4 @@
-"""DRCDown: density-aware redundant cluster downsampling (SPEC.md section 4).
+"""DRCDown: density-aware redundant cluster downsampling (docs/METHOD.md section 4).
 
 Two samples are linked when their features are nearly parallel
 (``cos > sim_threshold``) and their labels nearly equal
@@ -73,7 +73,13 @@ def downsample(
 ) -> np.ndarray:
     """Sorted int64 indices kept after thinning every cluster larger than ``cap``."""
     return run(
-        features, labels, cap=cap, sim_threshold=sim_threshold, label_threshold=label_threshold, seed=seed, search=search
+        features,
+        labels,
+        cap=cap,
+        sim_threshold=sim_threshold,
+        label_threshold=label_threshold,
+        seed=seed,
+        search=search,
     ).kept
 
 
@@ -120,7 +126,7 @@ def kept_keys(
     epoch: int,
     search: NeighborsConfig | None = None,
 ) -> tuple[list[str], DRCDownResult | None]:
-    """Keys of the original samples kept this epoch (SPEC.md section 4, steps 4-5).
+    """Keys of the original samples kept this epoch (docs/METHOD.md section 4, steps 4-5).
 
     ``keys[i]`` names row ``i`` of ``features``; the result is in that order.
     Upsampled samples never enter here: the caller keeps them all. With

@@ -17,8 +17,8 @@ from __future__ import annotations
 import importlib.util
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -55,7 +55,7 @@ class Pairs:
         return int(self.rows.size)
 
     @staticmethod
-    def concatenate(parts: list["Pairs"], stats: dict | None = None, is_exact: bool = True) -> "Pairs":
+    def concatenate(parts: list[Pairs], stats: dict | None = None, is_exact: bool = True) -> Pairs:
         """Join edge lists (in the order given)."""
         if not parts:
             return _with_stats(_empty_pairs(is_exact), **(stats or {}))
@@ -75,9 +75,7 @@ def row_norms(features: np.ndarray) -> np.ndarray:
     return norms
 
 
-def pair_cosine_distance(
-    features: np.ndarray, norms: np.ndarray, rows: np.ndarray, cols: np.ndarray
-) -> np.ndarray:
+def pair_cosine_distance(features: np.ndarray, norms: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """Float64 cosine distance of the listed pairs with SciPy's formula.
 
     ``1 - dot(u, v) / (|u| |v|)``, the cosine clipped to [-1, 1] as
@@ -160,7 +158,7 @@ def gather_pairs(pairs: Pairs) -> Pairs:
     rows = runtime.all_gather_array(pairs.rows)
     cols = runtime.all_gather_array(pairs.cols)
     distance = runtime.all_gather_array(pairs.distance)
-    parts = [Pairs(r, c, d, pairs.is_exact) for r, c, d in zip(rows, cols, distance)]
+    parts = [Pairs(r, c, d, pairs.is_exact) for r, c, d in zip(rows, cols, distance, strict=True)]
     return Pairs.concatenate(parts, pairs.stats, pairs.is_exact)
 
 
@@ -169,7 +167,9 @@ def _use_gpu(settings: NeighborsConfig) -> bool:
         return False
     num_gpus = runtime.faiss_gpu_count()
     if settings.backend == "gpu" and num_gpus == 0:
-        raise ValueError("reshape.neighbors.backend=gpu but FAISS sees no GPU (install dist_syndr[gpu] on a CUDA machine)")
+        raise ValueError(
+            "reshape.neighbors.backend=gpu but FAISS sees no GPU (install dist_syndr[gpu] on a CUDA machine)"
+        )
     return num_gpus > 0
 
 
@@ -338,7 +338,9 @@ class _Search:
         chunk = self.settings.database_block
         rows, cols, sims = [], [], []
         for start in range(0, self.unit.shape[0], chunk):
-            local_rows, local_cols, local_sims = scanner_type(self.unit[start : start + chunk], self.radius)(self.unit[sample])
+            local_rows, local_cols, local_sims = scanner_type(self.unit[start : start + chunk], self.radius)(
+                self.unit[sample]
+            )
             rows.append(sample[local_rows])
             cols.append(local_cols + start)
             sims.append(local_sims)
@@ -346,7 +348,7 @@ class _Search:
 
     def _edge_set(self, rows: np.ndarray, cols: np.ndarray, sims: np.ndarray) -> set[tuple[int, int]]:
         pairs = self.decide(np.minimum(rows, cols), np.maximum(rows, cols), sims)
-        return set(zip(pairs.rows.tolist(), pairs.cols.tolist()))
+        return set(zip(pairs.rows.tolist(), pairs.cols.tolist(), strict=True))
 
     def _quiet(self) -> bool:
         return self.unit.shape[0] < self.settings.progress_min_rows

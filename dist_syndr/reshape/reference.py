@@ -1,4 +1,4 @@
-"""Dense brute-force forms of DDCUp and DRCDown, written straight from SPEC.md.
+"""Dense brute-force forms of DDCUp and DRCDown, written straight from docs/METHOD.md.
 
 They build full ``n x n`` SciPy distance matrices and loop the way the method is
 described, so they are the oracle for tests and the baseline for
@@ -14,7 +14,7 @@ from scipy.spatial.distance import cdist, pdist, squareform
 
 
 def dense_select_candidates(train_features: np.ndarray, candidate_features: np.ndarray) -> np.ndarray:
-    """SPEC.md section 3 steps 1-3 with dense matrices and the repeated global-minimum loop."""
+    """docs/METHOD.md section 3 steps 1-3 with dense matrices and the repeated global-minimum loop."""
     train_distance = squareform(pdist(train_features.astype(np.float64), "cosine"))
     farthest_train = train_distance.max(axis=1)
     np.fill_diagonal(train_distance, 1.0)
@@ -40,7 +40,7 @@ def dense_select_candidates(train_features: np.ndarray, candidate_features: np.n
 def dense_redundant_clusters(
     features: np.ndarray, labels: np.ndarray, sim_threshold: float = 0.9, label_threshold: float = 1.0
 ) -> list[np.ndarray]:
-    """SPEC.md section 4 steps 1-2 with the dense similarity and label-gap matrices."""
+    """docs/METHOD.md section 4 steps 1-2 with the dense similarity and label-gap matrices."""
     similarity = 1.0 - squareform(pdist(features.astype(np.float64), "cosine"))
     labels = np.asarray(labels, dtype=np.float64)
     linked = (similarity > sim_threshold) & (np.abs(labels[:, None] - labels[None, :]) < label_threshold)

@@ -22,7 +22,13 @@ from dist_syndr.sharding.writer import WorkItem, item_seed
 
 
 def photo_shard_set(
-    out_dir: Path, photos: tuple[str, ...], types: tuple[int, ...], *, size: int = 256, seed: int = 0, num_workers: int = 2
+    out_dir: Path,
+    photos: tuple[str, ...],
+    types: tuple[int, ...],
+    *,
+    size: int = 256,
+    seed: int = 0,
+    num_workers: int = 2,
 ) -> ShardSet:
     """The shard set ``out_dir``: ``photos`` x ``types`` x 5 levels, built once and reused.
 
@@ -35,20 +41,29 @@ def photo_shard_set(
     pristine = out_dir.parent / ".pristine" / out_dir.name
     pristine.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    for photo, crop in zip(photos, photo_crops(rng, len(photos), size, size, photos)):
+    for photo, crop in zip(photos, photo_crops(rng, len(photos), size, size, photos), strict=True):
         if not (pristine / f"{photo}.png").is_file():
             Image.fromarray(crop).save(pristine / f"{photo}.png")
     overrides = [
-        f"seed={seed}", "shard.pool.kind=folder", f"shard.pool.root={pristine}", "shard.pool.distort=true",
-        "shard.pool.labels=weak", f"shard.pool.types={list(types)}", "shard.samples_per_shard=25",
+        f"seed={seed}",
+        "shard.pool.kind=folder",
+        f"shard.pool.root={pristine}",
+        "shard.pool.distort=true",
+        "shard.pool.labels=weak",
+        f"shard.pool.types={list(types)}",
+        "shard.samples_per_shard=25",
     ]
     cfg = config_module.load(None, overrides)
     options = writer.WriteOptions(samples_per_shard=25, num_workers=num_workers)
-    writer.write_shard_set(build_plan(cfg).items, out_dir, options, {"photos": list(photos), "types": list(types), "size": size})
+    writer.write_shard_set(
+        build_plan(cfg).items, out_dir, options, {"photos": list(photos), "types": list(types), "size": size}
+    )
     return ShardSet(out_dir)
 
 
-def composite_items(references: list[Path], types: tuple[int, ...], *, per_content: int, seed: int, source: str = "test") -> list[WorkItem]:
+def composite_items(
+    references: list[Path], types: tuple[int, ...], *, per_content: int, seed: int, source: str = "test"
+) -> list[WorkItem]:
     """``per_content`` images per reference, each with 2-4 distinct random types at random levels, weakly labelled."""
     rng = np.random.default_rng(seed)
     items = []
@@ -57,6 +72,22 @@ def composite_items(references: list[Path], types: tuple[int, ...], *, per_conte
             count = int(rng.integers(2, min(4, len(types)) + 1))
             chain = [[int(t), int(rng.integers(1, 6))] for t in rng.choice(types, size=count, replace=False)]
             key = f"{source}/{reference.stem}_mix{index:02d}"
-            meta = {"ref": f"{source}/{reference.stem}", "type": None, "level": None, "chain": chain, "origin": "composite", "source": source}
-            items.append(WorkItem(key=key, ref_path=str(reference), is_engine=True, seed=item_seed(seed, key), wants_weak_label=True, meta=meta))
+            meta = {
+                "ref": f"{source}/{reference.stem}",
+                "type": None,
+                "level": None,
+                "chain": chain,
+                "origin": "composite",
+                "source": source,
+            }
+            items.append(
+                WorkItem(
+                    key=key,
+                    ref_path=str(reference),
+                    is_engine=True,
+                    seed=item_seed(seed, key),
+                    wants_weak_label=True,
+                    meta=meta,
+                )
+            )
     return items

@@ -20,9 +20,9 @@ from dist_syndr import config as config_module
 from dist_syndr import runtime
 from dist_syndr.config import NUM_LEVELS, Config
 from dist_syndr.features.embed import embed_paths, load_named_features
-from dist_syndr.pools.scores import minmax_to_ten
 from dist_syndr.pools import kadid, readers
 from dist_syndr.pools.sample import Sample
+from dist_syndr.pools.scores import minmax_to_ten
 from dist_syndr.reshape import ddcup
 from dist_syndr.sharding.writer import WorkItem, WriteOptions, item_seed
 
@@ -37,7 +37,9 @@ class Plan:
     num_original: int
     num_upsampled: int
     selected_candidates: list[str]
-    is_upsampling_deferred: bool = False  # weak labels: DDCUp runs once the originals are written (upsample_weakly_labelled)
+    is_upsampling_deferred: bool = (
+        False  # weak labels: DDCUp runs once the originals are written (upsample_weakly_labelled)
+    )
 
 
 def build_plan(config: Config) -> Plan:
@@ -60,14 +62,23 @@ def build_plan(config: Config) -> Plan:
         else:
             # Every labelled reference of the pool, before the training-reference filter: the
             # published method measures the content distribution on all 81 KADID references.
-            refs = sorted({(s.ref, str(s.ref_path) if s.ref_path else None) for s in samples if s.ref and s.score is not None})
+            refs = sorted(
+                {(s.ref, str(s.ref_path) if s.ref_path else None) for s in samples if s.ref and s.score is not None}
+            )
             rows = [(s.ref, s.distortion_type, s.level, s.score) for s in samples if s.score is not None]
             upsampled, selected = _upsample(config, refs, rows, types)
-    log.info("plan: %d original and %d upsampled samples (%d contents selected)", len(originals), len(upsampled), len(selected))
+    log.info(
+        "plan: %d original and %d upsampled samples (%d contents selected)",
+        len(originals),
+        len(upsampled),
+        len(selected),
+    )
     return Plan(originals + upsampled, len(originals), len(upsampled), selected, is_deferred)
 
 
-def upsample_weakly_labelled(config: Config, originals: list[WorkItem], qualities: dict[str, float]) -> tuple[list[WorkItem], list[str]]:
+def upsample_weakly_labelled(
+    config: Config, originals: list[WorkItem], qualities: dict[str, float]
+) -> tuple[list[WorkItem], list[str]]:
     """DDCUp for a weakly labelled pool, from the ensemble qualities of its written originals.
 
     The qualities get the same single min-max to [0, 10] as the index gives them, so
@@ -78,7 +89,10 @@ def upsample_weakly_labelled(config: Config, originals: list[WorkItem], qualitie
         raise ValueError("shard.candidates: no weakly labelled original sample to transfer labels from")
     scores = minmax_to_ten(np.array([qualities[item.key] for item in labelled]))
     refs = sorted({(item.meta["ref"], item.ref_path) for item in labelled})
-    rows = [(item.meta["ref"], item.meta["type"], item.meta["level"], float(score)) for item, score in zip(labelled, scores)]
+    rows = [
+        (item.meta["ref"], item.meta["type"], item.meta["level"], float(score))
+        for item, score in zip(labelled, scores, strict=True)
+    ]
     types = tuple(config.shard.pool.types) or config.reshape.ddcup.distortion_types
     return _upsample(config, refs, rows, types)
 
@@ -118,14 +132,18 @@ def _file_item(sample: Sample, labels: str) -> WorkItem:
     )
 
 
-def _engine_items(references: list[Sample], types, levels, run_seed: int, is_weak: bool, origin: str, scores=None) -> list[WorkItem]:
+def _engine_items(
+    references: list[Sample], types, levels, run_seed: int, is_weak: bool, origin: str, scores=None
+) -> list[WorkItem]:
     items = []
     for reference in references:
         stem = reference.key.rsplit("/", 1)[-1]
         for distortion_type in types:
             for level in levels:
                 key = f"{reference.source or 'pool'}/{stem}_{distortion_type:02d}_{level:02d}"
-                score = None if scores is None else scores[reference.key][(distortion_type - 1) * NUM_LEVELS + level - 1]
+                score = (
+                    None if scores is None else scores[reference.key][(distortion_type - 1) * NUM_LEVELS + level - 1]
+                )
                 items.append(
                     WorkItem(
                         key=key,
@@ -159,15 +177,23 @@ def _upsample(config: Config, refs: list[tuple[str, str | None]], rows, types) -
     # precomputed features fix it by their names file, otherwise keys are sorted.
     candidates = [c for _, c in _in_feature_order([(c.key, c) for c in candidates], shard.features.candidate_names)]
     train_features = _reference_features([r for r, _ in train_refs], [p for _, p in train_refs], "train", config)
-    candidate_features = _reference_features([c.key for c in candidates], [str(c.path) for c in candidates], "candidate", config)
+    candidate_features = _reference_features(
+        [c.key for c in candidates], [str(c.path) for c in candidates], "candidate", config
+    )
     table = _label_table(rows, [r for r, _ in train_refs], types, settings.levels)
     selected = ddcup.select_candidates(train_features, candidate_features, search=config.reshape.neighbors)
     labels = ddcup.transfer_labels(
-        train_features, candidate_features, selected, table,
-        top_k=settings.top_k, window=settings.window, weighting=settings.weighting, temperature=settings.temperature,
+        train_features,
+        candidate_features,
+        selected,
+        table,
+        top_k=settings.top_k,
+        window=settings.window,
+        weighting=settings.weighting,
+        temperature=settings.temperature,
     )
     chosen = [candidates[i] for i in selected]
-    scores = {c.key: row for c, row in zip(chosen, labels)}
+    scores = {c.key: row for c, row in zip(chosen, labels, strict=True)}
     if shard.candidates.kind == "kadid_add81":
         items = _on_disk_upsampled(chosen, scores, types, settings.levels, shard.candidates.root)
     else:
@@ -185,7 +211,9 @@ def _in_feature_order(keyed: list[tuple[str, object]], names_path: str) -> list[
 def _candidate_references(kind: str, root: str) -> list[Sample]:
     if not root or not Path(root).exists():
         raise ValueError(f"shard.candidates.root: {root!r} does not exist")
-    references = readers.read_reference_images(Path(root)) if kind == "kadid_add81" else readers.read_folder(Path(root))
+    references = (
+        readers.read_reference_images(Path(root)) if kind == "kadid_add81" else readers.read_folder(Path(root))
+    )
     if not references:
         raise ValueError(f"shard.candidates.root: no reference images under {root}")
     return sorted(references, key=lambda s: s.key)
@@ -228,7 +256,9 @@ def _on_disk_upsampled(chosen: list[Sample], scores, types, levels, root: str) -
             for level in levels:
                 sample = distorted.get((candidate.key, distortion_type, level))
                 if sample is None:
-                    raise ValueError(f"{root}: no distorted image of {candidate.key} type {distortion_type} level {level}")
+                    raise ValueError(
+                        f"{root}: no distorted image of {candidate.key} type {distortion_type} level {level}"
+                    )
                 score = float(scores[candidate.key][(distortion_type - 1) * NUM_LEVELS + level - 1])
                 items.append(
                     WorkItem(
@@ -242,7 +272,9 @@ def _on_disk_upsampled(chosen: list[Sample], scores, types, levels, root: str) -
     return items
 
 
-def run_shard_step(config: Config, out_dir: Path, options: WriteOptions, *, rank: int = 0, world_size: int = 1) -> Plan:
+def run_shard_step(
+    config: Config, out_dir: Path, options: WriteOptions, *, rank: int = 0, world_size: int = 1
+) -> Plan:
     """Plan and write the shard set ``out_dir`` (resumable); returns the plan with every item written.
 
     For a weakly labelled pool with DDCUp candidates the originals are written
@@ -261,8 +293,12 @@ def run_shard_step(config: Config, out_dir: Path, options: WriteOptions, *, rank
         runtime.barrier()
     qualities = writer.weak_qualities(out_dir, range(num_original_shards))
     upsampled, selected = upsample_weakly_labelled(config, plan.items, qualities)
-    num_upsampled_shards = writer.write_shards(upsampled, out_dir, options, first_shard=num_original_shards, rank=rank, world_size=world_size)
-    writer.finish_index(out_dir, num_original_shards + num_upsampled_shards, recorded, rank=rank, world_size=world_size)
+    num_upsampled_shards = writer.write_shards(
+        upsampled, out_dir, options, first_shard=num_original_shards, rank=rank, world_size=world_size
+    )
+    writer.finish_index(
+        out_dir, num_original_shards + num_upsampled_shards, recorded, rank=rank, world_size=world_size
+    )
     log.info("DDCUp on weak labels: %d contents selected, %d upsampled samples", len(selected), len(upsampled))
     return Plan(plan.items + upsampled, plan.num_original, len(upsampled), selected)
 

@@ -81,7 +81,9 @@ class ShardSet:
             raise ValueError(f"{index_path}: format version {index.get('version')!r}, expected {FORMAT_VERSION}")
         self.config = index.get("config", {})
         self.skipped = index.get("skipped", [])
-        self.shards = {s["name"]: ShardInfo(s["name"], s["num_samples"], s["bytes"], s["sha256"]) for s in index["shards"]}
+        self.shards = {
+            s["name"]: ShardInfo(s["name"], s["num_samples"], s["bytes"], s["sha256"]) for s in index["shards"]
+        }
         self.samples = [_entry(record, index_path) for record in index["samples"]]
         self.by_key = {entry.key: entry for entry in self.samples}
         if len(self.by_key) != len(self.samples):
@@ -143,7 +145,9 @@ class ShardSet:
                 try:
                     self.read_meta(entry.key)
                 except json.JSONDecodeError:
-                    raise ValueError(f"{self.root / entry.shard}: metadata of sample {entry.key} is not JSON") from None
+                    raise ValueError(
+                        f"{self.root / entry.shard}: metadata of sample {entry.key} is not JSON"
+                    ) from None
 
 
 def scan_tar(path: Path) -> dict[str, tuple[int, int]]:

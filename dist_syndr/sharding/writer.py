@@ -85,7 +85,13 @@ def write_shard_set(
 
 
 def write_shards(
-    items: list[WorkItem], out_dir: Path, options: WriteOptions, *, first_shard: int = 0, rank: int = 0, world_size: int = 1
+    items: list[WorkItem],
+    out_dir: Path,
+    options: WriteOptions,
+    *,
+    first_shard: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> int:
     """Write this rank's unfinished shards of ``items``, numbered from ``first_shard``; returns how many shards ``items`` fill.
 
@@ -99,7 +105,9 @@ def write_shards(
     shards = dict(enumerate(cut_into_shards(items, options.samples_per_shard), start=first_shard))
     mine = [i for i in shards if i % world_size == rank]
     todo = [i for i in mine if not _is_finished(out_dir, i, shards[i])]
-    log.info("rank %d: %d of its %d shards already finished, %d to write", rank, len(mine) - len(todo), len(mine), len(todo))
+    log.info(
+        "rank %d: %d of its %d shards already finished, %d to write", rank, len(mine) - len(todo), len(mine), len(todo)
+    )
     _run_workers(todo, shards, out_dir, options)
     return len(shards)
 
@@ -265,7 +273,9 @@ def _produce(item: WorkItem, options: WriteOptions, cache: dict[str, np.ndarray]
 
     if item.is_engine:
         pixels = _cached_reference(item.ref_path, cache)
-        for step, (distortion_type, level) in enumerate(item.meta.get("chain") or [(item.meta["type"], item.meta["level"])]):
+        for step, (distortion_type, level) in enumerate(
+            item.meta.get("chain") or [(item.meta["type"], item.meta["level"])]
+        ):
             pixels = images.distort_array(pixels, distortion_type, level, item.seed + step)
         data, extension = images.encode_png(pixels, options.png_compress_level), "png"
     else:
@@ -324,5 +334,5 @@ def _assign_weak_scores(samples: list[dict]) -> None:
         weak[0]["score"] = 10.0 * weak[0]["weak_label"]["quality"]
         return
     scores = minmax_to_ten(np.array([s["weak_label"]["quality"] for s in weak]))
-    for sample, score in zip(weak, scores):
+    for sample, score in zip(weak, scores, strict=True):
         sample["score"] = float(score)

@@ -63,12 +63,18 @@ _NOT_TARGETS = ("train/", "best/", "diag/", "eval/")  # step metrics, running be
 
 def targets_of(record: RunRecord) -> list[str]:
     """Evaluation targets of a run: every ``<target>/srcc`` the trainer logs per epoch."""
-    return sorted(key[: -len("/srcc")] for key in record.history if key.endswith("/srcc") and not key.startswith(_NOT_TARGETS))
+    return sorted(
+        key[: -len("/srcc")] for key in record.history if key.endswith("/srcc") and not key.startswith(_NOT_TARGETS)
+    )
 
 
 def evaluated_targets(record: RunRecord) -> list[str]:
     """Targets scored by ``launchers/evaluate.py`` (``eval/<target>/srcc``)."""
-    return sorted(key[len("eval/") : -len("/srcc")] for key in record.history if key.startswith("eval/") and key.endswith("/srcc"))
+    return sorted(
+        key[len("eval/") : -len("/srcc")]
+        for key in record.history
+        if key.startswith("eval/") and key.endswith("/srcc")
+    )
 
 
 def best_epoch(history: dict[int, float]) -> int | None:
@@ -96,10 +102,17 @@ def compare(records: list[RunRecord]) -> Comparison:
         rows.extend(_target_rows(target, records))
     for target in sorted(set().union(*(evaluated_targets(r) for r in records))):
         for metric in ("srcc", "plcc"):  # the latest evaluate.py result of the run's weights
-            rows.append((f"{target}: {metric} (evaluate.py)", [_at(r.history.get(f"eval/{target}/{metric}", {}), max) for r in records]))
+            rows.append(
+                (
+                    f"{target}: {metric} (evaluate.py)",
+                    [_at(r.history.get(f"eval/{target}/{metric}", {}), max) for r in records],
+                )
+            )
     epochs_logged = [sorted(r.history.get("kept", {}) or r.history.get("images_per_second", {})) for r in records]
     rows.append(("epochs logged", [len(epochs) or None for epochs in epochs_logged]))
-    rows.append(("train images/s (mean over epochs)", [_mean(r.history.get("images_per_second", {})) for r in records]))
+    rows.append(
+        ("train images/s (mean over epochs)", [_mean(r.history.get("images_per_second", {})) for r in records])
+    )
     rows.append(("kept (first epoch)", [_at(r.history.get("kept", {}), min) for r in records]))
     rows.append(("kept (last epoch)", [_at(r.history.get("kept", {}), max) for r in records]))
     columns = [f"{r.run_name} ({r.run_id[:8]})" for r in records]
@@ -141,7 +154,9 @@ def _at(history: dict[int, float], pick) -> float | None:
 def summary(comparison: Comparison, labels: list[str]) -> Comparison:
     """The rows named ``labels`` (those present, in that order): a compact view of a comparison."""
     present = dict(comparison.rows)
-    return Comparison(comparison.run_ids, comparison.columns, [(label, present[label]) for label in labels if label in present])
+    return Comparison(
+        comparison.run_ids, comparison.columns, [(label, present[label]) for label in labels if label in present]
+    )
 
 
 def to_markdown(comparison: Comparison) -> str:
@@ -185,7 +200,7 @@ def write_tables(comparison: Comparison, out_dir: Path) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha1(",".join(sorted(comparison.run_ids)).encode()).hexdigest()[:10]
     paths = out_dir / f"compare-{digest}.md", out_dir / f"compare-{digest}.csv"
-    for path, text in zip(paths, (to_markdown(comparison), to_csv(comparison))):
+    for path, text in zip(paths, (to_markdown(comparison), to_csv(comparison)), strict=True):
         files.write_text(path, text)
     return paths
 
@@ -203,12 +218,25 @@ def fetch_runs(client, run_ids: list[str]) -> list[RunRecord]:
             run = client.get_run(run_id)
         except MlflowException as error:
             raise ValueError(f"run {run_id}: not found in {client.tracking_uri} ({error.error_code})") from error
-        keys = [k for k in run.data.metrics if k in _EPOCH_KEYS or (k.endswith(("/srcc", "/plcc")) and not k.startswith("train/"))]
+        keys = [
+            k
+            for k in run.data.metrics
+            if k in _EPOCH_KEYS or (k.endswith(("/srcc", "/plcc")) and not k.startswith("train/"))
+        ]
         history = {}
         for key in sorted(keys):
             points = sorted(client.get_metric_history(run_id, key), key=lambda m: (m.timestamp, m.step))
             history[key] = {m.step: m.value for m in points}  # an epoch logged twice (resumed run): the later value
-        records.append(RunRecord(run_id, run.info.run_name or "", run.info.status, run.info.experiment_id, dict(run.data.params), history))
+        records.append(
+            RunRecord(
+                run_id,
+                run.info.run_name or "",
+                run.info.status,
+                run.info.experiment_id,
+                dict(run.data.params),
+                history,
+            )
+        )
     return records
 
 
@@ -219,7 +247,9 @@ def experiment_run_ids(client, name: str) -> list[str]:
         raise ValueError(f"experiment {name!r}: not found in {client.tracking_uri}")
     run_ids, token = [], None
     while True:
-        page = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"], max_results=1000, page_token=token)
+        page = client.search_runs(
+            [experiment.experiment_id], order_by=["attributes.start_time ASC"], max_results=1000, page_token=token
+        )
         run_ids += [run.info.run_id for run in page if run.data.tags.get(KIND_TAG) != COMPARE_RUN_NAME]
         token = page.token
         if not token:

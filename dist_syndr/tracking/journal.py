@@ -38,8 +38,8 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from dist_syndr import files
 
@@ -55,7 +55,9 @@ _METRICS_PER_BATCH = 1000  # MLflow's log_batch limits
 _PARAMS_TAGS_PER_BATCH = 100
 # Error codes that say "this request will never succeed"; anything else (connection refused,
 # timeouts, 5xx, rate limits, auth hiccups) is worth retrying later.
-_PERMANENT_ERRORS = frozenset({"INVALID_PARAMETER_VALUE", "BAD_REQUEST", "MALFORMED_REQUEST", "RESOURCE_DOES_NOT_EXIST", "INVALID_STATE"})
+_PERMANENT_ERRORS = frozenset(
+    {"INVALID_PARAMETER_VALUE", "BAD_REQUEST", "MALFORMED_REQUEST", "RESOURCE_DOES_NOT_EXIST", "INVALID_STATE"}
+)
 
 
 class DeliveryError(Exception):
@@ -118,14 +120,18 @@ class Journal:
         self.records_path = self.folder / RECORDS_NAME
 
     @classmethod
-    def create(cls, folder: Path, tracking_uri: str, run_id: str | None = None) -> "Journal":
+    def create(cls, folder: Path, tracking_uri: str, run_id: str | None = None) -> Journal:
         """A new, empty journal in ``folder``; with ``run_id`` it continues that existing run."""
         folder = Path(folder)
         (folder / "artifacts").mkdir(parents=True, exist_ok=True)
         identity = Identity(journal_id=uuid.uuid4().hex, tracking_uri=tracking_uri)
-        files.write_text(folder / DELIVERY_NAME, json.dumps(dataclasses.asdict(Delivery(run_id=run_id)), sort_keys=True))
+        files.write_text(
+            folder / DELIVERY_NAME, json.dumps(dataclasses.asdict(Delivery(run_id=run_id)), sort_keys=True)
+        )
         (folder / RECORDS_NAME).touch()
-        files.write_text(folder / IDENTITY_NAME, json.dumps(dataclasses.asdict(identity), sort_keys=True))  # last: it marks the journal complete
+        files.write_text(
+            folder / IDENTITY_NAME, json.dumps(dataclasses.asdict(identity), sort_keys=True)
+        )  # last: it marks the journal complete
         return cls(folder)
 
     @staticmethod
@@ -184,7 +190,11 @@ class Journal:
 
     def write_delivery(self, delivery: Delivery, *, is_durable: bool = True) -> None:
         """Replace the delivery state atomically."""
-        files.write_text(self.folder / DELIVERY_NAME, json.dumps(dataclasses.asdict(delivery), sort_keys=True), is_durable=is_durable)
+        files.write_text(
+            self.folder / DELIVERY_NAME,
+            json.dumps(dataclasses.asdict(delivery), sort_keys=True),
+            is_durable=is_durable,
+        )
 
     def entries(self, offset: int = 0) -> list[Entry]:
         """Complete records from byte ``offset`` on (a line still being written is left out)."""
@@ -200,7 +210,9 @@ class Journal:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as error:
-                raise ValueError(f"{self.records_path}: corrupt record at byte {offset + position} ({error})") from error
+                raise ValueError(
+                    f"{self.records_path}: corrupt record at byte {offset + position} ({error})"
+                ) from error
             entries.append(Entry(offset + position, offset + newline + 1, record))
             position = newline + 1
 
@@ -210,7 +222,9 @@ class Journal:
 
     def reject(self, entries: list[Entry], reason: str) -> None:
         """Keep records the store refused, with the reason, beside the journal."""
-        lines = b"".join(json.dumps({"reason": reason, "record": e.record}, sort_keys=True).encode() + b"\n" for e in entries)
+        lines = b"".join(
+            json.dumps({"reason": reason, "record": e.record}, sort_keys=True).encode() + b"\n" for e in entries
+        )
         with (self.folder / REJECTED_NAME).open("ab") as handle:
             handle.write(lines)
             handle.flush()
@@ -250,7 +264,13 @@ def deliver(journal: Journal, client, *, show_progress: bool = False) -> Deliver
         except Exception as error:  # noqa: BLE001 - every failure is classified below
             if not _is_permanent(error) or batch[0].record["op"] == "start":
                 raise DeliveryError(_describe(error), num_delivered, num_rejected) from error
-            log.error("%s: the tracking store refused %d record(s) for good (%s); kept in %s", journal.folder, len(batch), _describe(error), REJECTED_NAME)
+            log.error(
+                "%s: the tracking store refused %d record(s) for good (%s); kept in %s",
+                journal.folder,
+                len(batch),
+                _describe(error),
+                REJECTED_NAME,
+            )
             journal.reject(batch, _describe(error))
             num_rejected += len(batch)
         delivery = dataclasses.replace(delivery, offset=batch[-1].end, is_uncertain=False)
@@ -293,7 +313,11 @@ def _send(journal: Journal, client, batch: list[Entry], delivery: Delivery, *, w
     run_id = delivery.run_id
     assert run_id is not None, f"{journal.folder}: records before the run's start record"
     if op == "metrics":
-        metrics = [Metric(k, float(v), e.record["time"], e.record["step"]) for e in batch for k, v in sorted(e.record["metrics"].items())]
+        metrics = [
+            Metric(k, float(v), e.record["time"], e.record["step"])
+            for e in batch
+            for k, v in sorted(e.record["metrics"].items())
+        ]
         if was_uncertain:
             metrics = _not_yet_stored(client, run_id, metrics)
         for start in range(0, len(metrics), _METRICS_PER_BATCH):
@@ -332,12 +356,19 @@ def _start_run(journal: Journal, client, record: dict, delivery: Delivery) -> De
         experiment_id = client.create_experiment(record["experiment"], artifact_location=record["artifact_location"])
     journal_id = journal.identity.journal_id
     # A creation whose reply was lost must not make a second run.
-    found = client.search_runs([experiment_id], filter_string=f"tags.`{JOURNAL_TAG}` = '{journal_id}'", run_view_type=ViewType.ALL, max_results=1)
+    found = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{JOURNAL_TAG}` = '{journal_id}'",
+        run_view_type=ViewType.ALL,
+        max_results=1,
+    )
     if found:
         run_id = found[0].info.run_id
     else:
         tags = {**record["tags"], JOURNAL_TAG: journal_id}
-        run_id = client.create_run(experiment_id, start_time=record["time"], tags=tags, run_name=record["run_name"]).info.run_id
+        run_id = client.create_run(
+            experiment_id, start_time=record["time"], tags=tags, run_name=record["run_name"]
+        ).info.run_id
     log.info("MLflow run %s in experiment %r at %s", run_id, record["experiment"], journal.identity.tracking_uri)
     return dataclasses.replace(delivery, run_id=run_id, experiment_id=experiment_id)
 
@@ -349,7 +380,10 @@ def _not_yet_stored(client, run_id: str, metrics: list) -> list:
         stored |= {(key, m.step, m.timestamp, _value_id(m.value)) for m in client.get_metric_history(run_id, key)}
     kept = [m for m in metrics if (m.key, m.step, m.timestamp, _value_id(m.value)) not in stored]
     if len(kept) < len(metrics):
-        log.info("%d metric point(s) of a batch sent before were already stored; not sending them again", len(metrics) - len(kept))
+        log.info(
+            "%d metric point(s) of a batch sent before were already stored; not sending them again",
+            len(metrics) - len(kept),
+        )
     return kept
 
 

@@ -41,7 +41,11 @@ log = logging.getLogger(__name__)
 
 LOCAL_DIR_NAME = "tracking"  # the journal's folder inside a run folder
 RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
-_HTTP_BOUNDS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+_HTTP_BOUNDS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
 _PROBE_TIMEOUT_S = 3.0
 
 
@@ -81,7 +85,9 @@ class MlflowTracker:
         import mlflow
 
         if retry_interval_s <= 0 or close_timeout_s <= 0:
-            raise ValueError(f"retry_interval_s and close_timeout_s must be positive, got {retry_interval_s}, {close_timeout_s}")
+            raise ValueError(
+                f"retry_interval_s and close_timeout_s must be positive, got {retry_interval_s}, {close_timeout_s}"
+            )
         self.journal = journal
         self.tracking_uri = journal.identity.tracking_uri
         self.retry_interval_s = retry_interval_s
@@ -163,7 +169,11 @@ class MlflowTracker:
             log.warning(
                 "%d tracking record(s) of run %s not delivered to %s; they are kept in %s: "
                 "push them with `python launchers/compare.py --sync %s`",
-                self.journal.num_pending(), self._run_id or "(not created yet)", self.tracking_uri, self.local_dir, self.local_dir,
+                self.journal.num_pending(),
+                self._run_id or "(not created yet)",
+                self.tracking_uri,
+                self.local_dir,
+                self.local_dir,
             )
 
     # ---- journal and delivery
@@ -211,12 +221,19 @@ class MlflowTracker:
                 log.warning(
                     "tracking server %s unreachable or failing (%s); training goes on, records are kept in %s "
                     "and delivery is retried every %.0f s",
-                    self.tracking_uri, error, self.local_dir, self.retry_interval_s,
+                    self.tracking_uri,
+                    error,
+                    self.local_dir,
+                    self.retry_interval_s,
                 )
             self._is_outage = True
             return False
         if self._is_outage:
-            log.info("tracking server %s answers again; backlog delivered (%d records)", self.tracking_uri, result.num_delivered)
+            log.info(
+                "tracking server %s answers again; backlog delivered (%d records)",
+                self.tracking_uri,
+                result.num_delivered,
+            )
         self._is_outage = False
         self._run_id = result.run_id or self._run_id
         return True
@@ -261,8 +278,17 @@ def sync(local_dir: Path, tracking_uri: str | None = None, *, show_progress: boo
         num_pushed, num_rejected = result.num_delivered, result.num_rejected
     except DeliveryError as failure:
         num_pushed, num_rejected, error = failure.num_delivered, failure.num_rejected, str(failure)
-    report = SyncReport(journal.folder, uri, journal.read_delivery().run_id, num_pushed, num_rejected, journal.num_pending(), error)
-    log.info("sync %s -> %s: %d pushed, %d rejected, %d pending", journal.folder, uri, num_pushed, num_rejected, report.num_pending)
+    report = SyncReport(
+        journal.folder, uri, journal.read_delivery().run_id, num_pushed, num_rejected, journal.num_pending(), error
+    )
+    log.info(
+        "sync %s -> %s: %d pushed, %d rejected, %d pending",
+        journal.folder,
+        uri,
+        num_pushed,
+        num_rejected,
+        report.num_pending,
+    )
     return report
 
 
@@ -343,14 +369,28 @@ def make_tracker(
         journal.repair_tail()
         known = journal.read_delivery().run_id
         if run_id is not None and run_id != known:
-            raise ValueError(f"{local_dir}: this tracking journal belongs to MLflow run {known or '(not created yet)'}, not {run_id}")
+            raise ValueError(
+                f"{local_dir}: this tracking journal belongs to MLflow run {known or '(not created yet)'}, not {run_id}"
+            )
         if uri != journal.identity.tracking_uri:
-            log.warning("%s: run continues at %s where it started (the tracking URI is now %s)", local_dir, journal.identity.tracking_uri, uri)
+            log.warning(
+                "%s: run continues at %s where it started (the tracking URI is now %s)",
+                local_dir,
+                journal.identity.tracking_uri,
+                uri,
+            )
     else:
         journal = Journal.create(local_dir, uri, run_id=run_id)
         if run_id is None:  # a resumed run (run_id given) continues its own record: no new params
             location = (root / "artifacts").resolve().as_uri() if _is_local_store(uri) else None
-            journal.append("start", time=now_ms(), experiment=experiment, run_name=cfg.run_name, tags=dict(tags), artifact_location=location)
+            journal.append(
+                "start",
+                time=now_ms(),
+                experiment=experiment,
+                run_name=cfg.run_name,
+                tags=dict(tags),
+                artifact_location=location,
+            )
             journal.append("params", params={key: str(value) for key, value in config_module.flatten(cfg).items()})
     return MlflowTracker(journal, retry_interval_s=retry_interval_s)
 

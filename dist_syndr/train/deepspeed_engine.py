@@ -4,7 +4,7 @@
 config dict (ZeRO stage, precision, micro batch and accumulation, clipping,
 optimizer offload). :func:`build_optimizer` makes Adam over the model's
 parameter groups with the head at ``head_lr_multiplier`` times the backbone
-rate and L2 weight decay, as the reference (SPEC.md section 5); a ``torch.optim``
+rate and L2 weight decay, as the reference (docs/METHOD.md section 5); a ``torch.optim``
 optimizer also avoids DeepSpeed's compiled CPU Adam. :func:`l1_loss` is the
 training loss.
 
@@ -83,7 +83,9 @@ def _zero_1_2_options(train: TrainConfig, precision: str, device: str) -> dict:
     if device == "cpu":
         options["contiguous_gradients"] = False
     # DeepSpeed needs the norm for clipping, optimizer offload and its ZeRO-1 bf16 optimizer.
-    is_norm_needed = train.gradient_clipping > 0 or train.is_optimizer_offloaded or (precision == "bf16" and train.zero_stage == 1)
+    is_norm_needed = (
+        train.gradient_clipping > 0 or train.is_optimizer_offloaded or (precision == "bf16" and train.zero_stage == 1)
+    )
     if not is_norm_needed:
         options["compute_grad_norm"] = False
     return options
@@ -98,7 +100,9 @@ def initialize(model, train: TrainConfig, data: DataConfig, *, world_size: int, 
     if not is_reducer_overlapped(train, world_size=world_size, device=device):
         model_engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
         return model_engine, ds_config
-    model_engine, *_ = deepspeed.initialize(model=_OverlappedReducer(model, broadcast_buffers=False), optimizer=optimizer, config=ds_config)
+    model_engine, *_ = deepspeed.initialize(
+        model=_OverlappedReducer(model, broadcast_buffers=False), optimizer=optimizer, config=ds_config
+    )
     model_engine.enable_backward_allreduce = False  # the reducer has averaged the gradients already
     return model_engine, ds_config
 
@@ -106,7 +110,13 @@ def initialize(model, train: TrainConfig, data: DataConfig, *, world_size: int, 
 def is_reducer_overlapped(train: TrainConfig, *, world_size: int, device: str) -> bool:
     """True where :func:`initialize` lets torch DDP's reducer all-reduce the gradients (module docstring)."""
     precision = resolved_precision(train, device)
-    return device == "cpu" and world_size > 1 and train.zero_stage == 0 and precision == "fp32" and train.gradient_accumulation_steps == 1
+    return (
+        device == "cpu"
+        and world_size > 1
+        and train.zero_stage == 0
+        and precision == "fp32"
+        and train.gradient_accumulation_steps == 1
+    )
 
 
 def bare_module(model_engine):

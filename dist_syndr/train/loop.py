@@ -23,18 +23,16 @@ from pathlib import Path
 import numpy as np
 
 from dist_syndr import files, runtime
+from dist_syndr.config import Config
 from dist_syndr.evaluate.diagnostics.measures import cheap_measures
 from dist_syndr.evaluate.predict import embed, evaluate_targets
-
-from dist_syndr.train import deepspeed_engine
-
-from dist_syndr.train import state as train_state
-from dist_syndr.config import Config
 from dist_syndr.loader import make_loader, plan_epoch, upsampled_keys
 from dist_syndr.reshape import drcdown
 from dist_syndr.sharding.shard_set import ShardSet
-from dist_syndr.train.step_meter import StepMeter
+from dist_syndr.train import deepspeed_engine
+from dist_syndr.train import state as train_state
 from dist_syndr.train.state import RankProgress, TrainState
+from dist_syndr.train.step_meter import StepMeter
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +55,9 @@ class Run:
         return Path(self.run_dir) if self.run_dir is not None else Path(self.checkpoint_dir).parent
 
 
-def fit(cfg: Config, run: Run, state: TrainState | None = None, progress: RankProgress | None = None) -> tuple[dict[str, float], TrainState]:
+def fit(
+    cfg: Config, run: Run, state: TrainState | None = None, progress: RankProgress | None = None
+) -> tuple[dict[str, float], TrainState]:
     """Train until ``cfg.train.epochs``, from ``state`` (a resumed checkpoint) or the start.
 
     Returns the last epoch's metrics and the final state (``state.best`` holds each target's best epoch).
@@ -80,7 +80,9 @@ def fit(cfg: Config, run: Run, state: TrainState | None = None, progress: RankPr
             evaluation = _evaluate(cfg, run)
             best = state.update_best(evaluation, list(run.targets), epoch)
             results = {**state.reshape_stats, **train_stats, **evaluation}
-            run.tracker.log_metrics({**results, **best}, step=epoch)  # before the checkpoint: a kill in between repeats, never loses
+            run.tracker.log_metrics(
+                {**results, **best}, step=epoch
+            )  # before the checkpoint: a kill in between repeats, never loses
             state.finish_epoch()
             progress = RankProgress()
             train_state.save(run.model_engine, run.checkpoint_dir, state, progress, keep=cfg.train.keep_checkpoints)
@@ -94,18 +96,28 @@ def _drcdown(cfg: Config, run: Run, original: list[str], epoch: int) -> tuple[np
         positions, stats = np.arange(len(original), dtype=np.int64), {}
     else:
         module = deepspeed_engine.bare_module(run.model_engine)
-        features = embed(module, run.train_set, cfg.data, original, device=run.model_engine.device, dali=cfg.runtime.dali)
+        features = embed(
+            module, run.train_set, cfg.data, original, device=run.model_engine.device, dali=cfg.runtime.dali
+        )
         entries = [run.train_set.by_key[key] for key in original]
         labels = np.array([entry.score for entry in entries], dtype=np.float64)
         # Every rank takes part: the neighbour search is split across ranks and its edges gathered.
         keys, result = drcdown.kept_keys(
-            original, features, labels, config=cfg.reshape.drcdown, run_seed=cfg.seed, epoch=epoch, search=cfg.reshape.neighbors
+            original,
+            features,
+            labels,
+            config=cfg.reshape.drcdown,
+            run_seed=cfg.seed,
+            epoch=epoch,
+            search=cfg.reshape.neighbors,
         )
         position_of = {key: i for i, key in enumerate(original)}
         positions = np.array([position_of[k] for k in keys], dtype=np.int64)
         stats = {"clusters": float(len(result.clusters)), "largest_cluster": float(result.largest_cluster)}
         if run.rank == 0:  # how tightly features cluster by content and by distortion (sampled: well under a second)
-            measures = cheap_measures(features, [e.ref for e in entries], [e.distortion_type for e in entries], seed=epoch)
+            measures = cheap_measures(
+                features, [e.ref for e in entries], [e.distortion_type for e in entries], seed=epoch
+            )
             stats |= {f"diag/{name}": value for name, value in measures.items()}
         # Rank 0's list is the one every rank trains on, whatever floating-point noise might do.
         positions = runtime.broadcast_array(positions if run.rank == 0 else None)
@@ -155,7 +167,14 @@ def train_epoch(
     progress = progress if progress is not None else RankProgress()
     start = state.batches_done * cfg.data.batch_size * run.world_size
     plan = plan_epoch(
-        run.train_set.keys(), cfg.data, seed=cfg.seed, epoch=epoch, world_size=run.world_size, kept_keys=kept, always_kept_keys=always, start=start
+        run.train_set.keys(),
+        cfg.data,
+        seed=cfg.seed,
+        epoch=epoch,
+        world_size=run.world_size,
+        kept_keys=kept,
+        always_kept_keys=always,
+        start=start,
     )
     rank_plan = plan.for_rank(run.rank)
     last_batch = state.batches_done + rank_plan.num_batches
@@ -170,7 +189,9 @@ def train_epoch(
         state.global_step += 1
         if state.global_step % cfg.train.log_every_steps == 0:
             _settle_losses(meter, progress)
-            step_metrics = {f"train/{k}": v for k, v in meter.report().items()} | {"train/lr": float(model.get_lr()[0])}
+            step_metrics = {f"train/{k}": v for k, v in meter.report().items()} | {
+                "train/lr": float(model.get_lr()[0])
+            }
             run.tracker.log_metrics(step_metrics, step=state.global_step)
         every = cfg.train.checkpoint_every_steps
         if every and state.batches_done % every == 0 and state.batches_done < last_batch:
@@ -179,7 +200,9 @@ def train_epoch(
                 train_state.save(model, run.checkpoint_dir, state, progress, keep=cfg.train.keep_checkpoints)
     _settle_losses(meter, progress)
     _check_same_on_all_ranks(run, epoch, "steps", state.batches_done)
-    runtime.broadcast_buffers(deepspeed_engine.bare_module(model))  # evaluation, features and the checkpoint all see rank 0's BatchNorm statistics
+    runtime.broadcast_buffers(
+        deepspeed_engine.bare_module(model)
+    )  # evaluation, features and the checkpoint all see rank 0's BatchNorm statistics
     loss_sums = [p[0] for p in runtime.all_gather_objects((progress.loss_sum, progress.images))]
     mean_loss = sum(loss_sums) / (state.batches_done * run.world_size) if state.batches_done else float("nan")
     return {"loss": mean_loss, **meter.epoch_rates(), "steps": float(state.batches_done)}
@@ -193,7 +216,12 @@ def _settle_losses(meter: StepMeter, progress: RankProgress) -> None:
 
 def _evaluate(cfg: Config, run: Run) -> dict[str, float]:
     results, _ = evaluate_targets(
-        deepspeed_engine.bare_module(run.model_engine), run.targets, cfg.data, device=run.model_engine.device, dali=cfg.runtime.dali, seed=cfg.seed
+        deepspeed_engine.bare_module(run.model_engine),
+        run.targets,
+        cfg.data,
+        device=run.model_engine.device,
+        dali=cfg.runtime.dali,
+        seed=cfg.seed,
     )
     return results
 

@@ -28,9 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dist_syndr import runtime
-
-from dist_syndr import files
+from dist_syndr import files, runtime
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +76,9 @@ class TrainState:
             current = self.best.get(target)
             if current is None or (np.isfinite(srcc) and not srcc <= current["srcc"]):
                 prefix = f"{target}/"
-                self.best[target] = {k[len(prefix) :]: v for k, v in metrics.items() if k.startswith(prefix)} | {"epoch": float(epoch)}
+                self.best[target] = {k[len(prefix) :]: v for k, v in metrics.items() if k.startswith(prefix)} | {
+                    "epoch": float(epoch)
+                }
         return {f"best/{t}/{k}": v for t, values in self.best.items() for k, v in values.items()}
 
 
@@ -128,7 +128,9 @@ def resume(model_engine, checkpoint_dir: Path) -> tuple[TrainState, RankProgress
     rank = runtime.rank_world()[0]
     progress = state.ranks[rank] if state.ranks else RankProgress()
     restore_rng(progress.rng)
-    log.info("resumed from %s (epoch %d, %d batches done, step %d)", tag, state.epoch, state.batches_done, state.global_step)
+    log.info(
+        "resumed from %s (epoch %d, %d batches done, step %d)", tag, state.epoch, state.batches_done, state.global_step
+    )
     return state, progress
 
 
@@ -155,7 +157,9 @@ def _chronological(tag: str) -> tuple[int, int]:
 
 
 def _prune(checkpoint_dir: Path, *, keep: int, current: str) -> None:
-    tags = sorted((p.name for p in checkpoint_dir.iterdir() if p.is_dir() and p.name.startswith("epoch")), key=_chronological)
+    tags = sorted(
+        (p.name for p in checkpoint_dir.iterdir() if p.is_dir() and p.name.startswith("epoch")), key=_chronological
+    )
     for tag in tags[: max(0, len(tags) - keep)]:
         if tag != current:
             shutil.rmtree(checkpoint_dir / tag, ignore_errors=True)

@@ -26,8 +26,14 @@ def cluster_size_histogram(clusters: list[np.ndarray], num_samples: int) -> dict
         raise ValueError(f"num_samples: expected a non-negative integer, got {num_samples!r}")
     sizes = np.array([np.asarray(c).size for c in clusters], dtype=np.int64)
     if sizes.size and sizes.min() < 2:
-        raise ValueError(f"clusters: cluster {int(np.argmin(sizes))} has {sizes.min()} member(s); redundant clusters have >= 2")
-    members = np.concatenate([np.asarray(c, dtype=np.int64).ravel() for c in clusters]) if clusters else np.zeros(0, np.int64)
+        raise ValueError(
+            f"clusters: cluster {int(np.argmin(sizes))} has {sizes.min()} member(s); redundant clusters have >= 2"
+        )
+    members = (
+        np.concatenate([np.asarray(c, dtype=np.int64).ravel() for c in clusters])
+        if clusters
+        else np.zeros(0, np.int64)
+    )
     if members.size and (members.min() < 0 or members.max() >= num_samples):
         raise ValueError(f"clusters: member indices must lie in [0, {num_samples})")
     if np.unique(members).size != members.size:
@@ -60,7 +66,9 @@ def restrict_clusters(clusters: list[np.ndarray], kept_index: np.ndarray) -> lis
     position = {int(row): i for i, row in enumerate(kept.tolist())}
     restricted = []
     for cluster in clusters:
-        members = np.array([position[int(row)] for row in np.asarray(cluster).tolist() if int(row) in position], dtype=np.int64)
+        members = np.array(
+            [position[int(row)] for row in np.asarray(cluster).tolist() if int(row) in position], dtype=np.int64
+        )
         if members.size >= 2:
             restricted.append(np.sort(members))
     return restricted
@@ -68,7 +76,11 @@ def restrict_clusters(clusters: list[np.ndarray], kept_index: np.ndarray) -> lis
 
 def flat_metrics(result: dict[str, dict[str, float]], prefix: str = "diag") -> dict[str, float]:
     """``{f"{prefix}/{measure}/{side}": value}`` from a :func:`before_after` result, for MLflow."""
-    return {f"{prefix}/{measure}/{side}": float(value) for side, measures in result.items() for measure, value in measures.items()}
+    return {
+        f"{prefix}/{measure}/{side}": float(value)
+        for side, measures in result.items()
+        for measure, value in measures.items()
+    }
 
 
 def format_table(result: dict[str, dict[str, float]]) -> str:

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -158,7 +158,9 @@ class _LabelSums:
             distance[rows[inside], local[inside]] = math.inf
             nearest_other = torch.minimum(nearest_other, distance.min(dim=1).values)
         scale = torch.maximum(within, nearest_other)
-        silhouette = torch.where(scale > 0, (nearest_other - within) / scale.clamp_min(1e-300), torch.zeros_like(scale))
+        silhouette = torch.where(
+            scale > 0, (nearest_other - within) / scale.clamp_min(1e-300), torch.zeros_like(scale)
+        )
         silhouette = torch.where(own_count > 1, silhouette, torch.zeros_like(silhouette))  # singleton: 0 by convention
         return float(silhouette.mean())
 
@@ -236,7 +238,10 @@ def _measure(
         num_labelled = int(has_label.sum())
         if task.num_labels < 2:
             log.warning(
-                "%s: %d distinct label(s) among %d labelled samples; its measures are undefined (NaN)", name, task.num_labels, num_labelled
+                "%s: %d distinct label(s) among %d labelled samples; its measures are undefined (NaN)",
+                name,
+                task.num_labels,
+                num_labelled,
             )
             if silhouette_queries != 0:
                 results[f"silhouette_{name}"] = _NAN

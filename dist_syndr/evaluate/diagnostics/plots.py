@@ -13,7 +13,13 @@ from pathlib import Path
 import numpy as np
 
 from dist_syndr import files
-from dist_syndr.evaluate.diagnostics.measures import check_features, encode_labels, labels_array, sample_rows, unit_rows
+from dist_syndr.evaluate.diagnostics.measures import (
+    check_features,
+    encode_labels,
+    labels_array,
+    sample_rows,
+    unit_rows,
+)
 
 
 def embedding_plot(
@@ -56,7 +62,9 @@ def embedding_plot(
     chosen_scores = scores_array[rows]
     has_score = np.isfinite(chosen_scores)
     by_score.scatter(points[~has_score, 0], points[~has_score, 1], s=6, c="lightgrey", label="no score")
-    drawn = by_score.scatter(points[has_score, 0], points[has_score, 1], s=6, c=chosen_scores[has_score], cmap="viridis")
+    drawn = by_score.scatter(
+        points[has_score, 0], points[has_score, 1], s=6, c=chosen_scores[has_score], cmap="viridis"
+    )
     figure.colorbar(drawn, ax=by_score, label="score")
     by_score.set_title("coloured by score")
     codes, names = encode_labels(types_array[rows], rows.size, "types")
@@ -67,7 +75,13 @@ def embedding_plot(
     if (codes < 0).any():
         by_type.scatter(points[codes < 0, 0], points[codes < 0, 1], s=6, c="lightgrey", label="none")
     by_type.legend(
-        title="type", fontsize=6, title_fontsize=7, markerscale=2, loc="center left", bbox_to_anchor=(1.0, 0.5), ncols=1 + len(names) // 20
+        title="type",
+        fontsize=6,
+        title_fontsize=7,
+        markerscale=2,
+        loc="center left",
+        bbox_to_anchor=(1.0, 0.5),
+        ncols=1 + len(names) // 20,
     )
     by_type.set_title("coloured by distortion type")
     for axes in (by_score, by_type):
@@ -90,7 +104,9 @@ def histogram_plot(histograms: dict[str, dict], path: str | Path, *, title: str 
     width = 0.8 / len(histograms)
     for i, (name, histogram) in enumerate(histograms.items()):
         positions = np.arange(len(bins)) + (i - (len(histograms) - 1) / 2) * width
-        bars = axes.bar(positions, histogram["samples"], width=width, label=f"{name} ({histogram['num_clusters']} clusters)")
+        bars = axes.bar(
+            positions, histogram["samples"], width=width, label=f"{name} ({histogram['num_clusters']} clusters)"
+        )
         axes.bar_label(bars, fontsize=7)
     axes.set_xticks(np.arange(len(bins)), bins)
     axes.set_xlabel("cluster size (1 = in no redundant cluster)")
@@ -110,7 +126,9 @@ def _embed_2d(unit: np.ndarray, method: str, seed: int) -> np.ndarray:
     from sklearn.manifold import TSNE
 
     perplexity = float(min(30.0, max(1.0, (unit.shape[0] - 1) / 3)))
-    return TSNE(n_components=2, metric="cosine", init="pca", perplexity=perplexity, random_state=seed).fit_transform(unit)
+    return TSNE(n_components=2, metric="cosine", init="pca", perplexity=perplexity, random_state=seed).fit_transform(
+        unit
+    )
 
 
 def _discrete_colours(count: int) -> list:

@@ -46,9 +46,7 @@ class Diagnosis:
     def summary(self) -> str:
         """One line on DRCDown's clusters and what it kept."""
         total = self.report["clusters"]["before"]["num_samples"]
-        return (
-            f"DRCDown: {self.num_clusters} redundant clusters (largest {self.largest_cluster}); kept {self.num_kept} of {total}"
-        )
+        return f"DRCDown: {self.num_clusters} redundant clusters (largest {self.largest_cluster}); kept {self.num_kept} of {total}"
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -80,24 +78,44 @@ def original_samples(shard_set: ShardSet) -> Originals:
 
 
 def diagnose(
-    model, shard_set: ShardSet, cfg: Config, out_dir: Path, *, device, model_name: str, epoch: int = 0,
-    method: str = "pca", max_points: int = 3000,
+    model,
+    shard_set: ShardSet,
+    cfg: Config,
+    out_dir: Path,
+    *,
+    device,
+    model_name: str,
+    epoch: int = 0,
+    method: str = "pca",
+    max_points: int = 3000,
 ) -> Diagnosis:
     """Embed, run DRCDown (always, whatever ``reshape.drcdown.enabled`` says), measure, plot and write the report."""
     samples = original_samples(shard_set)
     features = embed(model, shard_set, cfg.data, samples.keys, device=device, dali=cfg.runtime.dali)
     drcdown_cfg = dataclasses.replace(cfg.reshape.drcdown, enabled=True)
     kept, result = drcdown.kept_keys(
-        samples.keys, features, samples.scores, config=drcdown_cfg, run_seed=cfg.seed, epoch=epoch, search=cfg.reshape.neighbors
+        samples.keys,
+        features,
+        samples.scores,
+        config=drcdown_cfg,
+        run_seed=cfg.seed,
+        epoch=epoch,
+        search=cfg.reshape.neighbors,
     )
     position = {key: i for i, key in enumerate(samples.keys)}
     kept_index = np.array(sorted(position[key] for key in kept), dtype=np.int64)
-    before_after = measures.before_after(features, samples.refs, samples.types, samples.scores, kept_index, seed=cfg.seed)
+    before_after = measures.before_after(
+        features, samples.refs, samples.types, samples.scores, kept_index, seed=cfg.seed
+    )
     histograms = {
         "before": clusters.cluster_size_histogram(result.clusters, len(samples.keys)),
-        "after": clusters.cluster_size_histogram(clusters.restrict_clusters(result.clusters, kept_index), kept_index.size),
+        "after": clusters.cluster_size_histogram(
+            clusters.restrict_clusters(result.clusters, kept_index), kept_index.size
+        ),
     }
-    pictures = _plots(features, samples, kept_index, histograms, out_dir, shard_set.root.name, method, max_points, cfg.seed)
+    pictures = _plots(
+        features, samples, kept_index, histograms, out_dir, shard_set.root.name, method, max_points, cfg.seed
+    )
     report = {
         "shard_set": str(shard_set.root),
         "model": model_name,
@@ -109,20 +127,32 @@ def diagnose(
         "clusters": histograms,
     }
     report_path = files.write_text(out_dir / "diagnostics.json", json.dumps(report, indent=2, allow_nan=True) + "\n")
-    return Diagnosis(report, len(result.clusters), result.largest_cluster, int(kept_index.size), [report_path, *pictures])
+    return Diagnosis(
+        report, len(result.clusters), result.largest_cluster, int(kept_index.size), [report_path, *pictures]
+    )
 
 
-def _plots(features, samples: Originals, kept_index, histograms, out_dir: Path, name: str, method, max_points, seed) -> list[Path]:
+def _plots(
+    features, samples: Originals, kept_index, histograms, out_dir: Path, name: str, method, max_points, seed
+) -> list[Path]:
     options = {"method": method, "max_points": max_points, "seed": seed}
     kept = kept_index
     return [
         plots.histogram_plot(histograms, out_dir / "clusters_hist.png", title=f"{name}: DRCDown cluster sizes"),
         plots.embedding_plot(
-            features, samples.scores, samples.types, out_dir / "embedding_before.png",
-            title=f"{name}: all {len(samples.keys)} original samples", **options,
+            features,
+            samples.scores,
+            samples.types,
+            out_dir / "embedding_before.png",
+            title=f"{name}: all {len(samples.keys)} original samples",
+            **options,
         ),
         plots.embedding_plot(
-            features[kept], samples.scores[kept], samples.types[kept], out_dir / "embedding_after.png",
-            title=f"{name}: {kept.size} samples kept by DRCDown", **options,
+            features[kept],
+            samples.scores[kept],
+            samples.types[kept],
+            out_dir / "embedding_after.png",
+            title=f"{name}: {kept.size} samples kept by DRCDown",
+            **options,
         ),
     ]
