@@ -143,7 +143,8 @@ def _ddcup_stage(config: Config) -> str:
         [
             f"== DDCUp on generated references: {sets.train.shape[0]} training refs, {len(names)} candidates ==",
             f"selected {selected.size} candidates (selected/offered by kind: {breakdown})",
-            f"{len(records)} pseudo-labelled samples for types {list(settings.distortion_types)}, levels {settings.levels}:",
+            f"{len(records)} pseudo-labelled samples for types {list(settings.distortion_types)}, "
+            f"levels {settings.levels}:",
             sample,
         ]
     )
@@ -176,11 +177,13 @@ def _pool_stage(config: Config, paths: DemoPaths) -> tuple[ShardSet, ShardSet, s
         "\n".join(
             [
                 "== The embedded photo pool (scikit-image, scikit-learn and matplotlib photographs) ==",
-                f"training: {len(embedded.TRAIN_CONTENTS)} contents x {len(shard.pool.types)} engine distortions x 5 levels = "
+                f"training: {len(embedded.TRAIN_CONTENTS)} contents x {len(shard.pool.types)} engine distortions "
+                "x 5 levels = "
                 f"{plan.num_original} samples, weak labels (full-reference ensemble, NOT human scores)",
                 f"DDCUp over {len(embedded.CANDIDATE_CONTENTS)} candidate contents selected {selected}: "
                 f"{plan.num_upsampled} pseudo-labelled samples at levels {list(config.reshape.ddcup.levels)}",
-                f"held-out test: {len(test_set)} images of {len(embedded.TEST_CONTENTS)} unseen contents, each with 2-4 composed distortions",
+                f"held-out test: {len(test_set)} images of {len(embedded.TEST_CONTENTS)} unseen contents, "
+                "each with 2-4 composed distortions",
                 f"shard sets {train_set.root} and {test_set.root} in {seconds:.1f} s (a rerun reuses finished shards)",
             ]
         ),
@@ -314,7 +317,10 @@ def _tracking_uri(paths: DemoPaths) -> str:
 
 
 def _launch(command: list[str], paths: DemoPaths, log_path: Path) -> str:
-    """Run ``command`` from the project root with the demo's MLflow store; its output goes to ``log_path``; returns stdout."""
+    """Run ``command`` from the project root with the demo's MLflow store; returns stdout.
+
+    Its output goes to ``log_path``.
+    """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "MLFLOW_TRACKING_URI": _tracking_uri(paths), "PYTHONPATH": str(PROJECT_ROOT)}
     env.setdefault("TORCH_EXTENSIONS_DIR", str(PROJECT_ROOT / ".cache" / "torch_extensions"))

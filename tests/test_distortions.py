@@ -14,10 +14,11 @@ import piq
 import pytest
 import torch
 
+from dist_syndr.config import NUM_DISTORTION_TYPES, NUM_LEVELS
 from dist_syndr.pools import distortions
-from dist_syndr.pools.distortions import LEVEL_PARAMETERS, NUM_LEVELS, NUM_TYPES, TYPE_NAMES, distort, distort_image
+from dist_syndr.pools.distortions import LEVEL_PARAMETERS, TYPE_NAMES, distort, distort_image
 
-ALL_TYPES = list(range(1, NUM_TYPES + 1))
+ALL_TYPES = list(range(1, NUM_DISTORTION_TYPES + 1))
 # Types that draw random numbers; every other type ignores its seed.
 RANDOM_TYPES = {3, 5, 11, 12, 13, 14, 15, 19, 20, 23}
 SEEDS = [101, 202, 303]
@@ -107,9 +108,9 @@ MEASURES[25] = (contrast_loss, 0.05)
 
 
 def test_tables_cover_every_type_and_level():
-    assert NUM_TYPES == 25 and NUM_LEVELS == 5
+    assert NUM_DISTORTION_TYPES == 25 and NUM_LEVELS == 5
     assert sorted(TYPE_NAMES) == ALL_TYPES == sorted(LEVEL_PARAMETERS)
-    assert len(set(TYPE_NAMES.values())) == NUM_TYPES
+    assert len(set(TYPE_NAMES.values())) == NUM_DISTORTION_TYPES
     assert all(len(levels) == NUM_LEVELS for levels in LEVEL_PARAMETERS.values())
     # Spot checks against KADID's imdist_generator.m.
     assert LEVEL_PARAMETERS[1] == (0.1, 0.5, 1.0, 2.0, 5.0)

@@ -92,7 +92,9 @@ def test_kadid10k_reads_scores_refs_and_names(tmp_path):
     samples = read_kadid10k(tmp_path)
     assert len(samples) == 12
     assert [s.key for s in samples] == sorted(s.key for s in samples)
-    keys_in_csv_order = [f"kadid10k/I{r:02d}_{t:02d}_{l:02d}" for r in (1, 2, 3) for t in (1, 25) for l in (1, 5)]
+    keys_in_csv_order = [
+        f"kadid10k/I{r:02d}_{t:02d}_{level:02d}" for r in (1, 2, 3) for t in (1, 25) for level in (1, 5)
+    ]
     assert {s.key for s in samples} == set(keys_in_csv_order)
     by_key = _by_key(samples)
     for key, score in zip(keys_in_csv_order, _scaled(dmos), strict=True):
@@ -387,7 +389,8 @@ def _live_replica(root: Path) -> np.ndarray:
 def test_live_skips_reference_copies_and_flips_dmos(tmp_path):
     dmos = _live_replica(tmp_path)
     samples = read_live(tmp_path, folders=_LIVE_FOLDERS)
-    # mat entry order: jp2k/img1, jp2k/img2 (reference copy), jpeg/img1, jpeg/img2, wn/img1, gblur/img1, fastfading/img1
+    # mat entry order: jp2k/img1, jp2k/img2 (reference copy), jpeg/img1, jpeg/img2, wn/img1, gblur/img1,
+    # fastfading/img1
     entry_of = {"live/jp2k/img1": 0, "live/jpeg/img1": 2, "live/jpeg/img2": 3, "live/wn/img1": 4, "live/gblur/img1": 5}
     entry_of["live/fastfading/img1"] = 6
     assert [s.key for s in samples] == sorted(entry_of)
@@ -446,7 +449,10 @@ def test_csv_pool_resolves_paths_and_scales(tmp_path):
     _image(tmp_path / "imgs" / "sub" / "b.jpg")
     _image(tmp_path / "refs" / "r.png")
     outside = _image(tmp_path.parent / f"{tmp_path.name}_outside" / "c.bmp")
-    text = f"path,score,ref,type,level\nimgs/a.png,2,refs/r.png,3,1\nimgs/sub/b.jpg,4,,,\n{outside},6,refs/gone.png,7.0,\n"
+    text = (
+        "path,score,ref,type,level\nimgs/a.png,2,refs/r.png,3,1\nimgs/sub/b.jpg,4,,,\n"
+        f"{outside},6,refs/gone.png,7.0,\n"
+    )
     labels = _write(tmp_path / "mypool.csv", text)
     samples = _by_key(read_csv_pool(labels))
     assert set(samples) == {"mypool/imgs/a", "mypool/imgs/sub/b", "mypool/c"}

@@ -44,7 +44,8 @@ class MlflowServer:
             pytest.skip(f"{MLFLOW} not found (run through make test)")
         command = [
             str(MLFLOW), "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-            "--backend-store-uri", f"sqlite:///{self.folder / 'db.sqlite'}", "--artifacts-destination", str(self.folder / "artifacts"),
+            "--backend-store-uri", f"sqlite:///{self.folder / 'db.sqlite'}",
+            "--artifacts-destination", str(self.folder / "artifacts"),
         ]  # fmt: skip
         log_file = (self.folder / "server.log").open("ab")
         # Its own session: stop() ends the server and the workers it spawns, nothing else.

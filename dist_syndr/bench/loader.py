@@ -100,7 +100,8 @@ def run(plan: LoaderPlan) -> Report:
             sections.append(f"#### {ENCODINGS[encoding]}\n\n{table}")
     setting = (
         f"{plan.num_images} photo crops of {plan.width}x{plan.height}, {plan.epochs} epochs, batch {plan.batch_size},"
-        f" {plan.num_workers} workers each, one random 224x224 crop, consumer step {plan.step_ms:g} ms, best of {plan.repeats}"
+        f" {plan.num_workers} workers each, one random 224x224 crop, consumer step {plan.step_ms:g} ms,"
+        f" best of {plan.repeats}"
     )
     return Report(f"### Input pipeline ({setting})\n\n" + "\n\n".join(sections), tuple(summary))
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from dist_syndr.bench.harness import Report, SummaryRow, markdown_table
+from dist_syndr.config import NUM_DISTORTION_TYPES, NUM_LEVELS
 from dist_syndr.pools.embedded import photo_crops
 
 
@@ -153,7 +154,8 @@ def run(plan: ShardPlan) -> Report:
     sections = [
         f"### Sharding an on-disk pool: {file_pool}\n\n{_writer_table(len(paths), file_times)}",
         f"### Sharding with the distortion engine: {engine_pool}\n\n{_writer_table(num_engine_images, engine_times)}",
-        f"### Distortion engine alone (CPU, {plan.width}x{plan.height}, batches of {plan.engine_images_per_type})\n\n{engine_table(plan)}",
+        f"### Distortion engine alone (CPU, {plan.width}x{plan.height}, batches of {plan.engine_images_per_type})"
+        f"\n\n{engine_table(plan)}",
     ]
     rows = _summary_rows("on-disk pool", len(paths), file_times) + _summary_rows(
         "distortion engine pool", num_engine_images, engine_times
@@ -207,13 +209,13 @@ def engine_table(plan: ShardPlan) -> str:
         images = images.cuda()
     seeds = list(range(images.shape[0]))
     rows = []
-    for distortion_type in range(1, distortions.NUM_TYPES + 1):
+    for distortion_type in range(1, NUM_DISTORTION_TYPES + 1):
         distortions.distort(images[:1], distortion_type, 3, seeds[:1])  # warm-up
         started = time.perf_counter()
-        for level in range(1, distortions.NUM_LEVELS + 1):
+        for level in range(1, NUM_LEVELS + 1):
             distortions.distort(images, distortion_type, level, seeds)
         if images.is_cuda:
             torch.cuda.synchronize()
-        per_second = images.shape[0] * distortions.NUM_LEVELS / (time.perf_counter() - started)
+        per_second = images.shape[0] * NUM_LEVELS / (time.perf_counter() - started)
         rows.append([str(distortion_type), distortions.TYPE_NAMES[distortion_type], f"{per_second:.1f}"])
     return markdown_table(["type", "name", "images/s"], rows)

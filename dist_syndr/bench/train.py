@@ -120,7 +120,8 @@ class TrainPlan:
             raise ValueError("TrainPlan.warmup_epochs and TrainPlan.threads_per_rank must be >= 0")
         if not set(self.step_stages) | {self.trainer_zero_stage} <= {0, 1, 2, 3}:
             raise ValueError(
-                f"TrainPlan.step_stages / trainer_zero_stage: ZeRO stages are 0-3, got {self.step_stages} / {self.trainer_zero_stage}"
+                "TrainPlan.step_stages / trainer_zero_stage: ZeRO stages are 0-3,"
+                f" got {self.step_stages} / {self.trainer_zero_stage}"
             )
 
     @property
@@ -290,10 +291,13 @@ def build_report(plan: TrainPlan, results: dict[str, ModelResult | None]) -> Rep
                     )
                 )
         notes.append(
-            f"- {model}: {result.flops_per_image / 1e9:.3f} GFLOP per image (forward + backward), {result.steps_per_epoch} steps per epoch"
-            f" per rank; the loader alone delivers {result.loader_images_per_second:.1f} images/s per process on the same epochs;"
-            f" inside train_epoch's batch loop (without building and closing the loader) (c) runs at"
-            f" {result.trainer_loop_images_per_second:.1f} images/s ({result.trainer_loop_images_per_second / baseline:.2f}x DDP)"
+            f"- {model}: {result.flops_per_image / 1e9:.3f} GFLOP per image (forward + backward),"
+            f" {result.steps_per_epoch} steps per epoch"
+            f" per rank; the loader alone delivers {result.loader_images_per_second:.1f} images/s per process"
+            " on the same epochs;"
+            " inside train_epoch's batch loop (without building and closing the loader) (c) runs at"
+            f" {result.trainer_loop_images_per_second:.1f} images/s"
+            f" ({result.trainer_loop_images_per_second / baseline:.2f}x DDP)"
         )
     table = markdown_table(["model", "case", "images/s per process", "data wait", "MFU", "vs DDP"], rows)
     text = f"### Training step ({_setting(plan, results)})\n\n{table}"
@@ -309,8 +313,10 @@ def _setting(plan: TrainPlan, results: dict[str, ModelResult | None]) -> str:
         device = measured.gpu_name if measured.device == "cuda" else f"CPU, {measured.threads} torch threads per rank"
         where = f"{measured.world_size} ranks on {measured.dist_backend}, {device}"
     return (
-        f"{plan.num_samples} photo crops ({plan.num_photos} photos x {len(plan.types)} types x 5 levels) of {plan.image_side}x{plan.image_side},"
-        f" random init, {plan.crop}x{plan.crop} random crops, batch {plan.batch_size} per rank, {where}, {plan.num_workers} loader"
+        f"{plan.num_samples} photo crops ({plan.num_photos} photos x {len(plan.types)} types x 5 levels)"
+        f" of {plan.image_side}x{plan.image_side},"
+        f" random init, {plan.crop}x{plan.crop} random crops, batch {plan.batch_size} per rank, {where},"
+        f" {plan.num_workers} loader"
         f" workers per rank; {plan.epochs} timed epochs after {plan.warmup_epochs} warm-up, best of {plan.repeats}"
     )
 

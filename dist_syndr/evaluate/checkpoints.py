@@ -96,7 +96,8 @@ def load_model(
         config_path = find_config(source.folder)
         if config_path is None:
             raise ValueError(
-                f"{checkpoint}: no {CONFIG_NAME} in its folder or the {CONFIG_SEARCH_LEVELS} above it; pass the run's config with --config"
+                f"{checkpoint}: no {CONFIG_NAME} in its folder or the {CONFIG_SEARCH_LEVELS} above it;"
+                " pass the run's config with --config"
             )
     cfg = config_module.load(Path(config_path), list(overrides))
     model_cfg = dataclasses.replace(cfg.model, weights="", is_random_init=True, is_grad_checkpointing=False)
@@ -111,7 +112,8 @@ def load_model(
     mismatched = [name for name in expected if name in state and state[name].shape != expected[name].shape]
     if missing or unexpected or mismatched:
         raise ValueError(
-            f"{checkpoint}: weights do not fit model.backbone={cfg.model.backbone} (image_size={cfg.model.image_size}) "
+            f"{checkpoint}: weights do not fit model.backbone={cfg.model.backbone}"
+            f" (image_size={cfg.model.image_size}) "
             f"of {config_path}: missing {missing[:3]}, unexpected {unexpected[:3]}, shape mismatch {mismatched[:3]}"
         )
     state = {name: tensor.to(expected[name].dtype) for name, tensor in state.items()}

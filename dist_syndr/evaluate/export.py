@@ -191,7 +191,9 @@ def checksum_path(path: Path) -> Path:
 
 
 def save_state_dict(state: dict[str, torch.Tensor], path: Path) -> Path:
-    """Write ``state`` to ``path`` (``.pt``/``.pth`` via torch.save, ``.safetensors``) atomically, with a sha256 sidecar."""
+    """Write ``state`` to ``path`` (``.pt``/``.pth`` via torch.save, ``.safetensors``) atomically,
+    with a sha256 sidecar.
+    """
     path = Path(path)
     if path.suffix not in STATE_DICT_SUFFIXES:
         raise ValueError(f"{path}: state dict files end in {', '.join(STATE_DICT_SUFFIXES)}")

@@ -145,7 +145,9 @@ def _gathered_pass(
     forward: Callable[[torch.Tensor], torch.Tensor],
     empty: tuple[int, ...],
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Positions in ``keys`` (ascending, each once) and the per-image outputs of ``forward`` at them, from all ranks."""
+    """Positions in ``keys`` (ascending, each once) and the per-image outputs of ``forward`` at them,
+    from all ranks.
+    """
     rank, world_size = runtime.rank_world()
     if not keys:
         return np.zeros(0, np.int64), np.zeros(empty, np.float32)

@@ -32,7 +32,9 @@ class IQAModel(nn.Module):
         return self.head(self.backbone(images)).squeeze(-1)
 
     def parameter_groups(self, learning_rate: float, head_multiplier: float = 10.0) -> list[dict]:
-        """Optimizer groups: backbone at ``learning_rate``, head at ``head_multiplier`` times it (docs/METHOD.md section 5)."""
+        """Optimizer groups: backbone at ``learning_rate``, head at ``head_multiplier`` times it
+        (docs/METHOD.md section 5).
+        """
         return [
             {"params": list(self.backbone.parameters()), "lr": learning_rate, "name": "backbone"},
             {"params": list(self.head.parameters()), "lr": learning_rate * head_multiplier, "name": "head"},

@@ -55,7 +55,8 @@ def make_loader(shard_set: ShardSet, config: DataConfig, *, is_training: bool, d
     if mode == "off":
         if config.loader == "dali":
             raise ValueError(
-                f"data.loader=dali but DALI is unavailable (runtime.dali={dali}); install nvidia-dali-cuda130 or set data.loader=torch"
+                f"data.loader=dali but DALI is unavailable (runtime.dali={dali});"
+                " install nvidia-dali-cuda130 or set data.loader=torch"
             )
         log.info("DALI unavailable: using the torch DataLoader fallback")
         return _torch_loader(shard_set, config, is_training)

@@ -104,7 +104,9 @@ class MemberReader:
         return data
 
     def read_checked(self, row: int, crop: int) -> tuple[bytes, int, int]:
-        """``(bytes, width, height)``; SampleError if the header is unreadable or the image is smaller than ``crop``."""
+        """``(bytes, width, height)``; SampleError if the header is unreadable or the image is smaller
+        than ``crop``.
+        """
         data = self.read(row)
         try:
             width, height = image_size(data)
@@ -112,7 +114,8 @@ class MemberReader:
             raise SampleError(f"{self.table.describe(row)}: image bytes are corrupt ({error})") from None
         if width < crop or height < crop:
             raise SampleError(
-                f"{self.table.describe(row)}: image is {width}x{height}, smaller than the {crop}x{crop} crop (images are never resized)"
+                f"{self.table.describe(row)}: image is {width}x{height}, smaller than the {crop}x{crop} crop"
+                " (images are never resized)"
             )
         return data, width, height
 
@@ -131,7 +134,9 @@ class MemberReader:
 
 
 def decodes_fully(data: bytes) -> bool:
-    """True when PIL decodes ``data`` without error (slow; used to name the samples of a shard that fails verification)."""
+    """True when PIL decodes ``data`` without error (slow; used to name the samples of a shard
+    that fails verification).
+    """
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -143,7 +148,9 @@ def decodes_fully(data: bytes) -> bool:
 
 
 def placeholder_png(crop: int) -> bytes:
-    """A black ``crop x crop`` PNG fed in place of padding and skipped samples (dropped before the batch is yielded)."""
+    """A black ``crop x crop`` PNG fed in place of padding and skipped samples
+    (dropped before the batch is yielded).
+    """
     from PIL import Image
 
     buffer = io.BytesIO()

@@ -132,7 +132,8 @@ def plan_epoch(
         order = selected
     if start < 0 or start % world_size or start > len(order):
         raise ValueError(
-            f"start={start}: a resume offset must be a multiple of world_size={world_size} within the epoch's {len(order)} samples"
+            f"start={start}: a resume offset must be a multiple of world_size={world_size}"
+            f" within the epoch's {len(order)} samples"
         )
     remaining = order[start:]
     num_dropped = num_padded = 0
@@ -140,7 +141,8 @@ def plan_epoch(
         whole = len(remaining) // (world_size * batch_size) * (world_size * batch_size)
         if whole == 0 and start == 0 and order:
             raise ValueError(
-                f"data.batch_size={batch_size}: the epoch's {len(order)} samples give no whole batch on {world_size} rank(s);"
+                f"data.batch_size={batch_size}: the epoch's {len(order)} samples give no whole batch"
+                f" on {world_size} rank(s);"
                 " lower data.batch_size or set data.drop_last=false"
             )
         num_dropped = len(remaining) - whole

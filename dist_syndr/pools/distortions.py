@@ -95,8 +95,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-NUM_TYPES = 25
-NUM_LEVELS = 5
+from dist_syndr.config import NUM_DISTORTION_TYPES, NUM_LEVELS
+
 MIN_SIDE = 8
 
 TYPE_NAMES: dict[int, str] = {
@@ -167,7 +167,7 @@ def distort(images: torch.Tensor, distortion_type: int, level: int, seeds: Seque
     Raises ``ValueError`` for a bad dtype, shape, type, level or seed count.
     """
     _check_images(images)
-    distortion_type = _check_choice("distortion_type", distortion_type, NUM_TYPES)
+    distortion_type = _check_choice("distortion_type", distortion_type, NUM_DISTORTION_TYPES)
     level = _check_choice("level", level, NUM_LEVELS)
     seeds = _check_seeds(seeds, images.shape[0])
     if images.shape[0] == 0:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dist_syndr.config import NUM_DISTORTION_TYPES, NUM_LEVELS
+from dist_syndr.config import NUM_DISTORTION_TYPES, NUM_LEVELS, label_column
 from dist_syndr.pools.layout import check_on_missing, finish, image_index, report_missing, warn_missing_refs
 from dist_syndr.pools.sample import Sample
 from dist_syndr.pools.scores import minmax_to_ten
@@ -79,7 +79,7 @@ def read_dmos_csv(path: str | Path) -> list[KadidScore]:
 
 
 def label_table(records: list[KadidScore], ref_names: list[str]) -> np.ndarray:
-    """``(len(ref_names), 25 * 5)`` scores, column ``(type - 1) * 5 + (level - 1)``.
+    """``(len(ref_names), 25 * 5)`` scores, column ``label_column(type, level)``.
 
     Raises ValueError naming the reference and cell when a score is missing.
     """
@@ -88,7 +88,7 @@ def label_table(records: list[KadidScore], ref_names: list[str]) -> np.ndarray:
     for record in records:
         row = row_of.get(record.ref_img)
         if row is not None:
-            table[row, (record.distortion_type - 1) * NUM_LEVELS + record.level - 1] = record.score
+            table[row, label_column(record.distortion_type, record.level)] = record.score
     missing = np.argwhere(np.isnan(table))
     if missing.size:
         ref, column = missing[0]

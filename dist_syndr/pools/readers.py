@@ -59,7 +59,9 @@ READERS: dict[str, Callable[..., list[Sample]]] = {
 
 
 def read_pool(kind: str, root: str | Path, **options) -> list[Sample]:
-    """The samples of the dataset at ``root`` read by the ``kind`` reader; ValueError listing the kinds for an unknown one."""
+    """The samples of the dataset at ``root`` read by the ``kind`` reader;
+    ValueError listing the kinds for an unknown one.
+    """
     reader = READERS.get(kind)
     if reader is None:
         raise ValueError(f"unknown pool kind {kind!r}; known kinds: {', '.join(sorted(READERS))}")

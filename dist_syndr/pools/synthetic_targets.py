@@ -246,7 +246,8 @@ def _csiq_labels(root: Path, labels: str | Path | None) -> Path:
     found = sorted(require_dir(root, "CSIQ").glob("*.csv"))
     if len(found) != 1:
         raise ValueError(
-            f"{root}: expected exactly one DMOS CSV (dist_img,ref_img,dmos), found {[p.name for p in found]}; pass labels="
+            f"{root}: expected exactly one DMOS CSV (dist_img,ref_img,dmos),"
+            f" found {[p.name for p in found]}; pass labels="
         )
     return found[0]
 

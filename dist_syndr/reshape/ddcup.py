@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dist_syndr.config import NUM_LEVELS, NeighborsConfig
+from dist_syndr.config import NeighborsConfig, label_column
 from dist_syndr.reshape import neighbors
 from dist_syndr.reshape._inputs import check_features, check_same_dim
 
@@ -145,7 +145,7 @@ def transfer_labels(
 ) -> np.ndarray:
     """Pseudo labels ``(S, C)`` for the selected candidates (docs/METHOD.md section 3 step 4).
 
-    ``train_label_table[t, (type - 1) * 5 + (level - 1)]`` is reference ``t``'s
+    ``train_label_table[t, label_column(type, level)]`` is reference ``t``'s
     label; each candidate gets the weighted mean over its ``top_k`` nearest
     references within ``window`` of the nearest one. ``weighting="reference"``
     is softmax of the distances (the published behaviour);
@@ -180,11 +180,6 @@ def transfer_labels(
     return labels
 
 
-def label_columns(types: tuple[int, ...] | list[int], levels: tuple[int, ...] | list[int]) -> np.ndarray:
-    """Table columns ``(type - 1) * 5 + (level - 1)`` for every (type, level), type-major."""
-    return np.array([(t - 1) * NUM_LEVELS + (level - 1) for t in types for level in levels], dtype=np.int64)
-
-
 def upsampled_records(
     candidate_names: list[str],
     selected: np.ndarray,
@@ -203,7 +198,7 @@ def upsampled_records(
         stem = ref_name.rsplit(".", 1)[0]
         for t in types:
             for level in levels:
-                score = float(labels[row, (t - 1) * NUM_LEVELS + (level - 1)])
+                score = float(labels[row, label_column(t, level)])
                 records.append((f"{stem}_{t:02d}_{level:02d}.bmp", ref_name, t, level, score))
     return records
 

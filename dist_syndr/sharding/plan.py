@@ -18,7 +18,7 @@ import numpy as np
 
 from dist_syndr import config as config_module
 from dist_syndr import runtime
-from dist_syndr.config import NUM_LEVELS, Config
+from dist_syndr.config import NUM_DISTORTION_TYPES, NUM_LEVELS, Config, label_column
 from dist_syndr.features.embed import embed_paths, load_named_features
 from dist_syndr.pools import kadid, readers
 from dist_syndr.pools.sample import Sample
@@ -141,9 +141,7 @@ def _engine_items(
         for distortion_type in types:
             for level in levels:
                 key = f"{reference.source or 'pool'}/{stem}_{distortion_type:02d}_{level:02d}"
-                score = (
-                    None if scores is None else scores[reference.key][(distortion_type - 1) * NUM_LEVELS + level - 1]
-                )
+                score = None if scores is None else scores[reference.key][label_column(distortion_type, level)]
                 items.append(
                     WorkItem(
                         key=key,
@@ -233,17 +231,20 @@ def _reference_features(keys: list[str], paths: list[str], prefix: str, config: 
 
 
 def _label_table(rows, refs: list[str], types, levels) -> np.ndarray:
-    """``(len(refs), 25 * 5)`` scores; the columns of ``types`` x ``levels`` (the ones DDCUp transfers) must all be known."""
-    table = np.full((len(refs), 25 * NUM_LEVELS), np.nan)
+    """``(len(refs), 25 * 5)`` scores; the columns of ``types`` x ``levels`` (the ones DDCUp transfers)
+    must all be known.
+    """
+    table = np.full((len(refs), NUM_DISTORTION_TYPES * NUM_LEVELS), np.nan)
     row_of = {ref: i for i, ref in enumerate(refs)}
     for ref, distortion_type, level, score in rows:
         if ref in row_of and distortion_type and level and score is not None:
-            table[row_of[ref], (distortion_type - 1) * NUM_LEVELS + level - 1] = score
-    needed = [(t - 1) * NUM_LEVELS + v - 1 for t in types for v in levels]
+            table[row_of[ref], label_column(distortion_type, level)] = score
+    needed = [label_column(t, v) for t in types for v in levels]
     missing = np.argwhere(np.isnan(table[:, needed]))
     if missing.size:
         ref, column = missing[0][0], needed[missing[0][1]]
-        raise ValueError(f"DDCUp label table: no score for {refs[ref]} type {column // 5 + 1} level {column % 5 + 1}")
+        distortion_type, level = divmod(column, NUM_LEVELS)
+        raise ValueError(f"DDCUp label table: no score for {refs[ref]} type {distortion_type + 1} level {level + 1}")
     # Columns outside types x levels are never transferred (no upsampled image is made for them).
     return np.nan_to_num(table, nan=0.0)
 
@@ -259,7 +260,7 @@ def _on_disk_upsampled(chosen: list[Sample], scores, types, levels, root: str) -
                     raise ValueError(
                         f"{root}: no distorted image of {candidate.key} type {distortion_type} level {level}"
                     )
-                score = float(scores[candidate.key][(distortion_type - 1) * NUM_LEVELS + level - 1])
+                score = float(scores[candidate.key][label_column(distortion_type, level)])
                 items.append(
                     WorkItem(
                         key=sample.key,

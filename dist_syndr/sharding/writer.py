@@ -93,7 +93,8 @@ def write_shards(
     rank: int = 0,
     world_size: int = 1,
 ) -> int:
-    """Write this rank's unfinished shards of ``items``, numbered from ``first_shard``; returns how many shards ``items`` fill.
+    """Write this rank's unfinished shards of ``items``, numbered from ``first_shard``;
+    returns how many shards ``items`` fill.
 
     A set can be written in segments (originals, then samples planned from them), each
     starting on a new shard; :func:`finish_index` then indexes all of them.
@@ -122,7 +123,9 @@ def finish_index(out_dir: Path, num_shards: int, config: dict, *, rank: int = 0,
 
 
 def weak_qualities(out_dir: Path, shard_numbers: range) -> dict[str, float]:
-    """Key -> weak-label ensemble quality of the samples in finished shards ``shard_numbers`` (read from their sidecars)."""
+    """Key -> weak-label ensemble quality of the samples in finished shards ``shard_numbers``
+    (read from their sidecars).
+    """
     qualities = {}
     for index in shard_numbers:
         sidecar = _sidecar_path(out_dir, index)

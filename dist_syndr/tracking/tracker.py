@@ -370,7 +370,8 @@ def make_tracker(
         known = journal.read_delivery().run_id
         if run_id is not None and run_id != known:
             raise ValueError(
-                f"{local_dir}: this tracking journal belongs to MLflow run {known or '(not created yet)'}, not {run_id}"
+                f"{local_dir}: this tracking journal belongs to MLflow run {known or '(not created yet)'},"
+                f" not {run_id}"
             )
         if uri != journal.identity.tracking_uri:
             log.warning(

@@ -92,7 +92,9 @@ def _zero_1_2_options(train: TrainConfig, precision: str, device: str) -> dict:
 
 
 def initialize(model, train: TrainConfig, data: DataConfig, *, world_size: int, device: str):
-    """``deepspeed.initialize`` on ``model`` with the generated config and :func:`build_optimizer`; ``(engine, config)``."""
+    """``deepspeed.initialize`` on ``model`` with the generated config and :func:`build_optimizer`;
+    ``(engine, config)``.
+    """
     import deepspeed
 
     ds_config = deepspeed_config(train, data, world_size=world_size, device=device)

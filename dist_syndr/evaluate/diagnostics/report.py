@@ -46,7 +46,8 @@ class Diagnosis:
     def summary(self) -> str:
         """One line on DRCDown's clusters and what it kept."""
         total = self.report["clusters"]["before"]["num_samples"]
-        return f"DRCDown: {self.num_clusters} redundant clusters (largest {self.largest_cluster}); kept {self.num_kept} of {total}"
+        clusters_found = f"{self.num_clusters} redundant clusters (largest {self.largest_cluster})"
+        return f"DRCDown: {clusters_found}; kept {self.num_kept} of {total}"
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -67,7 +68,8 @@ def original_samples(shard_set: ShardSet) -> Originals:
     unscored = [entry.key for entry in entries if entry.score is None]
     if unscored:
         raise ValueError(
-            f"{shard_set.root}: {len(unscored)} original sample(s) have no score (e.g. {unscored[0]}); DRCDown needs labels"
+            f"{shard_set.root}: {len(unscored)} original sample(s) have no score (e.g. {unscored[0]}); "
+            "DRCDown needs labels"
         )
     return Originals(
         keys=[entry.key for entry in entries],
