@@ -158,7 +158,7 @@ def _pool_stage(config: Config, paths: DemoPaths) -> tuple[ShardSet, ShardSet, s
     test_refs = embedded.write_pristine(pristine / "test", embedded.TEST_CONTENTS, PHOTO_SIZE)
     started = time.perf_counter()
     shard = config.shard
-    options = writer.WriteOptions(samples_per_shard=shard.samples_per_shard, num_workers=shard.num_workers)
+    options = writer.WriteOptions.from_config(shard)
     train_dir = paths.shards / shard.name
     shard.pool.root, shard.candidates.root = str(pristine / "train"), str(pristine / "candidates")
     plan = run_shard_step(config, train_dir, options)

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         action="extend",
         default=[],
         metavar="DIR",
-        help="run folder or tracking journal to push first",
+        help="run folder or journal to push first",
     )
     parser.add_argument("--tracking-uri", help="MLflow store to read (default: MLFLOW_TRACKING_URI or mlruns/)")
     parser.add_argument(
@@ -53,14 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     # ---- push pending tracking journals
     for folder in args.sync:
         report = tracking.sync(folder, show_progress=True)
-        print(
-            f"{report.local_dir}: {report.num_pushed} record(s) pushed to run {report.run_id} at {report.tracking_uri}, "
-            f"{report.num_rejected} rejected, {report.num_pending} pending"
-        )
+        print(report.describe())
         if not report.is_complete:
             print(
-                f"error: {report.local_dir}: sync stopped early ({report.error}); run it again when the server answers",
-                file=sys.stderr,
+                f"error: {report.local_dir}: sync stopped early ({report.error}); run it again later", file=sys.stderr
             )
             return 1
     if not (args.run_ids or args.experiment):

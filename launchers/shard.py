@@ -35,18 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.verify:
         shard_set = ShardSet(out_dir)
         shard_set.verify(decode_images=True)
-        print(
-            f"{out_dir}: {len(shard_set)} samples in {len(shard_set.shards)} shards verified (checksums, members, images)"
-        )
+        counts = f"{len(shard_set)} samples in {len(shard_set.shards)} shards"
+        print(f"{out_dir}: {counts} verified (checksums, members, images)")
         return 0
 
     # ---- plan, write, index
-    options = writer.WriteOptions(
-        samples_per_shard=cfg.shard.samples_per_shard,
-        png_compress_level=cfg.shard.png_compress_level,
-        num_workers=cfg.shard.num_workers,
-        on_error=cfg.shard.on_error,
-    )
+    options = writer.WriteOptions.from_config(cfg.shard)
     plan = shard_plan.run_shard_step(cfg, out_dir, options, rank=backends.rank, world_size=backends.world_size)
     if backends.rank == 0:
         shard_set = ShardSet(out_dir)

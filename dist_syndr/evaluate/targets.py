@@ -84,3 +84,21 @@ def _shard_raw_target(kind: str, root: Path, out_dir: Path, recorded: dict, *, n
     options = writer.WriteOptions(num_workers=num_workers)
     writer.write_shard_set(plan.items, out_dir, options, recorded, rank=rank, world_size=world_size)
     runtime.barrier()  # rank 0 writes index.json after the others finished their shards
+
+
+def parse_targets(entries: list[str]) -> dict[str, str]:
+    """``{name: spec}`` from ``NAME=DIR`` / ``NAME=KIND:DIR`` entries, each name once and each path existing."""
+    if not entries:
+        raise ValueError("no targets: give --target NAME=DIR (or set train.targets in the config)")
+    targets: dict[str, str] = {}
+    for entry in entries:
+        name, separator, spec = entry.partition("=")
+        if not separator or not name or not spec:
+            raise ValueError(f"--target {entry!r}: expected NAME=DIR or NAME=KIND:DIR")
+        if name in targets:
+            raise ValueError(f"--target {name}: given twice")
+        _, root = parse_target(name, spec)  # checks the name
+        if not root.exists():
+            raise ValueError(f"target {name}: {root} does not exist")
+        targets[name] = spec
+    return targets

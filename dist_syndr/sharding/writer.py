@@ -29,6 +29,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from dist_syndr import files, runtime
+from dist_syndr.config import ShardConfig
 from dist_syndr.pools.scores import minmax_to_ten
 from dist_syndr.sharding.shard_set import FORMAT_VERSION, INDEX_NAME, member_base, scan_tar
 
@@ -59,6 +60,11 @@ class WriteOptions:
     png_compress_level: int = 1
     num_workers: int = 2
     on_error: str = "error"  # error | skip
+
+    @staticmethod
+    def from_config(shard: ShardConfig) -> WriteOptions:
+        """The write options of a ``shard`` config section."""
+        return WriteOptions(shard.samples_per_shard, shard.png_compress_level, shard.num_workers, shard.on_error)
 
 
 def item_seed(run_seed: int, key: str) -> int:

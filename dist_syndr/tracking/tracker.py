@@ -256,6 +256,11 @@ class SyncReport:
         """Whether the store now has the whole journal."""
         return self.num_pending == 0 and self.error is None
 
+    def describe(self) -> str:
+        """One line: what was pushed where, and what is left."""
+        pushed = f"{self.num_pushed} record(s) pushed to run {self.run_id} at {self.tracking_uri}"
+        return f"{self.local_dir}: {pushed}, {self.num_rejected} rejected, {self.num_pending} pending"
+
 
 def sync(local_dir: Path, tracking_uri: str | None = None, *, show_progress: bool = False) -> SyncReport:
     """Push a journal's pending records (``local_dir``: the journal or a run folder holding ``tracking/``).

@@ -1,5 +1,6 @@
 """One diagnostics run: a model's features of a shard set's original samples, DRCDown on them, and the
-clustering measures, cluster tables and plots before and after it (``launchers/diagnose.py``).
+clustering measures, cluster tables and plots before and after it (``launchers/diagnose.py``), logged to
+MLflow as ``diag/<measure>/before|after``.
 
 Shapes: ``N`` original samples, ``D`` feature dimension.
 """
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +22,10 @@ from dist_syndr.evaluate.predict import embed
 from dist_syndr.loader import upsampled_keys
 from dist_syndr.reshape import drcdown
 from dist_syndr.sharding.shard_set import ShardSet
+from dist_syndr.tracking.journal import Journal
+from dist_syndr.tracking.tracker import LOCAL_DIR_NAME, git_commit, make_tracker
+
+log = logging.getLogger(__name__)
 
 MIN_SAMPLES = 3
 
@@ -158,3 +165,39 @@ def _plots(
             **options,
         ),
     ]
+
+
+def log_diagnosis(
+    cfg: Config, diagnosis: Diagnosis, out_dir: Path, *, run_id: str | None, experiment: str | None, step: int
+):
+    """Log the measures and files into ``run_id`` (left open: it belongs to someone else) or a new run (closed).
+
+    The journal is ``<out_dir>/tracking``: records a down server did not take are pushed later with
+    ``python launchers/compare.py --sync <out_dir>/tracking``.
+    """
+    cfg = dataclasses.replace(cfg, run_name=f"{cfg.run_name}-diagnose-{out_dir.name}")
+    project_root = Path(__file__).resolve().parents[3]
+    tags = {
+        "git_commit": git_commit(project_root),
+        "dist_syndr.kind": "diagnostics",
+        "shard_set": diagnosis.report["shard_set"],
+    }
+    journal_dir = out_dir / LOCAL_DIR_NAME
+    if Journal.exists(journal_dir) and Journal(journal_dir).num_pending() == 0:
+        shutil.rmtree(journal_dir)  # delivered in full: this invocation is a run (or a visit to run_id) of its own
+    experiment = experiment or cfg.train.experiment
+    tracker = make_tracker(
+        cfg, rank=0, experiment=experiment, root=Path("mlruns"), tags=tags, run_id=run_id, local_dir=journal_dir
+    )
+    tracker.log_metrics(diagnosis.metrics, step=step)
+    for path in diagnosis.files:
+        tracker.log_artifact(path, "diagnostics")
+    if run_id is None:
+        tracker.close()
+        log.info("diagnostics logged as MLflow run %s", tracker.run_id)
+    elif not tracker.flush(timeout_s=60.0):
+        log.warning(
+            "diagnostics not yet delivered to run %s; push them with `python launchers/compare.py --sync %s`",
+            run_id,
+            tracker.local_dir,
+        )
