@@ -223,12 +223,17 @@ def setup_logging(level: str = "INFO", rank: int | None = None) -> None:
     package_logger.addHandler(handler)
 
 
-def init(config: RuntimeConfig | None = None, *, timeout_s: float = 600.0) -> Backends:
-    """Choose backends, set up logging and, under a launcher, the process group. Logged once."""
+def init(
+    config: RuntimeConfig | None = None, *, timeout_s: float = 600.0, is_group_required: bool = False
+) -> Backends:
+    """Choose backends, set up logging and, under a launcher, the process group. Logged once.
+
+    ``is_group_required`` makes a one-rank group for a single process too (torch DDP needs one).
+    """
     config = config or RuntimeConfig()
     backends = choose_backends(config)
     setup_logging(config.log_level, backends.rank)
-    if backends.world_size > 1 and not is_distributed():
+    if (backends.world_size > 1 or is_group_required) and not _has_process_group():
         import datetime
 
         import torch.distributed as dist
@@ -261,10 +266,46 @@ def _share_cores_between_local_ranks() -> None:
 
 def shutdown() -> None:
     """Destroy the process group if this process made one."""
-    if is_distributed():
+    if _has_process_group():
         import torch.distributed as dist
 
         dist.destroy_process_group()
+
+
+def _has_process_group() -> bool:
+    if "torch" not in _loaded_modules():
+        return False
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
+def synchronize(device) -> None:
+    """Wait for the device's queued work (a no-op on the CPU); timings need it on a GPU."""
+    if getattr(device, "type", device) == "cuda":
+        import torch
+
+        torch.cuda.synchronize(device)
+
+
+def device_name(device) -> str:
+    """The GPU's name (``""`` for the CPU)."""
+    if getattr(device, "type", device) != "cuda":
+        return ""
+    import torch
+
+    return torch.cuda.get_device_name(device)
+
+
+def cuda_device_count() -> int:
+    """CUDA devices torch sees (0 without CUDA)."""
+    return _cuda_device_count() if has_cuda() else 0
+
+
+def _cuda_device_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
 
 
 # ---------------------------------------------------------------------------

@@ -29,7 +29,8 @@ from dist_syndr.evaluate.predict import (
 )
 from dist_syndr.evaluate.targets import parse_target, target_shard_set
 from dist_syndr.features.model import build_model
-from dist_syndr.loader.crops import crop_anchors, cut, normalise
+from dist_syndr.features.preprocess import normalise
+from dist_syndr.loader.crops import crop_anchors, cut
 from dist_syndr.sharding import writer
 from dist_syndr.sharding.shard_set import ShardSet
 from tests.conftest import PROJECT_ROOT

@@ -15,8 +15,9 @@ import torch
 from PIL import Image
 
 from dist_syndr.config import DataConfig
+from dist_syndr.features.preprocess import IMAGENET_STD_255, normalise
 from dist_syndr.loader import make_loader, plan_epoch, verify_shard_set
-from dist_syndr.loader.crops import IMAGENET_STD, crop_anchors, cut, image_size, normalise
+from dist_syndr.loader.crops import crop_anchors, cut, image_size
 from dist_syndr.loader.dali_pipeline import DaliLoader
 from dist_syndr.loader.torch_loader import TorchLoader
 from dist_syndr.pools.images import decode as decode_image
@@ -100,7 +101,7 @@ def _assert_pixels_match(
     if shard_set.by_key[key].image_extension == "png":
         torch.testing.assert_close(got, want, atol=1e-5, rtol=0)  # lossless: bit-exact up to float rounding
         return
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD_255).view(1, 3, 1, 1)
     levels = ((got - want) * std).abs()  # JPEG: decoders (IDCT, chroma upsampling) may differ by a few grey levels
     assert float(levels.max()) <= jpeg_max_levels and float(levels.mean()) < jpeg_max_levels / 8, key
 

@@ -254,7 +254,7 @@ def _baseline(shard_root: Path, plan: LoaderPlan) -> LoaderRun:
 def _baseline_sample(sample: dict):
     import torch
 
-    from dist_syndr.loader.crops import normalise
+    from dist_syndr.features.preprocess import normalise
 
     image = sample.get("png") or sample.get("jpg")
     rng = np.random.default_rng()

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dist_syndr import runtime
 from dist_syndr.bench.harness import Report, SummaryRow, markdown_table
 from dist_syndr.config import NUM_DISTORTION_TYPES, NUM_LEVELS
 from dist_syndr.pools.embedded import photo_crops
@@ -205,8 +206,7 @@ def engine_table(plan: ShardPlan) -> str:
     rng = np.random.default_rng(1)
     batch = np.stack(photo_crops(rng, plan.engine_images_per_type, plan.width, plan.height))
     images = torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous()
-    if torch.cuda.is_available():
-        images = images.cuda()
+    images = images.to(runtime.torch_device())
     seeds = list(range(images.shape[0]))
     rows = []
     for distortion_type in range(1, NUM_DISTORTION_TYPES + 1):
@@ -214,8 +214,7 @@ def engine_table(plan: ShardPlan) -> str:
         started = time.perf_counter()
         for level in range(1, NUM_LEVELS + 1):
             distortions.distort(images, distortion_type, level, seeds)
-        if images.is_cuda:
-            torch.cuda.synchronize()
+        runtime.synchronize(images.device)
         per_second = images.shape[0] * NUM_LEVELS / (time.perf_counter() - started)
         rows.append([str(distortion_type), distortions.TYPE_NAMES[distortion_type], f"{per_second:.1f}"])
     return markdown_table(["type", "name", "images/s"], rows)

@@ -331,9 +331,7 @@ def launch(model: str, shard_root: Path, plan: TrainPlan, folder: Path) -> Model
 
     world_size = plan.world_size
     if runtime.has_cuda():
-        import torch
-
-        world_size = min(world_size, torch.cuda.device_count())
+        world_size = min(world_size, runtime.cuda_device_count())
     result_path = folder / f"{model}.json"
     case = {
         "model": model,

@@ -72,110 +72,157 @@ def bench_config(plan: TrainPlan, model: str, shard_root: str, zero_stage: int) 
     )
 
 
+@dataclass
+class Setup:
+    """What every case of one rank shares."""
+
+    plan: TrainPlan
+    cfg: Config
+    backends: runtime.Backends
+    device: torch.device
+    threads: int
+
+
+@dataclass
+class Epochs:
+    """The trainer's epoch plans on this rank, decoded once for the baseline and the bare engine steps."""
+
+    train_set: ShardSet
+    kept: list[str]
+    always: list[str]
+    decoded: dict[int, Batches]
+    warmup: list[int]
+    timed: list[int]
+    loader_clock: Clock
+
+
 def main(case: dict) -> None:
+    setup = _start(case)
+    epochs = _decode_epochs(setup)
+    cases, train_loader, flops_per_image = _build_cases(setup, case, epochs)
+    best = _measure(cases, setup, epochs)
+    train_loader.close()
+    _report(case, setup, epochs, best, flops_per_image)
+    runtime.shutdown()
+
+
+def _start(case: dict) -> Setup:
     plan = TrainPlan.from_dict(case["plan"])
     cfg = bench_config(plan, case["model"], case["shard_root"], plan.trainer_zero_stage)
-    backends = runtime.init(cfg.runtime, timeout_s=plan.timeout_s)
-    rank, world_size = backends.rank, backends.world_size
-    threads = plan.threads_per_rank or max(1, len(os.sched_getaffinity(0)) // world_size)
+    # One rank (a single GPU) still gets a process group: DDP needs one.
+    backends = runtime.init(cfg.runtime, timeout_s=plan.timeout_s, is_group_required=True)
+    threads = plan.threads_per_rank or max(1, len(os.sched_getaffinity(0)) // backends.world_size)
     if backends.device == "cpu":
         torch.set_num_threads(threads)
-    device = torch.device("cuda", torch.cuda.current_device()) if backends.device == "cuda" else torch.device("cpu")
-    if not torch.distributed.is_initialized():  # one rank (a single GPU): DDP still needs a process group
-        torch.distributed.init_process_group(backends.dist_backend, rank=0, world_size=1)
-    precision = deepspeed_engine.resolved_precision(cfg.train, backends.device)
+    return Setup(
+        plan, cfg, backends, runtime.torch_device() if backends.device == "cuda" else torch.device("cpu"), threads
+    )
 
-    # ---- data: the trainer's epoch plans, decoded once for (a) and (b)
+
+def _decode_epochs(setup: Setup) -> Epochs:
+    cfg, plan, rank, world_size = setup.cfg, setup.plan, setup.backends.rank, setup.backends.world_size
     train_set = ShardSet(cfg.train.shard_set)
     upsampled = set(upsampled_keys(train_set))
     kept = [key for key in train_set.keys() if key not in upsampled]
     always = sorted(upsampled)
-    epochs = list(range(plan.warmup_epochs + plan.epochs))
-    timed_epochs = epochs[plan.warmup_epochs :]
+    every = list(range(plan.warmup_epochs + plan.epochs))
+    timed = every[plan.warmup_epochs :]
     decoded, loader_clock = {}, Clock()
-    for epoch in epochs:
-        decoded[epoch], seconds = _decode_epoch(cfg, train_set, kept, always, epoch, rank, world_size, device)
-        if epoch in timed_epochs:
+    for epoch in every:
+        decoded[epoch], seconds = _decode_epoch(cfg, train_set, kept, always, epoch, rank, world_size, setup.device)
+        if epoch in timed:
             loader_clock.images += sum(len(scores) for _, scores in decoded[epoch])
             loader_clock.seconds += seconds
-    if not decoded[epochs[0]]:
+    if not decoded[every[0]]:
         raise ValueError(
             f"{cfg.train.shard_set}: too few samples for one batch of {plan.batch_size} on each of {world_size} ranks"
         )
+    return Epochs(train_set, kept, always, decoded, every[: plan.warmup_epochs], timed, loader_clock)
 
-    # ---- models: one initial state for the baseline and every engine
+
+def _build_cases(setup: Setup, case: dict, epochs: Epochs):
+    """The cases by name, the trainer's loader (kept across epochs, as ``loop.fit`` does) and the model's FLOPs."""
+    cfg, plan, device = setup.cfg, setup.plan, setup.device
+    rank, world_size = setup.backends.rank, setup.backends.world_size
+    # One initial state for the baseline and every engine.
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model)
     baseline_model = copy.deepcopy(model).to(device)
-    flops_per_image = _flops_per_image(baseline_model, decoded[epochs[0]][0][0])
+    decoded = epochs.decoded
+    flops_per_image = _flops_per_image(baseline_model, decoded[min(decoded)][0][0])
     device_ids = [device.index] if device.type == "cuda" else None
     ddp = torch.nn.parallel.DistributedDataParallel(baseline_model, device_ids=device_ids)
     optimizer = deepspeed_engine.build_optimizer(baseline_model, cfg.train)
+    precision = deepspeed_engine.resolved_precision(cfg.train, setup.backends.device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-    engines = {stage: _engine(plan, case, model, stage, world_size, backends.device) for stage in plan.engine_stages}
+    engines = {
+        stage: _engine(plan, case, model, stage, world_size, setup.backends.device) for stage in plan.engine_stages
+    }
     gc.freeze()  # as launchers/train.py does
-    run = loop.Run(
-        engines[plan.trainer_zero_stage], train_set, {}, NullTracker(), Path(case["checkpoints"]), rank, world_size
-    )
-    train_loader = make_loader(
-        train_set, cfg.data, is_training=True, dali=cfg.runtime.dali
-    )  # kept across epochs, as loop.fit does
-
+    trainer = engines[plan.trainer_zero_stage]
+    run = loop.Run(trainer, epochs.train_set, {}, NullTracker(), Path(case["checkpoints"]), rank, world_size)
+    train_loader = make_loader(epochs.train_set, cfg.data, is_training=True, dali=cfg.runtime.dali)
     cases: dict[str, Callable[[int], dict]] = {
         BASELINE: lambda epoch: _ddp_epoch(ddp, optimizer, autocast, decoded[epoch])
     }
     for stage in plan.step_stages:
         cases[step_case(stage)] = lambda epoch, stage=stage: _engine_epoch(engines[stage], decoded[epoch])
-    cases[TRAINER] = lambda epoch: loop.train_epoch(cfg, run, kept, always, epoch, loader=train_loader)
-    names = plan.cases
+    cases[TRAINER] = lambda epoch: loop.train_epoch(cfg, run, epochs.kept, epochs.always, epoch, loader=train_loader)
+    return cases, train_loader, flops_per_image
+
+
+def _measure(cases: dict[str, Callable[[int], dict]], setup: Setup, epochs: Epochs) -> dict[str, Clock]:
+    """Each case's best clock over ``plan.repeats`` rounds, after the warm-up epochs."""
+    plan, names = setup.plan, setup.plan.cases
     for name in names:
-        for epoch in epochs[: plan.warmup_epochs]:
+        for epoch in epochs.warmup:
             cases[name](epoch)
     best: dict[str, Clock] = {}
     for repeat in range(plan.repeats):
         # Alternating the order spreads slow moments of a shared machine over all cases.
         for name in names if repeat % 2 == 0 else reversed(names):
-            clock = _timed(cases[name], timed_epochs, plan.batch_size, device)
-            log.info("rank %d, %s, repeat %d: %.1f images/s", rank, name, repeat, clock.images_per_second)
+            clock = _timed(cases[name], epochs.timed, plan.batch_size, setup.device)
+            log.info(
+                "rank %d, %s, repeat %d: %.1f images/s", setup.backends.rank, name, repeat, clock.images_per_second
+            )
             if name not in best or clock.images_per_second > best[name].images_per_second:
                 best[name] = clock
+    return best
 
-    train_loader.close()
 
-    # ---- report: per-process rates from every rank, written by rank 0
+def _report(case: dict, setup: Setup, epochs: Epochs, best: dict[str, Clock], flops_per_image: float) -> None:
+    """Per-process rates from every rank, written by rank 0."""
+    names, backends, cfg = setup.plan.cases, setup.backends, setup.cfg
     trainer_clock = best[TRAINER]
     in_loop = trainer_clock.images / trainer_clock.loop_seconds if trainer_clock.loop_seconds else float("nan")
-    rates = np.array([best[name].images_per_second for name in names] + [loader_clock.images_per_second, in_loop])
+    loader_rate = epochs.loader_clock.images_per_second
+    rates = np.array([best[name].images_per_second for name in names] + [loader_rate, in_loop])
     per_rank = np.concatenate(runtime.all_gather_array(rates[None, :]))  # (ranks, cases + loader + trainer loop)
-    if rank == 0:
-        report = {
-            "model": cfg.model.backbone,
-            "cases": {
-                name: {
-                    "images_per_second": float(per_rank[:, i].mean()),
-                    "per_rank": per_rank[:, i].tolist(),
-                    "data_wait_share": None
-                    if best[name].wait_seconds is None
-                    else best[name].wait_seconds / best[name].seconds,
-                }
-                for i, name in enumerate(names)
-            },
-            "flops_per_image": flops_per_image,
-            "loader_images_per_second": float(per_rank[:, len(names)].mean()),
-            "trainer_loop_images_per_second": float(per_rank[:, len(names) + 1].mean()),
-            "steps_per_epoch": len(decoded[epochs[0]]),
-            "world_size": world_size,
-            "device": backends.device,
-            "dist_backend": backends.dist_backend,
-            "gpu_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "",
-            "loader": f"DALI {backends.dali}"
-            if cfg.data.loader != "torch" and backends.dali != "off"
-            else "torch DataLoader",
-            "threads": threads,
-            "trainer_zero_stage": plan.trainer_zero_stage,
-        }
-        files.write_text(case["result"], json.dumps(report, indent=2))
-    torch.distributed.destroy_process_group()
+    if backends.rank != 0:
+        return
+    report = {
+        "model": cfg.model.backbone,
+        "cases": {name: _case_report(best[name], per_rank[:, i]) for i, name in enumerate(names)},
+        "flops_per_image": flops_per_image,
+        "loader_images_per_second": float(per_rank[:, len(names)].mean()),
+        "trainer_loop_images_per_second": float(per_rank[:, len(names) + 1].mean()),
+        "steps_per_epoch": len(epochs.decoded[min(epochs.decoded)]),
+        "world_size": backends.world_size,
+        "device": backends.device,
+        "dist_backend": backends.dist_backend,
+        "gpu_name": runtime.device_name(setup.device),
+        "loader": f"DALI {backends.dali}"
+        if cfg.data.loader != "torch" and backends.dali != "off"
+        else "torch DataLoader",
+        "threads": setup.threads,
+        "trainer_zero_stage": setup.plan.trainer_zero_stage,
+    }
+    files.write_text(case["result"], json.dumps(report, indent=2))
+
+
+def _case_report(clock: Clock, per_rank: np.ndarray) -> dict:
+    wait_share = None if clock.wait_seconds is None else clock.wait_seconds / clock.seconds
+    return {"images_per_second": float(per_rank.mean()), "per_rank": per_rank.tolist(), "data_wait_share": wait_share}
 
 
 def _engine(plan: TrainPlan, case: dict, model: torch.nn.Module, stage: int, world_size: int, device: str):
@@ -213,7 +260,7 @@ def _decode_epoch(
         for batch in loader.batches(plan.for_rank(rank)):
             # Copies: a loader may hand out buffers it reuses.
             batches.append((batch.images.to(device).clone(), batch.scores.to(device).clone()))
-    _synchronize(device)
+    runtime.synchronize(device)
     return batches, time.perf_counter() - started
 
 
@@ -255,7 +302,7 @@ def _timed(epoch_fn: Callable[[int], dict], epochs: list[int], batch_size: int, 
         runtime.barrier()
         started = time.perf_counter()
         stats = epoch_fn(epoch)
-        _synchronize(device)
+        runtime.synchronize(device)
         seconds = time.perf_counter() - started
         clock.images += int(stats["steps"]) * batch_size
         clock.seconds += seconds
@@ -266,11 +313,6 @@ def _timed(epoch_fn: Callable[[int], dict], epochs: list[int], batch_size: int, 
                 stats["images_per_second"]
             )
     return clock
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 if __name__ == "__main__":

@@ -74,6 +74,4 @@ def _torch_loader(shard_set: ShardSet, config: DataConfig, is_training: bool):
 
 
 def _current_cuda_device() -> int:
-    import torch
-
-    return torch.cuda.current_device()
+    return runtime.torch_device().index

@@ -1,4 +1,4 @@
-"""Crop geometry shared by the DALI and torch paths: image size from the header, anchors, normalisation.
+"""Crop geometry shared by the DALI and torch paths: image size from the header, anchors, windows.
 
 Both loaders must cut the same pixels, so neither uses its own random
 generator. A crop's top-left anchor is an integer pair drawn from a hash of
@@ -29,8 +29,6 @@ import numpy as np
 
 from dist_syndr.config import DataConfig
 
-IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
-IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 CROP_MODES = ("random", "centre")
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -129,11 +127,3 @@ def cut(pixels: np.ndarray, anchor: np.ndarray, crop: int) -> np.ndarray:
     """The ``(crop, crop, 3)`` window of an ``(H, W, 3)`` image at ``anchor = [x, y]``."""
     x, y = int(anchor[0]), int(anchor[1])
     return pixels[y : y + crop, x : x + crop]
-
-
-def normalise(crop_hwc: np.ndarray) -> np.ndarray:
-    """``(3, C, C)`` float32: ``(pixel - mean) / std`` with ImageNet statistics, as DALI's crop_mirror_normalize."""
-    mean = np.asarray(IMAGENET_MEAN, dtype=np.float32)
-    # DALI multiplies by a float32 reciprocal of std; doing the same keeps the paths within 1 ulp.
-    inverse_std = np.float32(1.0) / np.asarray(IMAGENET_STD, dtype=np.float32)
-    return np.ascontiguousarray(((crop_hwc.astype(np.float32) - mean) * inverse_std).transpose(2, 0, 1))

@@ -44,9 +44,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dist_syndr import files
 from dist_syndr.config import DataConfig
+from dist_syndr.features.preprocess import IMAGENET_MEAN_255, IMAGENET_STD_255
 from dist_syndr.loader.batch import STATUS_OK, STATUS_PADDING, STATUS_SKIPPED, Batch
-from dist_syndr.loader.crops import IMAGENET_MEAN, IMAGENET_STD, CropSpec
+from dist_syndr.loader.crops import CropSpec
 from dist_syndr.loader.members import MemberReader, SampleError, SampleTable, placeholder_png
 from dist_syndr.loader.plan import RankPlan
 from dist_syndr.sharding.shard_set import ShardSet
@@ -234,16 +236,17 @@ class DaliLoader:
             if bad >= position:
                 status[bad - position] = STATUS_SKIPPED
         positions = np.arange(position, position + padded, dtype=np.int64)
-        temporary = feed_dir / f".epoch-{self._dali_epoch:06d}.tmp.npz"
-        np.savez(
-            temporary,
-            rows=feed_rows,
-            status=status,
-            positions=positions,
-            seed=np.int64(plan.seed),
-            epoch=np.int64(plan.epoch),
-        )
-        temporary.replace(feed_dir / f"epoch-{self._dali_epoch:06d}.npz")
+        # The source workers poll for this file: it appears whole or not at all (no fsync: it lives one epoch).
+        with files.atomic_path(feed_dir / f"epoch-{self._dali_epoch:06d}.npz", is_durable=False) as temporary:
+            with temporary.open("wb") as handle:
+                np.savez(
+                    handle,
+                    rows=feed_rows,
+                    status=status,
+                    positions=positions,
+                    seed=np.int64(plan.seed),
+                    epoch=np.int64(plan.epoch),
+                )
 
     def _build(self, feed_dir: Path):
         from nvidia.dali.plugin.pytorch import DALIGenericIterator
@@ -415,7 +418,7 @@ def build_pipeline(
             crops = [fn.slice(decoded, anchor, shape, **absolute) for anchor in anchors]
         normalised = [
             fn.crop_mirror_normalize(
-                crop, dtype=types.FLOAT, output_layout="CHW", mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD)
+                crop, dtype=types.FLOAT, output_layout="CHW", mean=list(IMAGENET_MEAN_255), std=list(IMAGENET_STD_255)
             )
             for crop in crops
         ]

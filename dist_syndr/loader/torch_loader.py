@@ -21,8 +21,9 @@ import numpy as np
 import torch
 
 from dist_syndr.config import DataConfig
+from dist_syndr.features.preprocess import normalise
 from dist_syndr.loader.batch import Batch
-from dist_syndr.loader.crops import CropSpec, normalise
+from dist_syndr.loader.crops import CropSpec
 from dist_syndr.loader.members import MemberReader, SampleError, SampleTable
 from dist_syndr.loader.plan import RankPlan
 from dist_syndr.sharding.shard_set import ShardSet
