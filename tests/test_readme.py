@@ -1,8 +1,11 @@
-"""README snippets run as written (a doc that drifts is a bug)."""
+"""README snippets run as written (a doc that drifts is a bug): every Python block executes and every
+launcher the README shows answers ``--help``."""
 
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -58,3 +61,59 @@ def test_loading_shards_snippet_runs(tmp_path, monkeypatch):
     exec(compile(code, "README.md", "exec"), namespace)
     # 10 kept, cut to whole batches of 4; upsampled keys (none here) would always be kept.
     assert len(seen) == len(set(seen)) == 8 and set(seen) <= set(namespace["drcdown_kept"])
+
+
+def _python_sections() -> list[str]:
+    """The title of the section holding each Python block of the README, in order."""
+    titles, current = [], ""
+    for line in (PROJECT_ROOT / "README.md").read_text().splitlines():
+        if line.startswith("## "):
+            current = line[3:]
+        elif line.strip() == "```python":
+            titles.append(current)
+    return titles
+
+
+def test_every_python_block_of_the_readme_is_executed_by_a_test():
+    # test_loading_shards_snippet_runs and test_reshaping_api_snippet_runs: one per block.
+    assert _python_sections() == ["Loading shards", "Reshaping API"]
+
+
+@pytest.mark.timeout(120)
+def test_reshaping_api_snippet_runs():
+    from dist_syndr.pools.synthetic import clustered_pool, reference_sets
+
+    pool = clustered_pool(600, 32, 12, seed=0)
+    sets = reference_sets(20, 60, 32, 0)
+    namespace = {
+        "features": pool.features,
+        "labels": pool.labels,
+        "run_seed": 0,
+        "epoch": 3,
+        "train_ref_features": sets.train,
+        "candidate_features": sets.candidates,
+        "label_table": sets.train_labels,
+    }
+    exec(compile(_section_code("Reshaping API"), "README.md", "exec"), namespace)
+    assert namespace["clusters"] and all(c.dtype == np.int64 and c.size >= 2 for c in namespace["clusters"])
+    kept = namespace["kept"]
+    assert kept.dtype == np.int64 and 0 < kept.size < pool.features.shape[0] and np.all(np.diff(kept) > 0)
+    selected = namespace["selected"]
+    assert namespace["labels"].shape == (selected.size, sets.train_labels.shape[1])
+
+
+def _launchers_shown() -> list[str]:
+    text = (PROJECT_ROOT / "README.md").read_text()
+    return sorted(set(re.findall(r"\b(launchers/\w+\.py)\b", text)))
+
+
+@pytest.mark.timeout(300)
+def test_every_launcher_the_readme_shows_answers_help():
+    shown = _launchers_shown()
+    assert {"launchers/shard.py", "launchers/train.py", "launchers/evaluate.py", "launchers/bench.py"} <= set(shown)
+    for launcher in shown:
+        result = subprocess.run(
+            [sys.executable, launcher, "--help"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode == 0, f"{launcher} --help: {result.stderr[-500:]}"
+        assert result.stdout.startswith("usage:"), launcher
