@@ -135,21 +135,9 @@ def plan_epoch(
             f"start={start}: a resume offset must be a multiple of world_size={world_size}"
             f" within the epoch's {len(order)} samples"
         )
-    remaining = order[start:]
-    num_dropped = num_padded = 0
-    if is_training and config.drop_last:
-        whole = len(remaining) // (world_size * batch_size) * (world_size * batch_size)
-        if whole == 0 and start == 0 and order:
-            raise ValueError(
-                f"data.batch_size={batch_size}: the epoch's {len(order)} samples give no whole batch"
-                f" on {world_size} rank(s);"
-                " lower data.batch_size or set data.drop_last=false"
-            )
-        num_dropped = len(remaining) - whole
-        remaining = remaining[:whole]
-    elif remaining:
-        num_padded = (-len(remaining)) % world_size
-        remaining = remaining + [order[i % len(order)] for i in range(num_padded)]
+    remaining, num_dropped, num_padded = _cut(
+        order, start, world_size, batch_size, is_whole=is_training and config.drop_last
+    )
     plan = EpochPlan(
         keys=tuple(remaining),
         seed=seed,
@@ -172,6 +160,27 @@ def plan_epoch(
         world_size,
     )
     return plan
+
+
+def _cut(
+    order: list[str], start: int, world_size: int, batch_size: int, *, is_whole: bool
+) -> tuple[list[str], int, int]:
+    """The samples after ``start`` cut to whole batches on every rank (``is_whole``), or padded by wrap-around
+    repeats to a multiple of ``world_size``; also how many were dropped and padded."""
+    remaining = order[start:]
+    if is_whole:
+        whole = len(remaining) // (world_size * batch_size) * (world_size * batch_size)
+        if whole == 0 and start == 0 and order:
+            raise ValueError(
+                f"data.batch_size={batch_size}: the epoch's {len(order)} samples give no whole batch"
+                f" on {world_size} rank(s);"
+                " lower data.batch_size or set data.drop_last=false"
+            )
+        return remaining[:whole], len(remaining) - whole, 0
+    if not remaining:
+        return remaining, 0, 0
+    num_padded = (-len(remaining)) % world_size
+    return remaining + [order[i % len(order)] for i in range(num_padded)], 0, num_padded
 
 
 def upsampled_keys(shard_set: ShardSet) -> list[str]:

@@ -39,18 +39,8 @@ def embedding_plot(
     ``method`` is ``pca`` or ``tsne`` (scikit-learn, cosine metric); up to
     ``max_points`` rows are drawn, sampled with ``seed``. Written atomically.
     """
-    if method not in ("pca", "tsne"):
-        raise ValueError(f"method: expected pca or tsne, got {method!r}")
-    features = check_features(features)
+    features, scores_array, types_array = _checked_inputs(features, scores, types, method, max_points)
     num_rows = features.shape[0]
-    scores_array = np.asarray(scores, dtype=np.float64)
-    types_array = labels_array(types, num_rows, "types")
-    if scores_array.shape != (num_rows,):
-        raise ValueError(f"scores: expected {num_rows} scores, got shape {scores_array.shape}")
-    if num_rows < 3:
-        raise ValueError(f"features: an embedding plot needs at least 3 samples, got {num_rows}")
-    if int(max_points) != max_points or max_points < 3:
-        raise ValueError(f"max_points: expected an integer >= 3, got {max_points!r}")
     rows = sample_rows(np.arange(num_rows), max_points, np.random.default_rng(seed))
     unit = unit_rows(features, rows).numpy()
     points = _embed_2d(unit, method, seed)
@@ -89,6 +79,24 @@ def embedding_plot(
         axes.set_ylabel(f"{method} 2")
     figure.suptitle(title or f"{method.upper()} of {rows.size} of {num_rows} samples")
     return _save(figure, Path(path))
+
+
+def _checked_inputs(
+    features, scores, types, method: str, max_points: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if method not in ("pca", "tsne"):
+        raise ValueError(f"method: expected pca or tsne, got {method!r}")
+    features = check_features(features)
+    num_rows = features.shape[0]
+    scores_array = np.asarray(scores, dtype=np.float64)
+    types_array = labels_array(types, num_rows, "types")
+    if scores_array.shape != (num_rows,):
+        raise ValueError(f"scores: expected {num_rows} scores, got shape {scores_array.shape}")
+    if num_rows < 3:
+        raise ValueError(f"features: an embedding plot needs at least 3 samples, got {num_rows}")
+    if int(max_points) != max_points or max_points < 3:
+        raise ValueError(f"max_points: expected an integer >= 3, got {max_points!r}")
+    return features, scores_array, types_array
 
 
 def histogram_plot(histograms: dict[str, dict], path: str | Path, *, title: str = "DRCDown cluster sizes") -> Path:
