@@ -64,6 +64,18 @@ def env_rank_world() -> tuple[int, int, int]:
     return rank, world_size, local_rank
 
 
+def rank_environment(rank: int, world_size: int, port: int, *, master_addr: str = "127.0.0.1") -> dict[str, str]:
+    """This process's environment as a launcher hands it to rank ``rank`` of ``world_size`` on one node."""
+    ranks = {
+        "RANK": rank,
+        "WORLD_SIZE": world_size,
+        "LOCAL_RANK": rank,
+        "MASTER_ADDR": master_addr,
+        "MASTER_PORT": port,
+    }
+    return dict(os.environ) | {name: str(value) for name, value in ranks.items()}
+
+
 def is_distributed() -> bool:
     """True when a torch process group is initialised with more than one rank."""
     if "torch" not in _loaded_modules():

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from dist_syndr import runtime
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = PROJECT_ROOT.parent / "shared" / "fixtures"
@@ -83,18 +84,6 @@ def straddling_pool(seed: int, num_groups: int = 12, group_size: int = 8, dim: i
     return features[order].astype(np.float32), labels[order]
 
 
-def distributed_env(rank: int, world_size: int, port: int) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        RANK=str(rank),
-        WORLD_SIZE=str(world_size),
-        LOCAL_RANK=str(rank),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
-    return env
-
-
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as probe:
@@ -114,7 +103,7 @@ def run_ranks(
         subprocess.Popen(
             command,
             cwd=PROJECT_ROOT,
-            env=distributed_env(rank, world_size, port) | (extra_env or {}),
+            env=runtime.rank_environment(rank, world_size, port) | (extra_env or {}),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

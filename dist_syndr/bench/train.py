@@ -383,14 +383,9 @@ def _wait_all(processes: list[subprocess.Popen], timeout_s: float) -> bool:
 
 
 def _worker_env(rank: int, world_size: int, port: int) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        RANK=str(rank),
-        WORLD_SIZE=str(world_size),
-        LOCAL_RANK=str(rank),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
+    from dist_syndr import runtime
+
+    env = runtime.rank_environment(rank, world_size, port)
     # DeepSpeed compiles its CPU shared-memory comm op on first use (~40 s); cached here.
     env.setdefault("TORCH_EXTENSIONS_DIR", str(PROJECT_ROOT / ".cache" / "torch_extensions"))
     env.setdefault("MPLCONFIGDIR", str(PROJECT_ROOT / ".cache" / "matplotlib"))

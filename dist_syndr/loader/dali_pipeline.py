@@ -49,7 +49,7 @@ from dist_syndr.config import DataConfig
 from dist_syndr.features.preprocess import IMAGENET_MEAN_255, IMAGENET_STD_255
 from dist_syndr.loader.batch import STATUS_OK, STATUS_PADDING, STATUS_SKIPPED, Batch
 from dist_syndr.loader.crops import CropSpec
-from dist_syndr.loader.members import MemberReader, SampleError, SampleTable, placeholder_png
+from dist_syndr.loader.members import MemberReader, SampleError, SampleTable, placeholder_png, warn_skipped
 from dist_syndr.loader.plan import RankPlan
 from dist_syndr.sharding.shard_set import ShardSet
 
@@ -164,12 +164,7 @@ class DaliLoader:
         finally:
             if not is_finished:  # abandoned mid-epoch: DALI cannot reset before the end, so rebuild next time
                 self._discard_pipeline()
-        if self.num_skipped > num_skipped_before:
-            log.warning(
-                "epoch %d: %d sample(s) skipped on this rank (data.on_error=skip)",
-                plan.epoch,
-                self.num_skipped - num_skipped_before,
-            )
+        warn_skipped(plan.epoch, self.num_skipped - num_skipped_before)
 
     def close(self) -> None:
         """Stop the pipeline and its workers and remove the feed files."""

@@ -13,6 +13,7 @@ Shapes: ``N`` samples in the table.
 from __future__ import annotations
 
 import io
+import logging
 import os
 from dataclasses import dataclass
 
@@ -20,6 +21,8 @@ import numpy as np
 
 from dist_syndr.loader.crops import image_size
 from dist_syndr.sharding.shard_set import ShardSet
+
+log = logging.getLogger(__name__)
 
 
 class SampleError(ValueError):
@@ -156,3 +159,9 @@ def placeholder_png(crop: int) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (crop, crop)).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def warn_skipped(epoch: int, num_skipped: int) -> None:
+    """One warning per epoch and rank for the samples dropped under ``data.on_error=skip`` (none: silent)."""
+    if num_skipped > 0:
+        log.warning("epoch %d: %d sample(s) skipped on this rank (data.on_error=skip)", epoch, num_skipped)

@@ -24,7 +24,7 @@ from dist_syndr.config import DataConfig
 from dist_syndr.features.preprocess import normalise
 from dist_syndr.loader.batch import Batch
 from dist_syndr.loader.crops import CropSpec
-from dist_syndr.loader.members import MemberReader, SampleError, SampleTable
+from dist_syndr.loader.members import MemberReader, SampleError, SampleTable, warn_skipped
 from dist_syndr.loader.plan import RankPlan
 from dist_syndr.sharding.shard_set import ShardSet
 
@@ -147,12 +147,7 @@ class TorchLoader:
                 num_crops=self.spec.num_crops,
                 skipped_keys=tuple(key for key, _ in collated["skipped"]),
             )
-        if self.num_skipped > num_skipped_before:
-            log.warning(
-                "epoch %d: %d sample(s) skipped on this rank (data.on_error=skip)",
-                plan.epoch,
-                self.num_skipped - num_skipped_before,
-            )
+        warn_skipped(plan.epoch, self.num_skipped - num_skipped_before)
 
     def close(self) -> None:
         """Close the shard files this process opened."""
