@@ -45,10 +45,3 @@ def test_constant_predictions_give_nan_with_a_warning(caplog):
 def test_bad_input(predictions, targets, message):
     with pytest.raises(ValueError, match=message):
         metrics.iqa_metrics(predictions, targets)
-
-
-def test_average_crops():
-    averaged = metrics.average_crops(np.array([1.0, 3.0, 5.0, 7.0, 9.0]), np.array([0, 0, 1, 1, 1]), 2)
-    np.testing.assert_allclose(averaged, [2.0, 7.0])
-    with pytest.raises(ValueError, match="at least one crop"):
-        metrics.average_crops(np.array([1.0]), np.array([0]), 2)

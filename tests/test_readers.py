@@ -5,32 +5,21 @@ from __future__ import annotations
 import logging
 import os
 import pathlib
+import typing
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from dist_syndr.config import PoolKind
 from dist_syndr.pools import kadid
-from dist_syndr.pools.readers import (
-    KADID_EXCLUDED_TRAINING_REFS,
-    READERS,
-    kadid_training_refs,
-    read_bid,
-    read_csiq,
-    read_csv_pool,
-    read_folder,
-    read_kadid10k,
-    read_kadid_add81,
-    read_kadis700k,
-    read_koniq10k,
-    read_live,
-    read_livec,
-    read_pipal,
-    read_pool,
-    read_reference_images,
-    read_tid2013,
-)
+from dist_syndr.pools.authentic import read_bid, read_koniq10k, read_livec
+from dist_syndr.pools.candidates import read_kadid_add81, read_kadis700k, read_reference_images
+from dist_syndr.pools.generic import read_csv_pool, read_folder
+from dist_syndr.pools.kadid import KADID_EXCLUDED_TRAINING_REFS, kadid_training_refs, read_kadid10k
+from dist_syndr.pools.readers import READERS, read_pool
+from dist_syndr.pools.synthetic_targets import read_csiq, read_live, read_pipal, read_tid2013
 
 KADID_FIXTURE = Path(__file__).resolve().parents[1].parent / "shared/fixtures/kadid10k/dmos.csv"
 _FORMATS = {".png": "PNG", ".bmp": "BMP", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF"}
@@ -527,3 +516,7 @@ def test_short_csv_row_reads_as_empty_cells(tmp_path):
     assert samples["p/a"].ref is None and samples["p/b"].ref == "p/a" and samples["p/b"].score == 10.0
     with pytest.raises(ValueError, match=r"p\.csv:2: '' is not a number"):
         read_csv_pool(_write(tmp_path / "p.csv", "path,score\na.png\nb.png,2\n"))
+
+
+def test_every_pool_kind_of_the_config_has_a_reader():
+    assert set(READERS) == set(typing.get_args(PoolKind))

@@ -63,15 +63,3 @@ def iqa_metrics(predictions, targets) -> dict[str, float]:
     fitted = fit_logistic4(predictions, targets)
     result["plcc_logistic"] = float(stats.pearsonr(fitted, targets).statistic) if np.ptp(fitted) > 0 else float("nan")
     return result
-
-
-def average_crops(predictions: np.ndarray, image_index: np.ndarray, num_images: int) -> np.ndarray:
-    """The mean prediction per image from per-crop predictions and their image indices."""
-    predictions = np.asarray(predictions, dtype=np.float64).ravel()
-    image_index = np.asarray(image_index).ravel()
-    if predictions.size != image_index.size:
-        raise ValueError(f"{predictions.size} crop predictions for {image_index.size} crop indices")
-    counts = np.bincount(image_index, minlength=num_images)
-    if counts.size != num_images or np.any(counts == 0):
-        raise ValueError("every image needs at least one crop prediction")
-    return np.bincount(image_index, weights=predictions, minlength=num_images) / counts

@@ -33,13 +33,6 @@ class Batch:
     def __len__(self) -> int:
         return len(self.keys)
 
-    @property
-    def image_index(self) -> torch.Tensor:
-        """``(B * n,)`` int64: the row of ``keys`` each crop belongs to."""
-        import torch
-
-        return torch.arange(len(self.keys)).repeat_interleave(self.num_crops)
-
     def mean_over_crops(self, predictions: torch.Tensor) -> torch.Tensor:
         """``(B * n, ...)`` per-crop predictions -> ``(B, ...)`` per-image means."""
         return predictions.reshape(len(self.keys), self.num_crops, *predictions.shape[1:]).mean(dim=1)

@@ -56,10 +56,6 @@ class RankPlan:
         """Batches this rank yields (the last may be short when the plan pads instead of dropping)."""
         return -(-len(self.keys) // self.batch_size)
 
-    def batch_keys(self, batch: int) -> tuple[str, ...]:
-        """The keys of batch number ``batch``."""
-        return self.keys[batch * self.batch_size : (batch + 1) * self.batch_size]
-
 
 @dataclass(frozen=True)
 class EpochPlan:

@@ -16,32 +16,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from dist_syndr.pools.authentic import read_bid, read_koniq10k, read_livec
-from dist_syndr.pools.candidates import read_kadid_add81, read_kadis700k, read_reference_images
+from dist_syndr.pools.candidates import read_kadid_add81, read_kadis700k
 from dist_syndr.pools.generic import read_csv_pool, read_folder
-from dist_syndr.pools.kadid import KADID_EXCLUDED_TRAINING_REFS, kadid_training_refs, read_kadid10k
+from dist_syndr.pools.kadid import read_kadid10k
 from dist_syndr.pools.sample import Sample
 from dist_syndr.pools.synthetic_targets import read_csiq, read_live, read_pipal, read_tid2013
 
-__all__ = [
-    "KADID_EXCLUDED_TRAINING_REFS",
-    "READERS",
-    "kadid_training_refs",
-    "read_bid",
-    "read_csiq",
-    "read_csv_pool",
-    "read_folder",
-    "read_kadid10k",
-    "read_kadid_add81",
-    "read_kadis700k",
-    "read_koniq10k",
-    "read_live",
-    "read_livec",
-    "read_pipal",
-    "read_pool",
-    "read_reference_images",
-    "read_tid2013",
-]
-
+# Keyed by the values of config.PoolKind (tests/test_readers.py checks they agree).
 READERS: dict[str, Callable[..., list[Sample]]] = {
     "kadid10k": read_kadid10k,
     "kadid_add81": read_kadid_add81,

@@ -21,6 +21,8 @@ from dist_syndr import runtime
 from dist_syndr.config import NUM_DISTORTION_TYPES, NUM_LEVELS, Config, label_column
 from dist_syndr.features.embed import embed_paths, load_named_features
 from dist_syndr.pools import kadid, readers
+from dist_syndr.pools.candidates import read_kadid_add81, read_reference_images
+from dist_syndr.pools.generic import read_folder
 from dist_syndr.pools.sample import Sample
 from dist_syndr.pools.scores import minmax_to_ten
 from dist_syndr.reshape import ddcup
@@ -209,9 +211,7 @@ def _in_feature_order(keyed: list[tuple[str, object]], names_path: str) -> list[
 def _candidate_references(kind: str, root: str) -> list[Sample]:
     if not root or not Path(root).exists():
         raise ValueError(f"shard.candidates.root: {root!r} does not exist")
-    references = (
-        readers.read_reference_images(Path(root)) if kind == "kadid_add81" else readers.read_folder(Path(root))
-    )
+    references = read_reference_images(Path(root)) if kind == "kadid_add81" else read_folder(Path(root))
     if not references:
         raise ValueError(f"shard.candidates.root: no reference images under {root}")
     return sorted(references, key=lambda s: s.key)
@@ -250,7 +250,7 @@ def _label_table(rows, refs: list[str], types, levels) -> np.ndarray:
 
 
 def _on_disk_upsampled(chosen: list[Sample], scores, types, levels, root: str) -> list[WorkItem]:
-    distorted = {(s.ref, s.distortion_type, s.level): s for s in readers.read_kadid_add81(Path(root))}
+    distorted = {(s.ref, s.distortion_type, s.level): s for s in read_kadid_add81(Path(root))}
     items = []
     for candidate in chosen:
         for distortion_type in types:
