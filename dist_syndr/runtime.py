@@ -181,6 +181,17 @@ def dali_mode(requested: str = "auto") -> str:
     return requested
 
 
+def dali_worker_start_method() -> str:
+    """How DALI's external-source workers start: ``fork`` only where the CUDA driver cannot be initialised.
+
+    DALI refuses to fork once the driver is initialised (``torch.cuda.is_available()`` and
+    ``faiss.get_num_gpus()`` both initialise it), so any machine with a CUDA device spawns.
+    """
+    from nvidia.dali import backend
+
+    return "spawn" if backend.IsDriverInitialized() or has_cuda() else "fork"
+
+
 def choose_backends(config: RuntimeConfig | None = None) -> Backends:
     """Resolve every ``auto`` in ``config`` against this machine (forced values are checked)."""
     config = config or RuntimeConfig()

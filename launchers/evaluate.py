@@ -25,6 +25,7 @@ from dist_syndr.evaluate import report
 from dist_syndr.evaluate.checkpoints import load_model
 from dist_syndr.evaluate.predict import evaluate_targets
 from dist_syndr.evaluate.targets import parse_targets, target_shard_set
+from dist_syndr.train.deepspeed_engine import resolved_precision
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,9 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     }
 
     # ---- predictions and metrics (every rank takes part)
-    results, predictions = evaluate_targets(
-        model, shard_sets, cfg.data, device=backends.device, dali=cfg.runtime.dali, seed=cfg.seed
-    )
+    precision = resolved_precision(cfg.train, backends.device)  # the run's own policy (bf16 autocast on GPUs)
+    options = {"device": backends.device, "dali": cfg.runtime.dali, "seed": cfg.seed, "precision": precision}
+    results, predictions = evaluate_targets(model, shard_sets, cfg.data, **options)
 
     # ---- files, table, tracking (rank 0)
     if backends.rank == 0:

@@ -1,7 +1,9 @@
 """Worker for the export tests: ``python -m tests.ds_checkpoint_worker OUT_DIR RUN [RUN ...]``.
 
 Each RUN is a ZeRO stage, optionally with a precision (``0``, ``3``,
-``0-bf16``); all run one after another in this one process. Each trains a tiny
+``0-bf16``: our bf16 autocast over fp32 weights, ``0-dsbf16``: DeepSpeed's own
+16-bit weights, as checkpoints written by other tools carry them); all run one
+after another in this one process. Each trains a tiny
 ViT (one parameter frozen, two extra buffers that change every step) under
 DeepSpeed on the CPU for two optimizer steps, saves a checkpoint under
 ``OUT_DIR/<RUN>/`` and writes beside it ``<RUN>-true.pt`` (the module's full
@@ -40,7 +42,7 @@ def run_stage(out_dir: Path, run: str) -> None:
         None,
         [
             f"train.zero_stage={stage}",
-            f"train.precision={precision or 'fp32'}",
+            f"train.precision={'bf16' if precision in ('bf16', 'dsbf16') else 'fp32'}",
             "data.batch_size=2",
             "train.learning_rate=1.0e-3",
         ],
@@ -48,6 +50,8 @@ def run_stage(out_dir: Path, run: str) -> None:
     model = tiny_model(stage)
     torch.save({name: tensor.clone() for name, tensor in model.state_dict().items()}, out_dir / f"{run}-init.pt")
     ds_config = deepspeed_engine.deepspeed_config(cfg.train, cfg.data, world_size=1, device="cpu")
+    if precision == "dsbf16":  # DeepSpeed's bf16 mode: 16-bit module weights, fp32 masters in the optimizer
+        ds_config |= {"bf16": {"enabled": True}, "torch_autocast": {"enabled": False}}
     model_engine, *_ = deepspeed.initialize(
         model=model, optimizer=deepspeed_engine.build_optimizer(model, cfg.train), config=ds_config
     )

@@ -35,7 +35,10 @@ def test_generated_config_follows_our_sections(tmp_path):
     assert generated["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
     assert generated["gradient_clipping"] == 1.0
     assert not generated["bf16"]["enabled"] and not generated["fp16"]["enabled"]  # auto on CPU: fp32
-    assert deepspeed_engine.deepspeed_config(cfg.train, cfg.data, world_size=1, device="cuda")["bf16"]["enabled"]
+    assert not generated["torch_autocast"]["enabled"]
+    on_gpu = deepspeed_engine.deepspeed_config(cfg.train, cfg.data, world_size=1, device="cuda")
+    # auto on a GPU: bf16 autocast over fp32 weights, never DeepSpeed's 16-bit weights
+    assert on_gpu["torch_autocast"] == {"enabled": True, "dtype": "bf16"} and not on_gpu["bf16"]["enabled"]
     path = tmp_path / "run" / "deepspeed.json"
     deepspeed_engine.save_deepspeed_config(generated, path)
     assert path.is_file() and '"stage": 3' in path.read_text()
@@ -51,10 +54,10 @@ def test_clipping_is_explicit_and_unread_work_is_skipped():
         "zero_optimization"
     ]
     assert on_gpu == {"stage": 2}  # contiguous buffers on GPUs; the norm for clipping
-    bf16_zero1 = config.load(None, ["train.zero_stage=1", "train.precision=bf16"])
+    fp16_zero1 = config.load(None, ["train.zero_stage=1", "train.precision=fp16"])
     assert (
-        "compute_grad_norm"
-        not in deepspeed_engine.deepspeed_config(bf16_zero1.train, bf16_zero1.data, world_size=2, device="cuda")[
+        "compute_grad_norm"  # the fp16 loss scaler's overflow check reads it
+        not in deepspeed_engine.deepspeed_config(fp16_zero1.train, fp16_zero1.data, world_size=2, device="cuda")[
             "zero_optimization"
         ]
     )

@@ -13,7 +13,7 @@ from dist_syndr.evaluate import export
 from dist_syndr.sharding.shard_set import sha256_file
 from tests.conftest import PROJECT_ROOT, free_port
 
-RUNS = ("0", "1", "2", "3", "0-bf16")
+RUNS = ("0", "1", "2", "3", "0-bf16", "2-bf16", "0-dsbf16")
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +44,9 @@ def checkpoints(tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("stage", ["0", "1", "2", "3"])
+@pytest.mark.parametrize("stage", ["0", "1", "2", "3", "0-bf16", "2-bf16"])
 def test_fp32_checkpoint_of_every_stage_consolidates_to_the_true_weights(checkpoints, stage):
+    """fp32 runs, and bf16 runs (autocast over fp32 weights: the module's weights are the masters)."""
     true_state = torch.load(checkpoints / f"{stage}-true.pt")
     initial = torch.load(checkpoints / f"{stage}-init.pt")
     state = export.consolidated_state_dict(checkpoints / stage)  # tag from DeepSpeed's `latest`
@@ -63,9 +64,9 @@ def test_fp32_checkpoint_of_every_stage_consolidates_to_the_true_weights(checkpo
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_bf16_stage0_exports_the_fp32_master_weights(checkpoints):
-    module = torch.load(checkpoints / "0-bf16-true.pt")  # the engine's bf16 module
-    state = export.consolidated_state_dict(checkpoints / "0-bf16")
+def test_deepspeed_bf16_stage0_exports_the_fp32_master_weights(checkpoints):
+    module = torch.load(checkpoints / "0-dsbf16-true.pt")  # the engine's bf16 module
+    state = export.consolidated_state_dict(checkpoints / "0-dsbf16")
     assert list(state) == list(module)
     assert all(t.dtype in (torch.float32, torch.int64) for t in state.values())
     for name, tensor in module.items():

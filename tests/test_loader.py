@@ -201,6 +201,30 @@ def test_dali_pipeline_serves_changing_plans_resumes_and_survives_an_abandoned_e
         assert batch.keys == list(plan.keys[: config.batch_size])
 
 
+@pytest.mark.timeout(300)
+def test_dali_cpu_workers_spawn_once_the_cuda_driver_is_initialised(shard_set, monkeypatch):
+    """On a GPU machine the driver is initialised before the loader starts (torch.cuda.is_available(),
+    faiss.get_num_gpus()): DALI then refuses to fork. With its check reporting an initialised driver,
+    the CPU loader spawns its workers and yields exactly what forked workers yield."""
+    from nvidia.dali import backend
+
+    from dist_syndr import runtime
+
+    config = _config()
+    plan = plan_epoch(shard_set.keys(), config, seed=SEED, epoch=2)
+    assert runtime.dali_worker_start_method() == "fork"  # no CUDA here: forking is safe
+    with DaliLoader(shard_set, config, is_training=True) as forked:
+        forked_batches, forked_crops = _collect(forked, plan.for_rank(0))
+
+    monkeypatch.setattr(backend, "IsDriverInitialized", lambda: True)
+    assert runtime.dali_worker_start_method() == "spawn"
+    with DaliLoader(shard_set, config, is_training=True) as spawned:
+        spawned_batches, spawned_crops = _collect(spawned, plan.for_rank(0))
+    assert [b.keys for b in spawned_batches] == [b.keys for b in forked_batches] and spawned_crops.keys()
+    for key, crops in forked_crops.items():
+        assert torch.equal(spawned_crops[key], crops), key
+
+
 @pytest.mark.parametrize("mode", ["random", "centre"])
 def test_evaluation_crops_are_grouped_per_image(shard_set, mode):
     config = _config(eval_crops=3, eval_crop_mode=mode, batch_size=5)

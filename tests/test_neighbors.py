@@ -86,11 +86,12 @@ class _FakeGpuIndex:
     """A flat CPU index that refuses k above a limit, standing in for FAISS GPU's k-NN-only API."""
 
     def __init__(self, cpu_index, max_k):
-        self.index, self.max_k, self.calls = cpu_index, max_k, []
+        self.index, self.max_k, self.calls, self.num_queries = cpu_index, max_k, [], []
 
     def search(self, queries, k):
         assert k <= self.max_k
         self.calls.append(k)
+        self.num_queries.append(len(queries))
         return self.index.search(queries, k)
 
 
@@ -110,6 +111,48 @@ def test_growing_k_path_is_exact(monkeypatch):
     pairs = neighbors.similar_pairs(features, 0.9, settings=settings)
     assert set(zip(pairs.rows.tolist(), pairs.cols.tolist(), strict=True)) == _dense_edges(features, 0.9)
     assert max(fake["index"].calls) == 8 and pairs.stats["backend"] == "faiss-gpu"
+
+
+def _fake_gpus(monkeypatch, max_k):
+    fake = {}
+
+    def to_gpus(cpu_index):
+        fake["index"] = _FakeGpuIndex(cpu_index, max_k)
+        return fake["index"]
+
+    monkeypatch.setattr(neighbors.runtime, "faiss_gpu_count", lambda: 1)
+    monkeypatch.setattr(neighbors.runtime, "faiss_index_to_gpus", to_gpus)
+    return fake
+
+
+def test_gpu_path_equals_the_cpu_path_in_canonical_order(monkeypatch):
+    """Same edges, same arrays: every backend returns the graph sorted by (rows, cols)."""
+    features, _ = straddling_pool(11, num_groups=6, group_size=30)
+    cpu = neighbors.similar_pairs(features, 0.9, settings=NeighborsConfig(backend="cpu", database_block=37))
+    _fake_gpus(monkeypatch, 16)
+    gpu = neighbors.similar_pairs(features, 0.9, settings=NeighborsConfig(backend="gpu", max_gpu_k=16, query_block=23))
+    assert len(gpu) == len(cpu) > 0
+    for name in ("rows", "cols"):
+        np.testing.assert_array_equal(getattr(gpu, name), getattr(cpu, name))
+    np.testing.assert_allclose(gpu.distance, cpu.distance, rtol=0, atol=1e-6)
+    assert np.all(np.lexsort((cpu.cols, cpu.rows)) == np.arange(len(cpu)))
+
+
+def test_growing_k_searches_again_only_the_rows_still_saturated(monkeypatch):
+    features, _ = straddling_pool(7, num_groups=3, group_size=200)  # groups larger than the first k
+    fake = _fake_gpus(monkeypatch, 512)
+    settings = NeighborsConfig(backend="gpu", max_gpu_k=512, query_block=len(features))
+    neighbors.similar_pairs(features, 0.9, settings=settings)
+    index = fake["index"]
+    assert index.num_queries[0] == len(features) and len(index.calls) > 1
+    assert all(later < earlier for earlier, later in zip(index.num_queries, index.num_queries[1:], strict=False))
+    assert index.calls == sorted(index.calls) and len(set(index.calls)) == len(index.calls)  # k doubles
+
+
+def test_max_gpu_k_is_checked_against_the_faiss_gpu_limit():
+    with pytest.raises(ValueError, match="max_gpu_k"):
+        NeighborsConfig(max_gpu_k=4096)
+    assert NeighborsConfig(max_gpu_k=2048).max_gpu_k == 2048
 
 
 @pytest.mark.gpu

@@ -137,16 +137,20 @@ def test_bad_config_stops_before_any_process_group(tmp_path):
 @pytest.mark.dist
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
-    """`deepspeed --num_gpus 2` on the CPU (gloo), fp32, ZeRO-1: a straight run, and one killed with SIGKILL in
-    epoch 1 after a mid-epoch checkpoint, then resumed: both end with bit-identical weights and metrics."""
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path, precision):
+    """`deepspeed --num_gpus 2` on the CPU (gloo), ZeRO-1, fp32 and bf16 (autocast over fp32 weights): a straight
+    run, and one killed with SIGKILL in epoch 1 after a mid-epoch checkpoint, then resumed: both end with
+    bit-identical weights and metrics."""
     common = {
         "train.checkpoint_every_steps": 1,
         "train.log_every_steps": 1,
         "data.batch_size": 4,
         "train.zero_stage": 1,
+        "train.precision": precision,
     }
-    straight = _deepspeed_command(tmp_path, 29571, **common, **{"train.output_dir": tmp_path / "straight"})
+    port = 29571 if precision == "fp32" else 29581
+    straight = _deepspeed_command(tmp_path, port, **common, **{"train.output_dir": tmp_path / "straight"})
     completed = subprocess.run(straight, cwd=tmp_path, env=_env(), timeout=400, capture_output=True, text=True)
     assert completed.returncode == 0 and "exits successfully" in completed.stdout + completed.stderr, completed.stderr[
         -3000:
@@ -156,7 +160,7 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
         and len(_metric_history(tmp_path, "kept", "straight")) == 2
     )
 
-    killed = _deepspeed_command(tmp_path, 29572, **common, **{"train.output_dir": tmp_path / "killed"})
+    killed = _deepspeed_command(tmp_path, port + 1, **common, **{"train.output_dir": tmp_path / "killed"})
     pointer = tmp_path / "killed" / "cpu-smoke" / "checkpoints" / "complete"
     process = subprocess.Popen(
         killed, cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
@@ -174,7 +178,7 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
     assert not (tmp_path / "killed" / "cpu-smoke" / "checkpoints" / "epoch0001").exists(), (
         "killed too late: epoch 1 had finished"
     )
-    resumed = _deepspeed_command(tmp_path, 29573, **common, **{"train.output_dir": tmp_path / "killed"})
+    resumed = _deepspeed_command(tmp_path, port + 2, **common, **{"train.output_dir": tmp_path / "killed"})
     completed = subprocess.run(resumed, cwd=tmp_path, env=_env(), timeout=400, capture_output=True, text=True)
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "resumed from epoch0001-step" in completed.stdout + completed.stderr
@@ -229,6 +233,39 @@ def test_zero_stage_trains_checkpoints_and_resumes(tmp_path, stage):
         completed.stderr[-3000:]
     )
     assert len(_metric_history(tmp_path, "loss")) == 2 and len(_metric_history(tmp_path, "train/loss")) >= 2
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize(("backbone", "stage"), [("vit_tiny_patch16_224", 2), ("resnet18", 0)])
+def test_bf16_trains_evaluates_and_exports_on_two_ranks(tmp_path, backbone, stage):
+    """What every GPU run uses, on the CPU: bf16 autocast over fp32 weights through the DRCDown feature pass
+    (BatchNorm included), training, evaluation and the fp32 export, under `deepspeed --num_gpus 2`."""
+    import torch
+
+    overrides = {"train.precision": "bf16", "model.backbone": backbone, "train.zero_stage": stage}
+    port = 29591 + stage
+    completed = subprocess.run(
+        _deepspeed_command(tmp_path, port, **overrides),
+        cwd=tmp_path,
+        env=_env(),
+        timeout=500,
+        capture_output=True,
+        text=True,
+    )
+    assert completed.returncode == 0 and "exits successfully" in completed.stdout + completed.stderr, completed.stderr[
+        -3000:
+    ]
+    run_dir = tmp_path / "runs" / "cpu-smoke"
+    generated = json.loads((run_dir / "deepspeed.json").read_text())
+    assert generated["torch_autocast"] == {"enabled": True, "dtype": "bf16"} and not generated["bf16"]["enabled"]
+    assert len(_metric_history(tmp_path, "loss")) == 2 and len(_metric_history(tmp_path, "smoke-test/srcc")) == 2
+    exported = torch.load(run_dir / "export" / "model_fp32.pt", map_location="cpu")
+    _, final = _final_weights(run_dir) if stage == 0 else (None, None)
+    assert all(t.dtype in (torch.float32, torch.int64) for t in exported.values())
+    if final is not None:  # stage 0: the module in the checkpoint is the fp32 master itself
+        assert all(torch.equal(exported[k], final[k]) for k in final)
 
 
 @pytest.mark.gpu

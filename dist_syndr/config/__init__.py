@@ -40,6 +40,7 @@ TARGET_TYPES: dict[str, tuple[int, ...]] = {
 }
 NUM_DISTORTION_TYPES = 25
 NUM_LEVELS = 5
+FAISS_GPU_MAX_K = 2048  # FAISS GPU's k-selection limit (GPU_MAX_SELECTION_K)
 
 
 def label_column(distortion_type: int, level: int) -> int:
@@ -123,6 +124,8 @@ class NeighborsConfig(_Section):
 
     def check(self) -> None:
         self._at_least(1, "query_block", "database_block", "max_gpu_k", "ivf_nprobe", "recall_sample")
+        limit = FAISS_GPU_MAX_K
+        _require(self.max_gpu_k <= limit, "max_gpu_k", f"FAISS GPU searches at most k={limit}, got {self.max_gpu_k}")
         self._at_least(0, "ivf_nlist")
         _require(0.0 <= self.margin < 0.1, "margin", f"must lie in [0, 0.1), got {self.margin}")
 
@@ -167,6 +170,7 @@ class DRCDownConfig(_Section):
     sim_threshold: float = 0.9
     label_threshold: float = 1.0
     cap: int = 20
+    feature_precision: Literal["fp32", "train"] = "fp32"  # train: the run's mixed precision (faster on GPUs)
 
     def check(self) -> None:
         _require(-1.0 <= self.sim_threshold <= 1.0, "sim_threshold", f"must lie in [-1, 1], got {self.sim_threshold}")

@@ -20,6 +20,7 @@ scores ``(N,)``, features ``(N, D)`` float32.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -37,6 +38,7 @@ from dist_syndr.config import DataConfig
 from dist_syndr.evaluate import metrics
 from dist_syndr.features.embed import evaluating, forward_rows, gather_rows, input_dtype
 from dist_syndr.features.model import IQAModel
+from dist_syndr.features.precision import Precision
 from dist_syndr.loader import make_loader, plan_epoch
 from dist_syndr.sharding.shard_set import ShardSet
 
@@ -56,17 +58,26 @@ class Predictions:
 
 
 def predict(
-    module: torch.nn.Module, shard_set: ShardSet, data_cfg: DataConfig, *, device, dali: str = "auto", seed: int = 0
+    module: torch.nn.Module,
+    shard_set: ShardSet,
+    data_cfg: DataConfig,
+    *,
+    device,
+    dali: str = "auto",
+    seed: int = 0,
+    precision: Precision = "fp32",
+    loader=None,
 ) -> Predictions:
     """Scores of every sample of ``shard_set``: ``data_cfg.eval_crops`` crops (``eval_crop_mode``) averaged per image.
 
     Collective under a process group (every rank calls it); ``seed`` fixes the
     random crops. Samples skipped under ``data.on_error=skip`` are left out.
+    ``precision``: the run's mixed-precision policy. ``loader``: an open evaluation
+    loader of ``shard_set`` kept by the caller (one is opened and closed otherwise).
     """
     keys = shard_set.keys()
-    positions, rows = _gathered_pass(
-        module, shard_set, data_cfg, keys, device=device, dali=dali, seed=seed, forward=module, empty=(0,)
-    )
+    options = {"device": device, "dali": dali, "seed": seed, "precision": precision, "loader": loader}
+    positions, rows = _gathered_pass(module, shard_set, data_cfg, keys, forward=module, empty=(0,), **options)
     if len(positions) < len(keys):
         log.warning(
             "%s: %d of %d samples could not be read and have no prediction",
@@ -81,19 +92,33 @@ def predict(
     )
 
 
+def feature_data_config(data_cfg: DataConfig) -> DataConfig:
+    """The loader settings of the feature pass: one centre crop per image."""
+    return dataclasses.replace(data_cfg, eval_crop_mode="centre", eval_crops=1)
+
+
 def embed(
-    module: IQAModel, shard_set: ShardSet, data_cfg: DataConfig, keys: Sequence[str], *, device, dali: str = "auto"
+    module: IQAModel,
+    shard_set: ShardSet,
+    data_cfg: DataConfig,
+    keys: Sequence[str],
+    *,
+    device,
+    dali: str = "auto",
+    precision: Precision = "fp32",
+    loader=None,
 ) -> np.ndarray:
     """``(len(keys), D)`` float32 pooled features of ``keys`` (one centre crop, eval mode), rows in ``keys`` order.
 
-    Collective under a process group; ValueError when a key cannot be read.
+    Collective under a process group; ValueError when a key cannot be read. Reshaping features
+    are fp32 unless ``precision`` says otherwise; ``loader``: an open loader of ``shard_set`` built
+    with :func:`feature_data_config` (one is opened and closed otherwise).
     """
     keys = list(keys)
-    data = dataclasses.replace(data_cfg, eval_crop_mode="centre", eval_crops=1)
+    data = feature_data_config(data_cfg)
     dim = int(module.backbone.num_features)
-    positions, rows = _gathered_pass(
-        module, shard_set, data, keys, device=device, dali=dali, seed=0, forward=module.features, empty=(0, dim)
-    )
+    options = {"device": device, "dali": dali, "seed": 0, "precision": precision, "loader": loader}
+    positions, rows = _gathered_pass(module, shard_set, data, keys, forward=module.features, empty=(0, dim), **options)
     if len(positions) != len(keys):
         missing = sorted(set(range(len(keys))) - set(positions.tolist()))
         raise ValueError(
@@ -110,12 +135,19 @@ def evaluate_targets(
     device,
     dali: str = "auto",
     seed: int = 0,
+    precision: Precision = "fp32",
+    loaders: dict | None = None,
 ) -> tuple[dict[str, float], dict[str, Predictions]]:
-    """Predictions on every target and their metrics as ``{"<target>/<metric>": value}`` (collective)."""
+    """Predictions on every target and their metrics as ``{"<target>/<metric>": value}`` (collective).
+
+    ``loaders``: open evaluation loaders by target name, kept by the caller for a whole run.
+    """
     results: dict[str, float] = {}
     predictions: dict[str, Predictions] = {}
     for name, shard_set in targets.items():
-        predictions[name] = predict(module, shard_set, data_cfg, device=device, dali=dali, seed=seed)
+        loader = (loaders or {}).get(name)
+        options = {"device": device, "dali": dali, "seed": seed, "precision": precision, "loader": loader}
+        predictions[name] = predict(module, shard_set, data_cfg, **options)
         results |= {f"{name}/{key}": value for key, value in target_metrics(predictions[name], name).items()}
     return results, predictions
 
@@ -144,6 +176,8 @@ def _gathered_pass(
     seed: int,
     forward: Callable[[torch.Tensor], torch.Tensor],
     empty: tuple[int, ...],
+    precision: Precision,
+    loader,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Positions in ``keys`` (ascending, each once) and the per-image outputs of ``forward`` at them,
     from all ranks.
@@ -155,13 +189,17 @@ def _gathered_pass(
     position = {key: i for i, key in enumerate(keys)}
     dtype = input_dtype(module)
     rows, positions = [], []
-    with make_loader(shard_set, data_cfg, is_training=False, dali=dali) as loader, evaluating(module):
-        batches = loader.batches(plan.for_rank(rank))
+    if loader is None:
+        opened = make_loader(shard_set, data_cfg, is_training=False, dali=dali)
+    else:
+        opened = contextlib.nullcontext(loader)  # the caller's, kept open for the run
+    with opened as active, evaluating(module):
+        batches = active.batches(plan.for_rank(rank))
         progress = tqdm(
             batches, total=plan.num_batches, desc=f"evaluating {shard_set.root.name}", unit="batch", disable=rank != 0
         )
         for batch in progress:
-            outputs = forward_rows(forward, batch.images, device=device, dtype=dtype)
+            outputs = forward_rows(forward, batch.images, device=device, dtype=dtype, precision=precision)
             rows.append(batch.mean_over_crops(outputs).cpu().numpy())
             positions.extend(position[key] for key in batch.keys)
     gathered_rows = gather_rows(rows, empty)

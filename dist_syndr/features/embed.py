@@ -5,7 +5,7 @@ for DRCDown, predictions for evaluation.
 mode without gradients, with the inputs cast to the module's own dtype (a bf16
 engine's module wants bf16 inputs), and returns float32 rows. :func:`gather_rows`
 joins each rank's rows in rank order. :func:`embed_paths` embeds image files
-with a timm backbone (DDCUp's reference contents): each rank embeds a
+with a timm backbone (DDCUp's reference contents) in fp32: each rank embeds a
 contiguous slice of the paths and every rank receives all rows.
 ``dist_syndr.evaluate.predict`` drives the same two functions over shard sets
 through the loader.
@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -25,11 +26,15 @@ from tqdm.auto import tqdm
 from dist_syndr import runtime
 from dist_syndr.config import FeaturesConfig
 from dist_syndr.features.backbone import build_backbone
+from dist_syndr.features.precision import Precision, autocast
 from dist_syndr.features.preprocess import centre_crop, normalise
 from dist_syndr.pools import images
 
+if TYPE_CHECKING:  # torch is imported lazily: importing this module stays light
+    import torch
 
-def input_dtype(module) -> torch.dtype:  # noqa: F821 - torch is imported lazily
+
+def input_dtype(module) -> torch.dtype:
     """The dtype of the module's first floating parameter (float32 for a module without any)."""
     import torch
 
@@ -53,9 +58,11 @@ def evaluating(module) -> Iterator[None]:
         module.train(was_training)
 
 
-def forward_rows(forward: Callable, images_batch, *, device, dtype) -> torch.Tensor:  # noqa: F821
-    """``forward(images)`` with the images moved to ``device`` as ``dtype``; float32 rows."""
-    return forward(images_batch.to(device=device, dtype=dtype, non_blocking=True)).float()
+def forward_rows(forward: Callable, images_batch, *, device, dtype, precision: Precision = "fp32") -> torch.Tensor:
+    """``forward(images)`` with the images moved to ``device`` as ``dtype``, under the ``precision``
+    policy (:mod:`dist_syndr.features.precision`); float32 rows."""
+    with autocast(device, precision):
+        return forward(images_batch.to(device=device, dtype=dtype, non_blocking=True)).float()
 
 
 def gather_rows(parts: list[np.ndarray], empty_shape: tuple[int, ...]) -> np.ndarray:

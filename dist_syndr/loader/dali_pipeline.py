@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dist_syndr import files
+from dist_syndr import files, runtime
 from dist_syndr.config import DataConfig
 from dist_syndr.features.preprocess import IMAGENET_MEAN_255, IMAGENET_STD_255
 from dist_syndr.loader.batch import STATUS_OK, STATUS_PADDING, STATUS_SKIPPED, Batch
@@ -371,9 +371,8 @@ def build_pipeline(
     from nvidia.dali import fn, pipeline_def, types
 
     num_crops = spec.num_crops
-    # Forked workers must start before this process holds a CUDA context; with a GPU that is not
-    # guaranteed (the model may be there already), so spawn them instead.
-    start_method = "spawn" if device == "gpu" else "fork"
+    # Forked workers must start before the CUDA driver is initialised, which a GPU machine cannot promise.
+    start_method = runtime.dali_worker_start_method()
 
     # Parallel workers prepare `prefetch` batches ahead; the one-by-one form runs the source inline.
     parallel = {} if is_one_by_one else {"parallel": True, "prefetch_queue_depth": config.prefetch}

@@ -148,18 +148,27 @@ def similar_pairs(
         pairs = search.gpu(rank, world_size)
     else:
         pairs = search.cpu(rank, world_size)
+    pairs = canonical_order(pairs)
     pairs.stats["seconds"] = time.perf_counter() - started
     pairs.stats["num_edges"] = len(pairs)
     return pairs
 
 
 def gather_pairs(pairs: Pairs) -> Pairs:
-    """All ranks' edges on every rank, in rank order (identity without a process group)."""
+    """All ranks' edges on every rank, in canonical order (identity without a process group)."""
     rows = runtime.all_gather_array(pairs.rows)
     cols = runtime.all_gather_array(pairs.cols)
     distance = runtime.all_gather_array(pairs.distance)
     parts = [Pairs(r, c, d, pairs.is_exact) for r, c, d in zip(rows, cols, distance, strict=True)]
-    return Pairs.concatenate(parts, pairs.stats, pairs.is_exact)
+    return canonical_order(Pairs.concatenate(parts, pairs.stats, pairs.is_exact))
+
+
+def canonical_order(pairs: Pairs) -> Pairs:
+    """The edges sorted by ``(rows, cols)``: the same arrays whatever backend, block size or rank split found them."""
+    if len(pairs) < 2:
+        return pairs
+    order = np.lexsort((pairs.cols, pairs.rows))
+    return Pairs(pairs.rows[order], pairs.cols[order], pairs.distance[order], pairs.is_exact, pairs.stats)
 
 
 def _use_gpu(settings: NeighborsConfig) -> bool:

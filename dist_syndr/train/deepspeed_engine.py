@@ -37,15 +37,13 @@ import torch
 
 from dist_syndr import files
 from dist_syndr.config import DataConfig, TrainConfig
+from dist_syndr.features import precision as precision_policy
+from dist_syndr.features.precision import Precision
 
 
-def resolved_precision(train: TrainConfig, device: str) -> str:
+def resolved_precision(train: TrainConfig, device: str) -> Precision:
     """``fp32``, ``bf16`` or ``fp16``: ``auto`` is bf16 on CUDA and fp32 on the CPU."""
-    if train.precision == "auto":
-        return "bf16" if device == "cuda" else "fp32"
-    if train.precision == "fp16" and device != "cuda":
-        raise ValueError("train.precision=fp16 needs a CUDA device (use fp32 or bf16 on the CPU)")
-    return train.precision
+    return precision_policy.resolve(train.precision, device)
 
 
 def deepspeed_config(train: TrainConfig, data: DataConfig, *, world_size: int, device: str) -> dict:
@@ -64,8 +62,11 @@ def deepspeed_config(train: TrainConfig, data: DataConfig, *, world_size: int, d
         "gradient_accumulation_steps": train.gradient_accumulation_steps,
         "train_batch_size": data.batch_size * train.gradient_accumulation_steps * world_size,
         "zero_optimization": zero,
-        "bf16": {"enabled": precision == "bf16"},
-        "fp16": {"enabled": precision == "fp16", "initial_scale_power": 16},
+        # Mixed precision is torch autocast over fp32 weights (dist_syndr.features.precision): the
+        # weights are their own fp32 masters, and inputs and BatchNorm statistics need no casts.
+        "bf16": {"enabled": False},
+        "fp16": {"enabled": False},
+        "torch_autocast": {"enabled": precision != "fp32", "dtype": precision if precision != "fp32" else "bf16"},
         "steps_per_print": 10**9,  # our own logging and tracking report progress
         "wall_clock_breakdown": False,
         "gradient_clipping": train.gradient_clipping,  # 0 = off; DeepSpeed's default would be 1.0
@@ -82,10 +83,8 @@ def _zero_1_2_options(train: TrainConfig, precision: str, device: str) -> dict:
     options: dict = {}
     if device == "cpu":
         options["contiguous_gradients"] = False
-    # DeepSpeed needs the norm for clipping, optimizer offload and its ZeRO-1 bf16 optimizer.
-    is_norm_needed = (
-        train.gradient_clipping > 0 or train.is_optimizer_offloaded or (precision == "bf16" and train.zero_stage == 1)
-    )
+    # DeepSpeed needs the norm for clipping, optimizer offload and the fp16 loss scaler's overflow check.
+    is_norm_needed = train.gradient_clipping > 0 or train.is_optimizer_offloaded or precision == "fp16"
     if not is_norm_needed:
         options["compute_grad_norm"] = False
     return options

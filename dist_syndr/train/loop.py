@@ -13,11 +13,13 @@ Shapes: ``N`` original samples, ``D`` pooled feature dimension.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
 import hashlib
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +27,7 @@ import numpy as np
 from dist_syndr import files, runtime
 from dist_syndr.config import Config
 from dist_syndr.evaluate.diagnostics.measures import cheap_measures
-from dist_syndr.evaluate.predict import embed, evaluate_targets
+from dist_syndr.evaluate.predict import embed, evaluate_targets, feature_data_config
 from dist_syndr.loader import make_loader, plan_epoch, upsampled_keys
 from dist_syndr.reshape import drcdown
 from dist_syndr.sharding.shard_set import ShardSet
@@ -69,15 +71,15 @@ def fit(
     if not cfg.reshape.ddcup.enabled:  # a baseline run: the set's DDCUp samples stay out of training
         upsampled = []
     results: dict[str, float] = {}
-    # One training loader for the whole run: DALI keeps its pipeline and workers from epoch to epoch.
-    with make_loader(run.train_set, cfg.data, is_training=True, dali=cfg.runtime.dali) as loader:
+    with open_loaders(cfg, run) as loaders:
         while state.epoch < cfg.train.epochs:
             epoch = state.epoch
             if not state.is_mid_epoch:
-                state.kept_positions, state.reshape_stats = _drcdown(cfg, run, original, epoch)
+                state.kept_positions, state.reshape_stats = _drcdown(cfg, run, original, epoch, loaders.features)
             kept = [original[i] for i in state.kept_positions.tolist()]
-            train_stats = train_epoch(cfg, run, kept, upsampled, epoch, state=state, progress=progress, loader=loader)
-            evaluation = _evaluate(cfg, run)
+            options = {"state": state, "progress": progress, "loader": loaders.train}
+            train_stats = train_epoch(cfg, run, kept, upsampled, epoch, **options)
+            evaluation = _evaluate(cfg, run, loaders.targets)
             best = state.update_best(evaluation, list(run.targets), epoch)
             results = {**state.reshape_stats, **train_stats, **evaluation}
             run.tracker.log_metrics(
@@ -90,15 +92,42 @@ def fit(
     return results, state
 
 
-def _drcdown(cfg: Config, run: Run, original: list[str], epoch: int) -> tuple[np.ndarray, dict[str, float]]:
+@dataclasses.dataclass(frozen=True)
+class RunLoaders:
+    """One loader per shard set for the whole run: DALI keeps its pipeline and workers from epoch to epoch."""
+
+    train: object  # training crops of the training set
+    features: object | None  # centre crops of the training set for DRCDown's feature pass (None without DRCDown)
+    targets: dict[str, object]  # evaluation crops of each target
+
+
+@contextlib.contextmanager
+def open_loaders(cfg: Config, run: Run) -> Iterator[RunLoaders]:
+    """The run's loaders, open until the block ends."""
+    with contextlib.ExitStack() as stack:
+
+        def opened(shard_set: ShardSet, data, *, is_training: bool):
+            return stack.enter_context(make_loader(shard_set, data, is_training=is_training, dali=cfg.runtime.dali))
+
+        train = opened(run.train_set, cfg.data, is_training=True)
+        is_drcdown = cfg.reshape.drcdown.enabled
+        features = opened(run.train_set, feature_data_config(cfg.data), is_training=False) if is_drcdown else None
+        targets = {name: opened(shard_set, cfg.data, is_training=False) for name, shard_set in run.targets.items()}
+        yield RunLoaders(train, features, targets)
+
+
+def _drcdown(
+    cfg: Config, run: Run, original: list[str], epoch: int, loader=None
+) -> tuple[np.ndarray, dict[str, float]]:
     """Positions (into ``original``) of the samples kept this epoch, identical on every rank, and statistics."""
     if not cfg.reshape.drcdown.enabled:
         positions, stats = np.arange(len(original), dtype=np.int64), {}
     else:
         module = deepspeed_engine.bare_module(run.model_engine)
-        features = embed(
-            module, run.train_set, cfg.data, original, device=run.model_engine.device, dali=cfg.runtime.dali
-        )
+        device = run.model_engine.device
+        precision = _feature_precision(cfg, device)
+        options = {"device": device, "dali": cfg.runtime.dali, "precision": precision, "loader": loader}
+        features = embed(module, run.train_set, cfg.data, original, **options)
         entries = [run.train_set.by_key[key] for key in original]
         labels = np.array([entry.score for entry in entries], dtype=np.float64)
         # Every rank takes part: the neighbour search is split across ranks and its edges gathered.
@@ -214,16 +243,20 @@ def _settle_losses(meter: StepMeter, progress: RankProgress) -> None:
         progress.loss_sum += value
 
 
-def _evaluate(cfg: Config, run: Run) -> dict[str, float]:
-    results, _ = evaluate_targets(
-        deepspeed_engine.bare_module(run.model_engine),
-        run.targets,
-        cfg.data,
-        device=run.model_engine.device,
-        dali=cfg.runtime.dali,
-        seed=cfg.seed,
-    )
+def _evaluate(cfg: Config, run: Run, loaders: dict | None = None) -> dict[str, float]:
+    device = run.model_engine.device
+    precision = deepspeed_engine.resolved_precision(cfg.train, device.type)  # as the training forward pass
+    options = {"device": device, "dali": cfg.runtime.dali, "seed": cfg.seed, "precision": precision}
+    module = deepspeed_engine.bare_module(run.model_engine)
+    results, _ = evaluate_targets(module, run.targets, cfg.data, loaders=loaders, **options)
     return results
+
+
+def _feature_precision(cfg: Config, device) -> str:
+    """DRCDown's features: fp32 on every device unless ``reshape.drcdown.feature_precision: train``."""
+    if cfg.reshape.drcdown.feature_precision == "fp32":
+        return "fp32"
+    return deepspeed_engine.resolved_precision(cfg.train, device.type)
 
 
 def summary(results: dict[str, float], state: TrainState) -> str:
