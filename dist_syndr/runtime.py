@@ -192,6 +192,39 @@ def dali_worker_start_method() -> str:
     return "spawn" if backend.IsDriverInitialized() or has_cuda() else "fork"
 
 
+def cuda_rng_states() -> list | None:
+    """Every visible GPU's RNG state (``None`` without CUDA), for exact resume."""
+    if not has_cuda():
+        return None
+    import torch
+
+    return torch.cuda.get_rng_state_all()
+
+
+def restore_cuda_rng_states(states: list | None) -> None:
+    """Put back what :func:`cuda_rng_states` returned (nothing to do without CUDA or without states)."""
+    if states is None or not has_cuda():
+        return
+    import torch
+
+    torch.cuda.set_rng_state_all(states)
+
+
+def set_deterministic(is_deterministic: bool) -> None:
+    """``train.is_deterministic``: deterministic cuDNN and torch algorithms, TF32 off (a GPU run then resumes
+    bit-exactly, at some speed). cuBLAS needs ``CUBLAS_WORKSPACE_CONFIG`` before its first use: set here."""
+    if not is_deterministic:
+        return
+    import torch
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+
 def choose_backends(config: RuntimeConfig | None = None) -> Backends:
     """Resolve every ``auto`` in ``config`` against this machine (forced values are checked)."""
     config = config or RuntimeConfig()

@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # ---- backends, run folder, data
     backends = runtime.init(cfg.runtime)
+    runtime.set_deterministic(cfg.train.is_deterministic)
     run_dir = Path(cfg.train.output_dir) / cfg.run_name
     if cfg.train.is_smoke_data:
         setup.build_smoke_sets(cfg, backends.rank)

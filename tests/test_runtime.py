@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import numpy as np
@@ -64,3 +65,45 @@ def test_two_process_gloo_drcdown_matches_single_process(tmp_path):
     for rank in range(2):
         np.testing.assert_array_equal(np.load(tmp_path / f"kept-{rank}.npy"), single.kept)
         np.testing.assert_array_equal(np.load(tmp_path / f"members-{rank}.npy"), np.concatenate(single.clusters))
+
+
+def test_deterministic_mode_sets_the_torch_switches(monkeypatch):
+    import torch
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    saved = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32)
+    try:
+        runtime.set_deterministic(False)
+        assert not torch.are_deterministic_algorithms_enabled()
+        runtime.set_deterministic(True)
+        assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
+        assert not torch.backends.cudnn.benchmark and not torch.backends.cuda.matmul.allow_tf32
+        assert not torch.backends.cudnn.allow_tf32 and os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[:2]
+        torch.backends.cuda.matmul.allow_tf32 = saved[2]
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def test_checkpointed_rng_states_include_every_gpu(monkeypatch):
+    """CUDA's generators travel with the CPU ones (checked with torch.cuda's state calls standing in)."""
+    import torch
+
+    from dist_syndr.train import state as train_state
+
+    devices = [torch.tensor([1, 2], dtype=torch.uint8), torch.tensor([3, 4], dtype=torch.uint8)]
+    restored = []
+    monkeypatch.setattr(runtime, "has_cuda", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [d.clone() for d in devices])
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: restored.extend(states))
+    captured = train_state.capture_rng()
+    assert [s.tolist() for s in captured["cuda"]] == [[1, 2], [3, 4]]
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    train_state.restore_rng(train_state.capture_rng() | {"cuda": captured["cuda"]})
+    assert [s.tolist() for s in restored] == [[1, 2], [3, 4]]
+    monkeypatch.setattr(runtime, "has_cuda", lambda: False)
+    assert train_state.capture_rng()["cuda"] is None
+    torch.manual_seed(123)
+    assert torch.equal(torch.rand(3), expected)

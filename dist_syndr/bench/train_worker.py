@@ -12,6 +12,7 @@ Shapes: batches ``(B, 3, C, C)`` float32 crops and ``(B,)`` scores.
 from __future__ import annotations
 
 import copy
+import functools
 import gc
 import json
 import logging
@@ -28,6 +29,7 @@ import torch
 from dist_syndr import files, runtime
 from dist_syndr.bench.train import BASELINE, TRAINER, TrainPlan, step_case
 from dist_syndr.config import Config, DataConfig, ModelConfig, RuntimeConfig, TrainConfig
+from dist_syndr.features import precision as precision_policy
 from dist_syndr.features.model import build_model
 from dist_syndr.loader import make_loader, plan_epoch, upsampled_keys
 from dist_syndr.sharding.shard_set import ShardSet
@@ -154,7 +156,8 @@ def _build_cases(setup: Setup, case: dict, epochs: Epochs):
     ddp = torch.nn.parallel.DistributedDataParallel(baseline_model, device_ids=device_ids)
     optimizer = deepspeed_engine.build_optimizer(baseline_model, cfg.train)
     precision = deepspeed_engine.resolved_precision(cfg.train, setup.backends.device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    # The trainer's own policy (bf16 autocast over fp32 weights on GPUs): like for like with DeepSpeed's forward.
+    autocast = functools.partial(precision_policy.autocast, device, precision)
     engines = {
         stage: _engine(plan, case, model, stage, world_size, setup.backends.device) for stage in plan.engine_stages
     }
@@ -279,7 +282,7 @@ def _flops_per_image(model: torch.nn.Module, images: torch.Tensor) -> float:
 def _ddp_epoch(ddp, optimizer, autocast, batches: Batches) -> dict:
     for images, scores in batches:
         optimizer.zero_grad(set_to_none=True)
-        with autocast:
+        with autocast():
             predictions = ddp(images)
         loss = deepspeed_engine.l1_loss(predictions.float(), scores)
         loss.backward()

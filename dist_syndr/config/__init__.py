@@ -326,6 +326,7 @@ class TrainConfig(_Section):
     global_batch_size: int = 0  # 0 = data.batch_size x world size x accumulation; else checked against them
     gradient_clipping: float = 0.0  # 0 = off
     is_optimizer_offloaded: bool = False  # ZeRO optimizer state on the CPU
+    is_deterministic: bool = False  # GPUs: deterministic cuDNN/torch algorithms, TF32 off (bit-exact resume, slower)
     shard_set: str = ""  # training shard set folder (written by launchers/shard.py)
     targets: list[str] = field(default_factory=list)  # evaluation sets as name=folder (shard sets)
     output_dir: str = "runs"  # checkpoints and run files under <output_dir>/<run_name>

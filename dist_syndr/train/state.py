@@ -83,8 +83,13 @@ class TrainState:
 
 
 def capture_rng() -> dict:
-    """This process's Python, NumPy and torch RNG states."""
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """This process's Python, NumPy, torch CPU and CUDA RNG states."""
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": runtime.cuda_rng_states(),
+    }
 
 
 def restore_rng(states: dict) -> None:
@@ -93,6 +98,7 @@ def restore_rng(states: dict) -> None:
         random.setstate(states["python"])
         np.random.set_state(states["numpy"])
         torch.set_rng_state(states["torch"])
+        runtime.restore_cuda_rng_states(states.get("cuda"))
 
 
 def checkpoint_tag(state: TrainState) -> str:
