@@ -152,6 +152,28 @@ def test_embed_gives_centre_crop_features_in_the_order_asked(tiny_set):
 
 
 @pytest.mark.timeout(120)
+def test_the_precision_policy_and_a_kept_loader_are_honoured(tiny_set):
+    """fp32 features by default; bf16 autocast only when asked for; a loader the caller keeps open serves
+    every call (the trainer keeps one per shard set for the whole run) and gives the same rows."""
+    from dist_syndr.evaluate.predict import feature_data_config
+    from dist_syndr.loader import make_loader
+
+    model, keys = _tiny_model(), tiny_set.keys()
+    fp32 = embed(model, tiny_set, _data(), keys, device="cpu", dali="off")
+    bf16 = embed(model, tiny_set, _data(), keys, device="cpu", dali="off", precision="bf16")
+    assert not np.array_equal(fp32, bf16) and np.allclose(fp32, bf16, atol=0.1)
+    with make_loader(tiny_set, feature_data_config(_data()), is_training=False, dali="off") as loader:
+        for _ in range(2):
+            again = embed(model, tiny_set, _data(), keys, device="cpu", dali="off", loader=loader)
+            np.testing.assert_array_equal(again, fp32)
+    data = _data(eval_crop_mode="centre")
+    with make_loader(tiny_set, data, is_training=False, dali="off") as loader:
+        kept = predict(model, tiny_set, data, device="cpu", dali="off", loader=loader)
+    fresh = predict(model, tiny_set, data, device="cpu", dali="off")
+    np.testing.assert_array_equal(kept.predictions, fresh.predictions)
+
+
+@pytest.mark.timeout(120)
 def test_evaluate_targets_names_metrics_by_target(tiny_set):
     data = _data(eval_crop_mode="centre")
     results, predictions = evaluate_targets(_tiny_model(), {"tiny": tiny_set}, data, device="cpu", dali="off")

@@ -76,3 +76,24 @@ def test_precomputed_features_must_match_their_names(tmp_path):
     (tmp_path / "n.txt").write_text("a.png\nb.png\n")
     with pytest.raises(ValueError, match="does not match"):
         load_named_features(str(tmp_path / "f.npy"), str(tmp_path / "n.txt"))
+
+
+def test_reshaping_features_are_fp32_on_every_device(tmp_path):
+    """DDCUp's embeddings run the fp32 forward pass whatever the device (no autocast branch on GPUs):
+    bit-equal to the plain fp32 computation, and unlike what bf16 autocast would give."""
+    from dist_syndr.features.precision import autocast
+    from dist_syndr.features.preprocess import normalise
+    from dist_syndr.pools import images
+
+    paths = _images(tmp_path / "imgs", count=3)
+    config = FeaturesConfig(backbone="resnet18", is_random_init=True, crop=32, batch_size=8)
+    model = build_backbone(config)
+    got = embed_paths(paths, config, model)
+    crops = [centre_crop(images.decode(images.read_bytes(p), str(p)), 32) for p in paths]
+    tensor = torch.from_numpy(np.stack([normalise(crop) for crop in crops]))
+    with torch.no_grad():
+        want = model.eval()(tensor).numpy()
+        with autocast("cpu", "bf16"):
+            low = model(tensor).float().numpy()
+    np.testing.assert_array_equal(got, want)
+    assert not np.array_equal(low, want)
