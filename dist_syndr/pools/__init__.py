@@ -1,1 +1,1 @@
-"""Readers of distortion pools and label sources."""
+"""Datasets as their releases unpack (a reader per layout), our distortion engine, weak labels, score scaling."""
