@@ -44,10 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = shard_plan.run_shard_step(cfg, out_dir, options, rank=backends.rank, world_size=backends.world_size)
     if backends.rank == 0:
         shard_set = ShardSet(out_dir)
-        print(
-            f"{out_dir}: {len(shard_set)} samples ({plan.num_original} original, {plan.num_upsampled} upsampled) "
-            f"in {len(shard_set.shards)} shards; {len(shard_set.skipped)} skipped"
-        )
+        print(shard_plan.summary(out_dir, shard_set, plan))
     runtime.shutdown()
     return 0
 

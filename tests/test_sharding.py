@@ -120,6 +120,19 @@ def test_unreadable_image_is_an_error_naming_the_file_or_a_listed_skip(tmp_path)
     assert "img001.bmp" in shard_set.skipped[0]["path"]
 
 
+def test_the_summary_counts_written_planned_and_skipped_apart(tmp_path):
+    from dist_syndr.sharding.plan import Plan, summary
+
+    _make_images(tmp_path / "src", 6)
+    items = items_from_folder(tmp_path / "src")
+    bad = tmp_path / "src" / "img001.bmp"
+    bad.write_bytes(bad.read_bytes()[:60])
+    shard_set = _write(tmp_path / "src", tmp_path / "skip", on_error="skip")
+    line = summary(tmp_path / "skip", shard_set, Plan(items, len(items), 0, []))
+    assert "5 samples written (5 original, 0 upsampled) of 6 planned (6 original, 0 upsampled)" in line
+    assert "1 skipped as unreadable" in line
+
+
 def test_verify_decodes_every_image(tmp_path):
     _make_images(tmp_path / "src", 4)
     shard_set = _write(tmp_path / "src", tmp_path / "out", samples_per_shard=10)
@@ -164,6 +177,43 @@ def test_index_with_unsafe_shard_name_is_refused(tmp_path):
     index_path.write_text(json.dumps(index))
     with pytest.raises(ValueError, match="unsafe shard name"):
         ShardSet(tmp_path / "out")
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda index: index["samples"][1].update(shard="shard-000099.tar"), "names shard shard-000099.tar, which"),
+        (lambda index: index["samples"][1]["members"]["json"].__setitem__(0, 10**9), "lies outside shard"),
+        (lambda index: index["samples"][1].update(key=index["samples"][0]["key"]), "appears more than once"),
+        (lambda index: index["samples"][1].update(score=float("nan")), "score that is not finite"),
+    ],
+)
+def test_an_index_that_contradicts_itself_is_one_clear_error(tmp_path, edit, message):
+    _make_images(tmp_path / "src", 3)
+    _write(tmp_path / "src", tmp_path / "out")
+    index_path = tmp_path / "out" / "index.json"
+    index = json.loads(index_path.read_text())
+    edit(index)
+    index_path.write_text(json.dumps(index))
+    with pytest.raises(ValueError, match=message):
+        ShardSet(tmp_path / "out")
+
+
+def test_a_sample_naming_an_unlisted_shard_stops_a_launcher_with_one_line(tmp_path):
+    _make_images(tmp_path / "src", 3)
+    _write(tmp_path / "src", tmp_path / "shards" / "set")
+    index_path = tmp_path / "shards" / "set" / "index.json"
+    index = json.loads(index_path.read_text())
+    index["samples"][2]["shard"] = "shard-000099.tar"
+    index_path.write_text(json.dumps(index))
+    preset = PROJECT_ROOT / "configs" / "shard" / "folder-weak.yaml"
+    command = [sys.executable, str(PROJECT_ROOT / "launchers" / "shard.py"), "--config", str(preset), "--verify"]
+    command += ["shard.name=set"]
+    command += [f"shard.output_root={tmp_path / 'shards'}"]
+    completed = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    key = index["samples"][2]["key"]
+    assert completed.returncode == 2 and "Traceback" not in completed.stderr
+    assert f"sample {key} names shard shard-000099.tar" in completed.stderr.strip().splitlines()[-1]
 
 
 def test_duplicate_keys_are_refused(tmp_path):

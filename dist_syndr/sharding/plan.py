@@ -26,6 +26,7 @@ from dist_syndr.pools.generic import read_folder
 from dist_syndr.pools.sample import Sample
 from dist_syndr.pools.scores import minmax_to_ten
 from dist_syndr.reshape import ddcup
+from dist_syndr.sharding.shard_set import ShardSet
 from dist_syndr.sharding.writer import WorkItem, WriteOptions, item_seed
 
 log = logging.getLogger(__name__)
@@ -312,3 +313,12 @@ def recorded_config(cfg: Config) -> dict:
     recorded["shard"].pop("num_workers")
     recorded["shard"].pop("output_root")
     return recorded
+
+
+def summary(out_dir: Path, shard_set: ShardSet, plan: Plan) -> str:
+    """What the step wrote, skipped and planned, each counted on its own."""
+    upsampled = sum(entry.origin == "upsampled" for entry in shard_set.samples)
+    written = f"{len(shard_set)} samples written ({len(shard_set) - upsampled} original, {upsampled} upsampled)"
+    planned = f"of {len(plan.items)} planned ({plan.num_original} original, {plan.num_upsampled} upsampled)"
+    skipped = f"{len(shard_set.skipped)} skipped as unreadable (listed under 'skipped' in the index)"
+    return f"{out_dir}: {written} {planned} in {len(shard_set.shards)} shards; {skipped}"

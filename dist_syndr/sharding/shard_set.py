@@ -11,7 +11,9 @@ Shapes: none (bytes and records).
 
 from __future__ import annotations
 
+import collections
 import json
+import math
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -86,8 +88,7 @@ class ShardSet:
         }
         self.samples = [_entry(record, index_path) for record in index["samples"]]
         self.by_key = {entry.key: entry for entry in self.samples}
-        if len(self.by_key) != len(self.samples):
-            raise ValueError(f"{index_path}: duplicate sample keys")
+        _check_consistent(index_path, self.shards, self.samples, self.by_key)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -148,6 +149,30 @@ class ShardSet:
                     raise ValueError(
                         f"{self.root / entry.shard}: metadata of sample {entry.key} is not JSON"
                     ) from None
+
+
+def _check_consistent(
+    index_path: Path, shards: dict[str, ShardInfo], samples: list[SampleEntry], by_key: dict[str, SampleEntry]
+) -> None:
+    """One clear error for an index that contradicts itself: unique keys, listed shards, members inside
+    their shard's bytes, finite scores."""
+    if len(by_key) != len(samples):
+        duplicate = next(key for key, count in collections.Counter(e.key for e in samples).items() if count > 1)
+        raise ValueError(f"{index_path}: sample key {duplicate!r} appears more than once")
+    for entry in samples:
+        shard = shards.get(entry.shard)
+        if shard is None:
+            raise ValueError(
+                f"{index_path}: sample {entry.key} names shard {entry.shard}, which the index does not list"
+            )
+        for extension, (offset, size) in entry.members.items():
+            if offset < 0 or size < 0 or offset + size > shard.bytes:
+                raise ValueError(
+                    f"{index_path}: member {entry.key}.{extension} (offset {offset}, {size} bytes) lies outside "
+                    f"shard {entry.shard} ({shard.bytes} bytes)"
+                )
+        if entry.score is not None and not math.isfinite(entry.score):
+            raise ValueError(f"{index_path}: sample {entry.key} has a score that is not finite ({entry.score})")
 
 
 def scan_tar(path: Path) -> dict[str, tuple[int, int]]:
