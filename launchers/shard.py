@@ -2,6 +2,7 @@
 
     python launchers/shard.py --config configs/shard/<preset>.yaml [key=value ...]
     python launchers/shard.py --config configs/shard/<preset>.yaml --verify
+    python launchers/shard.py --reindex shards/<set>      # add member checksums to an older set
     torchrun --nproc_per_node 2 launchers/shard.py --config ...   # ranks split the shards
 
 A rerun (or a run after a kill) skips every finished shard whose checksum
@@ -21,10 +22,21 @@ from dist_syndr.sharding.shard_set import ShardSet
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("--config", type=Path)
     parser.add_argument("--verify", action="store_true", help="re-read and check an existing set, write nothing")
+    parser.add_argument(
+        "--reindex", type=Path, metavar="DIR", help="add member checksums to a set written before them"
+    )
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     args = parser.parse_args(argv)
+    if args.reindex is not None:
+        count = writer.reindex(args.reindex)
+        print(
+            f"{args.reindex}: member checksums added for {count} samples" if count else f"{args.reindex}: up to date"
+        )
+        return 0
+    if args.config is None:
+        parser.error("--config is required (except with --reindex)")
 
     # ---- configuration, backends, output folder
     cfg = config.load(args.config, args.overrides)

@@ -137,6 +137,27 @@ def test_dali_cpu_pipeline_gives_the_torch_loader_predictions(tiny_set):
     np.testing.assert_allclose(dali_path.predictions, torch_path.predictions, atol=1e-5)
 
 
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("dali", ["off", "cpu"])
+def test_a_target_with_a_flipped_byte_is_never_scored(tmp_path, dali):
+    """Evaluation, DRCDown's feature pass and diagnostics read through the loader: a member whose bytes
+    changed stops them with the sample named, or is left out and counted under on_error=skip."""
+    shard_set = _tiny_shard_set(tmp_path)
+    key = shard_set.keys()[3]
+    entry = shard_set.by_key[key]
+    offset, size = entry.members[entry.image_extension]
+    path = shard_set.root / entry.shard
+    data = bytearray(path.read_bytes())
+    data[offset + size // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=f"sample {key}: member .* fails its checksum"):
+        predict(_tiny_model(), shard_set, _data(), device="cpu", dali=dali)
+    with pytest.raises(ValueError, match=f"sample {key}: member .* fails its checksum"):
+        embed(_tiny_model(), shard_set, _data(), shard_set.keys(), device="cpu", dali=dali)
+    skipped = predict(_tiny_model(), shard_set, _data(on_error="skip"), device="cpu", dali=dali)
+    assert key not in skipped.keys.tolist() and len(skipped) == len(shard_set) - 1
+
+
 @pytest.mark.timeout(120)
 def test_embed_gives_centre_crop_features_in_the_order_asked(tiny_set):
     model = _tiny_model().train()  # embed switches to eval and back

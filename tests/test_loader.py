@@ -74,7 +74,7 @@ def shard_set(tmp_path_factory) -> ShardSet:
 
 
 def _config(**overrides) -> DataConfig:
-    return DataConfig(**({"batch_size": 4, "num_workers": 2, "crop": CROP, "verify_checksums": False} | overrides))
+    return DataConfig(**({"batch_size": 4, "num_workers": 2, "crop": CROP, "verify_checksums": "off"} | overrides))
 
 
 def _collect(loader, rank_plan) -> tuple[list, dict[str, torch.Tensor]]:
@@ -332,12 +332,60 @@ def test_skip_mode_drops_bad_samples_and_counts_them(damaged_set, loader_class, 
     assert ever_planned_bad and all(any(key in message for message in caplog.messages) for key in ever_planned_bad)
 
 
+def _flip_byte(shard_set: ShardSet, key: str, extension: str) -> None:
+    """One byte flipped in the middle of a member: sizes and headers intact, the pixels (or text) wrong."""
+    offset, size = shard_set.by_key[key].members[extension]
+    path = shard_set.root / shard_set.by_key[key].shard
+    data = bytearray(path.read_bytes())
+    data[offset + size // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.fixture
+def flipped_set(tmp_path) -> ShardSet:
+    shard_set = _write_set(tmp_path, _images(12, seed=4))
+    _flip_byte(shard_set, "set/img000", "png")
+    _flip_byte(shard_set, "set/img001", "jpg")
+    _flip_byte(shard_set, "set/img002", "json")
+    return ShardSet(shard_set.root)
+
+
+FLIPPED = {"set/img000": "png", "set/img001": "jpg", "set/img002": "json"}
+
+
+@pytest.mark.parametrize("loader_class", [DaliLoader, TorchLoader])
+def test_a_flipped_byte_in_any_member_stops_the_read_naming_sample_and_member(flipped_set, loader_class):
+    """A JPEG with a flipped byte still decodes, to wrong pixels: the member checksum stops it first."""
+    config = _config(verify_checksums="members")
+    keys = flipped_set.keys()
+    good = [key for key in keys if key not in FLIPPED]
+    for key, extension in FLIPPED.items():
+        plan = plan_epoch(keys, config, seed=SEED, epoch=0, kept_keys=good[:7] + [key])
+        shard = flipped_set.by_key[key].shard
+        message = f"{shard}: sample {key}: member {key}.{extension} fails its checksum"
+        with loader_class(flipped_set, config, is_training=True) as loader:
+            with pytest.raises(ValueError, match=message):
+                list(loader.batches(plan.for_rank(0)))
+
+
+@pytest.mark.parametrize("loader_class", [DaliLoader, TorchLoader])
+def test_flipped_members_are_skipped_and_counted_under_skip(flipped_set, loader_class):
+    config = _config(verify_checksums="members", on_error="skip")
+    plan = plan_epoch(flipped_set.keys(), config, seed=SEED, epoch=1, kept_keys=flipped_set.keys())
+    with loader_class(flipped_set, config, is_training=True) as loader:
+        batches = list(loader.batches(plan.for_rank(0)))
+        assert loader.num_skipped == len(set(FLIPPED) & set(plan.keys)) > 0
+    assert len(batches) == plan.num_batches
+    delivered = {key for batch in batches for key in batch.keys}
+    assert not delivered & set(FLIPPED) and delivered == set(plan.keys) - set(FLIPPED)
+
+
 def test_checksum_mismatch_names_the_shard_and_the_broken_sample_or_excludes_the_shard(damaged_set, caplog):
     shard = damaged_set.by_key["set/img002"].shard
     with pytest.raises(ValueError, match=f"{shard}: checksum mismatch .*set/img002"):
-        verify_shard_set(damaged_set, _config(verify_checksums=True))
+        verify_shard_set(damaged_set, _config(verify_checksums="shards"))
     with caplog.at_level(logging.WARNING):
-        excluded = verify_shard_set(damaged_set, _config(verify_checksums=True, on_error="skip"))
+        excluded = verify_shard_set(damaged_set, _config(verify_checksums="shards", on_error="skip"))
     damaged_shards = {damaged_set.by_key["set/img002"].shard, damaged_set.by_key["set/img007"].shard}
     assert excluded == {e.key for e in damaged_set.samples if e.shard in damaged_shards}
     assert any(shard in message and "skipping" in message for message in caplog.messages)
@@ -347,7 +395,7 @@ def test_checksum_mismatch_names_the_shard_and_the_broken_sample_or_excludes_the
 
 def test_verification_passes_a_clean_set_and_catches_an_edited_index(tmp_path):
     shard_set = _write_set(tmp_path, _images(5, seed=4))
-    assert verify_shard_set(shard_set, _config(verify_checksums=True)) == frozenset()
+    assert verify_shard_set(shard_set, _config(verify_checksums="shards")) == frozenset()
     index_path = shard_set.root / "index.json"
     index = json.loads(index_path.read_text())
     record = index["samples"][3]
@@ -355,7 +403,7 @@ def test_verification_passes_a_clean_set_and_catches_an_edited_index(tmp_path):
     record["members"][extension][0] += 512
     index_path.write_text(json.dumps(index))
     with pytest.raises(ValueError, match=f"{record['shard']}: member offsets of sample {record['key']} do not match"):
-        verify_shard_set(ShardSet(shard_set.root), _config(verify_checksums=True))
+        verify_shard_set(ShardSet(shard_set.root), _config(verify_checksums="shards"))
 
 
 # ---------------------------------------------------------------------------

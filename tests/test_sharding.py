@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -146,7 +148,11 @@ def test_verify_decodes_every_image(tmp_path):
     damaged = ShardSet(tmp_path / "out")
     with pytest.raises(ValueError, match="checksum mismatch"):
         damaged.verify()
-    damaged.shards = {}  # skip the checksum step to reach the decoder
+    damaged.shards = {}  # skip the checksum step: the member's own checksum catches it before any decoder
+    with pytest.raises(ValueError, match="sample test/img000: member test/img000.png fails its checksum"):
+        damaged.verify(decode_images=True)
+    damaged.samples = [dataclasses.replace(e, checksums=None) for e in damaged.samples]  # as in an older set
+    damaged.by_key = {e.key: e for e in damaged.samples}
     with pytest.raises(ValueError, match="test/img000 in shard-000000.tar"):
         damaged.verify(decode_images=True)
 
@@ -214,6 +220,44 @@ def test_a_sample_naming_an_unlisted_shard_stops_a_launcher_with_one_line(tmp_pa
     key = index["samples"][2]["key"]
     assert completed.returncode == 2 and "Traceback" not in completed.stderr
     assert f"sample {key} names shard shard-000099.tar" in completed.stderr.strip().splitlines()[-1]
+
+
+def _strip_member_checksums(out: Path) -> None:
+    """Make a set look as sets written before member checksums look."""
+    for path in [out / "index.json", *out.glob("shard-*.json")]:
+        record = json.loads(path.read_text())
+        for sample in record["samples"]:
+            del sample["crc32"]
+        path.write_text(json.dumps(record, indent=1 if path.name == "index.json" else None, sort_keys=True))
+
+
+def test_an_older_set_stays_readable_with_one_warning_and_reindex_restores_its_checksums(tmp_path, caplog):
+    from dist_syndr.config import DataConfig
+    from dist_syndr.loader import plan_epoch
+    from dist_syndr.loader.torch_loader import TorchLoader
+
+    _make_images(tmp_path / "src", 6, size=(40, 40))
+    _write(tmp_path / "src", tmp_path / "out", samples_per_shard=4)
+    written = {p.name: p.read_bytes() for p in (tmp_path / "out").glob("*.json")}
+    _strip_member_checksums(tmp_path / "out")
+    old = ShardSet(tmp_path / "out")
+    assert not old.has_member_checksums
+    config = DataConfig(batch_size=2, num_workers=1, crop=32)
+    with caplog.at_level(logging.WARNING), TorchLoader(old, config, is_training=True) as loader:
+        keys = [k for b in loader.batches(plan_epoch(old.keys(), config, seed=0, epoch=0).for_rank(0)) for k in b.keys]
+    assert len(keys) == 6 and sum("written before member checksums" in m for m in caplog.messages) == 1
+    command = [sys.executable, str(PROJECT_ROOT / "launchers" / "shard.py"), "--reindex", str(tmp_path / "out")]
+    completed = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0 and "member checksums added for 6 samples" in completed.stdout
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").glob("*.json")} == written  # as if written today
+    assert ShardSet(tmp_path / "out").has_member_checksums
+    shard = tmp_path / "out" / "shard-000000.tar"
+    data = bytearray(shard.read_bytes())
+    data[700] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    _strip_member_checksums(tmp_path / "out")
+    with pytest.raises(ValueError, match="shard-000000.tar: missing or changed since it was indexed"):
+        writer.reindex(tmp_path / "out")
 
 
 def test_duplicate_keys_are_refused(tmp_path):

@@ -218,7 +218,7 @@ def _ours(shard_root: Path, plan: LoaderPlan, kind: str) -> LoaderRun:
     from dist_syndr.sharding.shard_set import ShardSet
 
     shard_set = ShardSet(shard_root)
-    config = DataConfig(batch_size=plan.batch_size, num_workers=plan.num_workers, verify_checksums=False)
+    config = DataConfig(batch_size=plan.batch_size, num_workers=plan.num_workers, verify_checksums="off")
     if kind == "torch":
         loader = TorchLoader(shard_set, config, is_training=True)
     else:

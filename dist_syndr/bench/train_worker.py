@@ -68,7 +68,7 @@ def bench_config(plan: TrainPlan, model: str, shard_root: str, zero_stage: int) 
         runtime=RuntimeConfig(faiss="cpu"),
         model=ModelConfig(backbone=model, is_random_init=True, image_size=plan.crop),
         data=DataConfig(
-            batch_size=plan.batch_size, num_workers=plan.num_workers, crop=plan.crop, verify_checksums=False
+            batch_size=plan.batch_size, num_workers=plan.num_workers, crop=plan.crop, verify_checksums="off"
         ),
         train=TrainConfig(zero_stage=zero_stage, learning_rate=1e-4, shard_set=shard_root, resume="never"),
     )

@@ -304,8 +304,12 @@ class DataConfig(_Section):
     shuffle_block: int = 0  # 0: global shuffle; n > 0: shuffle blocks of n index-consecutive samples, then within
     drop_last: bool = True  # training: equal, full batches on every rank
     on_error: OnError = "error"  # corrupt members or checksum mismatches
-    verify_checksums: bool = True  # check shard sha256 once before the first epoch
+    verify_checksums: Literal["members", "shards", "off"] = "members"  # crc32 of every member on every read;
+    # shards: also each whole shard's sha256 once before the first read (a record skips unchanged sets)
     prefetch: int = 2
+
+    # Configs written before the checksum modes said true / false.
+    LEGACY_VALUES: typing.ClassVar[dict] = {"verify_checksums": {True: "shards", False: "off"}}
 
     def check(self) -> None:
         self._at_least(1, "batch_size", "num_workers", "crop", "eval_crops", "prefetch")

@@ -26,11 +26,18 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     unknown = sorted(set(data) - names)
     if unknown:
         raise ValueError(f"unknown config key {prefix}{unknown[0]} (known: {', '.join(sorted(names))})")
+    # A section may name values that older configs wrote (run folders keep their config.yaml for good).
+    legacy = getattr(cls, "LEGACY_VALUES", {})
+    data = {name: legacy.get(name, {}).get(_hashable(value), value) for name, value in data.items()}
     kwargs = {name: _coerce(hints[name], value, f"{prefix}{name}") for name, value in data.items()}
     try:
         return cls(**kwargs)
     except ValueError as error:
         raise ValueError(f"{prefix}{error}") from None
+
+
+def _hashable(value: Any) -> Any:
+    return value if isinstance(value, (str, int, float, bool, type(None))) else id(value)
 
 
 def apply_override(tree: dict[str, Any], override: str) -> None:

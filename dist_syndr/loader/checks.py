@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 def verify_shard_set(shard_set: ShardSet, config: DataConfig) -> frozenset[str]:
     """Keys to exclude from every plan (empty unless ``on_error=skip`` found bad shards); ValueError otherwise."""
-    if not config.verify_checksums:
+    if config.verify_checksums != "shards":
         return frozenset()
     excluded: set[str] = set()
     by_shard: dict[str, list[str]] = {}

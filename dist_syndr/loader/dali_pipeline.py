@@ -128,7 +128,7 @@ class DaliLoader:
         self.spec = CropSpec.from_config(config, is_training=is_training)
         self.device = device
         self.device_id = device_id
-        self.table = SampleTable.from_shard_set(shard_set)
+        self.table = SampleTable.from_shard_set(shard_set, is_verified=config.verify_checksums != "off")
         self.reader = MemberReader(self.table)
         self.num_skipped = 0
         scratch = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None

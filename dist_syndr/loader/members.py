@@ -15,12 +15,13 @@ from __future__ import annotations
 import io
 import logging
 import os
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
 
 from dist_syndr.loader.crops import image_size
-from dist_syndr.sharding.shard_set import ShardSet
+from dist_syndr.sharding.shard_set import ShardSet, member_base
 
 log = logging.getLogger(__name__)
 
@@ -39,20 +40,39 @@ class SampleTable:
     offsets: np.ndarray  # (N,) int64 byte offset of the image member's data
     sizes: np.ndarray  # (N,) int64
     scores: np.ndarray  # (N,) float32, NaN where the index has none
+    extensions: tuple[str, ...] = ()  # (N,) the image member's extension, for messages
+    image_crc32: np.ndarray | None = None  # (N,) int64 crc32 of the image member; None: not checked
+    meta_offsets: np.ndarray | None = None  # (N,) int64 offset of the .json member
+    meta_sizes: np.ndarray | None = None  # (N,) int64
+    meta_crc32: np.ndarray | None = None  # (N,) int64 crc32 of the .json member
 
     @staticmethod
-    def from_shard_set(shard_set: ShardSet) -> SampleTable:
-        """The table of every sample of ``shard_set``."""
+    def from_shard_set(shard_set: ShardSet, *, is_verified: bool = True) -> SampleTable:
+        """The table of every sample of ``shard_set``; ``is_verified``: members are checked against their
+        recorded crc32 before anything decodes them (``data.verify_checksums`` not ``off``)."""
         names = sorted(shard_set.shards)
         shard_number = {name: number for number, name in enumerate(names)}
-        members = [entry.members[entry.image_extension] for entry in shard_set.samples]
+        entries = shard_set.samples
+        extensions = tuple(entry.image_extension for entry in entries)
+        members = [entry.members[extension] for entry, extension in zip(entries, extensions, strict=True)]
+        checked = {}
+        if is_verified and _has_checksums(shard_set):
+            metas = [entry.members["json"] for entry in entries]
+            checked = {
+                "image_crc32": np.array([e.checksums[x] for e, x in zip(entries, extensions, strict=True)], np.int64),
+                "meta_offsets": np.array([offset for offset, _ in metas], dtype=np.int64),
+                "meta_sizes": np.array([size for _, size in metas], dtype=np.int64),
+                "meta_crc32": np.array([entry.checksums["json"] for entry in entries], dtype=np.int64),
+            }
         return SampleTable(
             keys=tuple(shard_set.keys()),
             shard_paths=tuple(str(shard_set.root / name) for name in names),
-            shard_ids=np.array([shard_number[entry.shard] for entry in shard_set.samples], dtype=np.int32),
+            shard_ids=np.array([shard_number[entry.shard] for entry in entries], dtype=np.int32),
             offsets=np.array([offset for offset, _ in members], dtype=np.int64),
             sizes=np.array([size for _, size in members], dtype=np.int64),
             scores=shard_set.scores().astype(np.float32),
+            extensions=extensions,
+            **checked,
         )
 
     def rows(self, keys: tuple[str, ...] | list[str]) -> np.ndarray:
@@ -92,7 +112,17 @@ class MemberReader:
         self.__init__(state["table"])
 
     def read(self, row: int) -> bytes:
-        """The encoded image of sample ``row``; SampleError if the shard is missing or too short."""
+        """The encoded image of sample ``row``; SampleError if the shard is missing or too short, or (where the
+        table is verified) the image or the metadata member fails its crc32."""
+        table = self.table
+        data = self._pread(row, int(table.offsets[row]), int(table.sizes[row]))
+        if table.image_crc32 is not None:
+            self._check(row, table.extensions[row], data, int(table.image_crc32[row]))
+            meta = self._pread(row, int(table.meta_offsets[row]), int(table.meta_sizes[row]))
+            self._check(row, "json", meta, int(table.meta_crc32[row]))
+        return data
+
+    def _pread(self, row: int, offset: int, size: int) -> bytes:
         shard = int(self.table.shard_ids[row])
         handle = self._handles.get(shard)
         if handle is None:
@@ -100,11 +130,19 @@ class MemberReader:
                 handle = self._handles[shard] = os.open(self.table.shard_paths[shard], os.O_RDONLY)
             except OSError as error:
                 raise SampleError(f"{self.table.describe(row)}: cannot open the shard ({error.strerror})") from None
-        size = int(self.table.sizes[row])
-        data = os.pread(handle, size, int(self.table.offsets[row]))
+        data = os.pread(handle, size, offset)
         if len(data) != size:
             raise SampleError(f"{self.table.describe(row)}: member truncated ({len(data)} of {size} bytes)")
         return data
+
+    def _check(self, row: int, extension: str, data: bytes, expected: int) -> None:
+        actual = zlib.crc32(data)
+        if actual != expected:
+            member = f"{member_base(self.table.keys[row])}.{extension}"
+            raise SampleError(
+                f"{self.table.describe(row)}: member {member} fails its checksum (crc32 {actual:08x}, index "
+                f"{expected:08x}); the shard changed after writing"
+            )
 
     def read_checked(self, row: int, crop: int) -> tuple[bytes, int, int]:
         """``(bytes, width, height)``; SampleError if the header is unreadable or the image is smaller
@@ -165,3 +203,21 @@ def warn_skipped(epoch: int, num_skipped: int) -> None:
     """One warning per epoch and rank for the samples dropped under ``data.on_error=skip`` (none: silent)."""
     if num_skipped > 0:
         log.warning("epoch %d: %d sample(s) skipped on this rank (data.on_error=skip)", epoch, num_skipped)
+
+
+_WARNED_ROOTS: set[str] = set()
+
+
+def _has_checksums(shard_set: ShardSet) -> bool:
+    """Whether the set records member checksums; a set written before them is read unchecked, with one warning."""
+    if shard_set.has_member_checksums:
+        return True
+    if str(shard_set.root) not in _WARNED_ROOTS:
+        _WARNED_ROOTS.add(str(shard_set.root))
+        log.warning(
+            "%s: written before member checksums; its members are read unchecked "
+            "(add them with: python launchers/shard.py --reindex %s)",
+            shard_set.root,
+            shard_set.root,
+        )
+    return False

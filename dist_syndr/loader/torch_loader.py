@@ -100,7 +100,7 @@ class TorchLoader:
     def __init__(self, shard_set: ShardSet, config: DataConfig, *, is_training: bool, pin_memory: bool = False):
         self.config = config
         self.spec = CropSpec.from_config(config, is_training=is_training)
-        self.table = SampleTable.from_shard_set(shard_set)
+        self.table = SampleTable.from_shard_set(shard_set, is_verified=config.verify_checksums != "off")
         self.reader = MemberReader(self.table)
         self.pin_memory = pin_memory
         self.num_skipped = 0

@@ -1,10 +1,10 @@
 """Reading a written shard set: ``index.json``, member bytes by offset, verification.
 
 A shard set (see ``shards/README.md``) is a folder of WebDataset tars plus one
-``index.json`` that records, for every sample, the shard and the byte offset and
-size of each member. Readers seek straight to a member instead of scanning a
-tar, refuse unsafe member names (``..`` or absolute paths), and check shard
-checksums when asked to.
+``index.json`` that records, for every sample, the shard and the byte offset,
+size and crc32 of each member. Readers seek straight to a member instead of
+scanning a tar, check its crc32 before anything decodes it, refuse unsafe member
+names (``..`` or absolute paths), and check whole-shard sha256 when asked to.
 
 Shapes: none (bytes and records).
 """
@@ -15,6 +15,7 @@ import collections
 import json
 import math
 import tarfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -26,6 +27,25 @@ from dist_syndr.pools import images
 
 INDEX_NAME = "index.json"
 FORMAT_VERSION = 1
+
+
+def member_checksum(data: bytes) -> int:
+    """The crc32 of a member's bytes, as ``index.json`` records it (fast enough to check on every read)."""
+    return zlib.crc32(data)
+
+
+def checksum_error(root: Path, entry: SampleEntry, extension: str, data: bytes) -> str | None:
+    """The message for a member whose bytes differ from their recorded checksum; None when they match
+    (or the set records none)."""
+    if entry.checksums is None or extension not in entry.checksums:
+        return None
+    actual = member_checksum(data)
+    if actual == entry.checksums[extension]:
+        return None
+    return (
+        f"{root / entry.shard}: sample {entry.key}: member {member_base(entry.key)}.{extension} fails its checksum "
+        f"(crc32 {actual:08x}, index {entry.checksums[extension]:08x}); the shard changed after writing"
+    )
 
 
 def is_safe_member_name(name: str) -> bool:
@@ -57,6 +77,7 @@ class SampleEntry:
     level: int | None
     origin: str
     source: str
+    checksums: dict[str, int] | None = None  # extension -> crc32 of the member's bytes (None: written before them)
 
     @property
     def image_extension(self) -> str:
@@ -114,7 +135,15 @@ class ShardSet:
             data = handle.read(size)
         if len(data) != size:
             raise ValueError(f"{self.root / entry.shard}: truncated at sample {key} (.{extension})")
+        problem = checksum_error(self.root, entry, extension, data)
+        if problem is not None:
+            raise ValueError(problem)
         return data
+
+    @property
+    def has_member_checksums(self) -> bool:
+        """True when ``index.json`` records a checksum for every member (sets written before them do not)."""
+        return all(entry.checksums is not None for entry in self.samples)
 
     def read_image_bytes(self, key: str) -> bytes:
         """The encoded image of sample ``key``."""
@@ -217,6 +246,7 @@ def _entry(record: dict, index_path: Path) -> SampleEntry:
             level=record.get("level"),
             origin=record.get("origin", "original"),
             source=record.get("source", ""),
+            checksums={ext: int(value) for ext, value in record["crc32"].items()} if "crc32" in record else None,
         )
     except (KeyError, TypeError, ValueError, IndexError) as error:
         raise ValueError(f"{index_path}: malformed sample record {str(record)[:120]} ({error})") from None

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from dist_syndr import files, runtime
 from dist_syndr.config import ShardConfig
 from dist_syndr.pools.scores import minmax_to_ten
-from dist_syndr.sharding.shard_set import FORMAT_VERSION, INDEX_NAME, member_base, scan_tar
+from dist_syndr.sharding.shard_set import FORMAT_VERSION, INDEX_NAME, member_base, member_checksum, scan_tar
 
 log = logging.getLogger(__name__)
 
@@ -244,9 +244,11 @@ def _write_tar(path: Path, items: list[WorkItem], options: WriteOptions) -> tupl
             if weak is not None:
                 meta["weak_label"] = weak
             base = member_base(item.key)
+            meta_bytes = json.dumps(meta, sort_keys=True).encode()
             _add_member(archive, f"{base}.{extension}", image_bytes)
-            _add_member(archive, f"{base}.json", json.dumps(meta, sort_keys=True).encode())
-            samples.append({"key": item.key, "extension": extension, "meta": meta})
+            _add_member(archive, f"{base}.json", meta_bytes)
+            checksums = {extension: member_checksum(image_bytes), "json": member_checksum(meta_bytes)}
+            samples.append({"key": item.key, "extension": extension, "meta": meta, "crc32": checksums})
     return samples, skipped
 
 
@@ -257,6 +259,7 @@ def _index_record(sample: dict, shard: str, offsets: dict[str, tuple[int, int]])
         "key": sample["key"],
         "shard": shard,
         "members": {ext: list(offsets[f"{base}.{ext}"]) for ext in (sample["extension"], "json")},
+        "crc32": sample["crc32"],  # of each member's bytes, checked by every reader before it decodes them
         "score": meta.get("score"),
         "weak_label": meta.get("weak_label"),
         "ref": meta.get("ref"),
@@ -332,6 +335,44 @@ def _write_index(out_dir: Path, num_shards: int, config: dict) -> Path:
     files.write_text(path, json.dumps(index, indent=1, sort_keys=True))
     log.info("wrote %s: %d samples in %d shards", path, len(samples), len(shards))
     return path
+
+
+def reindex(out_dir: Path) -> int:
+    """Add member checksums to a set written before them, in place: every shard's size and sha256 are
+    checked against the index first, then ``index.json`` and the sidecars are rewritten atomically.
+    Returns the number of samples given checksums (0 when the set has them already)."""
+    index_path = out_dir / INDEX_NAME
+    if not index_path.is_file():
+        raise ValueError(f"{out_dir}: no {INDEX_NAME}; not a shard set")
+    index = json.loads(index_path.read_text())
+    for shard in index["shards"]:
+        path = out_dir / shard["name"]
+        if not path.is_file() or path.stat().st_size != shard["bytes"] or files.sha256_file(path) != shard["sha256"]:
+            raise ValueError(f"{path}: missing or changed since it was indexed (sha256 mismatch); reshard it first")
+    samples = [record for record in index["samples"] if "crc32" not in record]
+    for record in samples:
+        record["crc32"] = _member_checksums(out_dir / record["shard"], record["members"])
+    if not samples:
+        return 0
+    for number, shard in enumerate(index["shards"]):
+        sidecar = _sidecar_path(out_dir, number)
+        if sidecar.is_file() and shard["name"] == shard_name(number):
+            side = json.loads(sidecar.read_text())
+            for record in side["samples"]:
+                record.setdefault("crc32", _member_checksums(out_dir / record["shard"], record["members"]))
+            files.write_text(sidecar, json.dumps(side, sort_keys=True))
+    files.write_text(index_path, json.dumps(index, indent=1, sort_keys=True))
+    log.info("%s: member checksums added for %d samples", index_path, len(samples))
+    return len(samples)
+
+
+def _member_checksums(path: Path, members: dict[str, list[int]]) -> dict[str, int]:
+    with path.open("rb") as handle:
+        checksums = {}
+        for extension, (offset, size) in members.items():
+            handle.seek(offset)
+            checksums[extension] = member_checksum(handle.read(size))
+    return checksums
 
 
 def _assign_weak_scores(samples: list[dict]) -> None:
