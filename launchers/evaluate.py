@@ -25,6 +25,7 @@ from dist_syndr.evaluate import report
 from dist_syndr.evaluate.checkpoints import load_model
 from dist_syndr.evaluate.predict import evaluate_targets
 from dist_syndr.evaluate.targets import parse_targets, target_shard_set
+from dist_syndr.loader.checks import verify_shards_once
 from dist_syndr.train.deepspeed_engine import resolved_precision
 
 
@@ -46,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
         name: target_shard_set(name, spec, cache_dir, num_workers=cfg.shard.num_workers, seed=cfg.seed)
         for name, spec in targets.items()
     }
+
+    for shard_set in shard_sets.values():
+        verify_shards_once(shard_set, cfg.data)  # data.verify_checksums=shards
 
     # ---- predictions and metrics (every rank takes part)
     precision = resolved_precision(cfg.train, backends.device)  # the run's own policy (bf16 autocast on GPUs)

@@ -393,6 +393,31 @@ def test_checksum_mismatch_names_the_shard_and_the_broken_sample_or_excludes_the
     assert not set(plan.keys) & excluded
 
 
+def test_shards_mode_hashes_each_shard_once_and_names_a_changed_one(tmp_path, monkeypatch, caplog):
+    from dist_syndr.loader import checks
+
+    shard_set = _write_set(tmp_path, _images(8, seed=2))
+    hashed = []
+    real = checks.sha256_file
+    monkeypatch.setattr(checks, "sha256_file", lambda path: hashed.append(Path(path).name) or real(path))
+    config = _config(verify_checksums="shards")
+    checks.verify_shards_once(shard_set, _config(verify_checksums="members"))  # members mode: no whole-shard pass
+    assert hashed == []
+    checks.verify_shards_once(shard_set, config)
+    assert sorted(hashed) == sorted(shard_set.shards) and (shard_set.root / checks.RECORD_NAME).is_file()
+    hashed.clear()
+    checks.verify_shards_once(ShardSet(shard_set.root), config)  # unchanged since verified: nothing hashed
+    assert hashed == []
+    _flip_byte(shard_set, "set/img005", "png" if shard_set.by_key["set/img005"].image_extension == "png" else "jpg")
+    shard = shard_set.by_key["set/img005"].shard
+    with pytest.raises(ValueError, match=f"{shard}: checksum mismatch"):
+        checks.verify_shards_once(ShardSet(shard_set.root), config)
+    assert hashed == [shard]  # only the changed shard is hashed again
+    with caplog.at_level(logging.WARNING):
+        checks.verify_shards_once(ShardSet(shard_set.root), _config(verify_checksums="shards", on_error="skip"))
+    assert any(shard in message for message in caplog.messages)
+
+
 def test_verification_passes_a_clean_set_and_catches_an_edited_index(tmp_path):
     shard_set = _write_set(tmp_path, _images(5, seed=4))
     assert verify_shard_set(shard_set, _config(verify_checksums="shards")) == frozenset()

@@ -1,6 +1,8 @@
-"""Checking a shard set once before the first epoch, and naming what is wrong.
+"""Checking whole shards once before the first read, and naming what is wrong.
 
-:func:`verify_shard_set` compares every shard's size and sha256 with
+:func:`verify_shards_once` is what ``data.verify_checksums: shards`` runs before
+training and evaluation (the member checksums are checked on every read in any
+mode but ``off``). :func:`verify_shard_set` compares every shard's size and sha256 with
 ``index.json``, and the tar members with the recorded offsets. A mismatch is
 an error naming the shard and, where PIL finds them, the samples whose bytes
 no longer decode; under ``on_error=skip`` every sample of a mismatched shard
@@ -12,8 +14,10 @@ Shapes: none (keys and files).
 
 from __future__ import annotations
 
+import json
 import logging
 
+from dist_syndr import files, runtime
 from dist_syndr.config import DataConfig
 from dist_syndr.files import sha256_file
 from dist_syndr.loader.members import MemberReader, SampleError, SampleTable, decodes_fully
@@ -42,6 +46,69 @@ def verify_shard_set(shard_set: ShardSet, config: DataConfig) -> frozenset[str]:
     if excluded:
         log.warning("verification excluded %d of %d samples of %s", len(excluded), len(shard_set), shard_set.root)
     return frozenset(excluded)
+
+
+RECORD_NAME = ".verified-shards.json"
+
+
+def verify_shards_once(shard_set: ShardSet, config: DataConfig) -> None:
+    """``data.verify_checksums: shards``: each whole shard's size and sha256 against the index, once.
+
+    Collective under a process group: the ranks split the shards and share what they found. A record
+    beside the index (name -> size, mtime, sha256) skips shards unchanged since they last passed, so a
+    rerun does not hash hundreds of GB again. A mismatch is an error naming the shard; under
+    ``on_error=skip`` it is logged and the member checksums then skip the damaged samples one by one.
+    """
+    if config.verify_checksums != "shards":
+        return
+    rank, world_size = runtime.rank_world()
+    record = _read_record(shard_set.root)
+    by_shard: dict[str, list[str]] = {}
+    for entry in shard_set.samples:
+        by_shard.setdefault(entry.shard, []).append(entry.key)
+    todo = [info for info in shard_set.shards.values() if record.get(info.name) != _stamp(shard_set.root, info)]
+    mine = todo[rank::world_size]
+    found = {
+        info.name: _shard_problem(shard_set, info.name, info.bytes, info.sha256, by_shard.get(info.name, []))
+        for info in mine
+    }
+    problems = {name: problem for part in runtime.all_gather_objects(found) for name, problem in part.items()}
+    bad = {name: problem for name, problem in problems.items() if problem is not None}
+    for problem in bad.values():
+        if config.on_error != "skip":
+            raise ValueError(problem)
+        log.warning("%s; its damaged samples are skipped as the member checksums find them", problem)
+    log.info(
+        "%s: %d of %d shards hashed (%d unchanged since verified), %d bad",
+        shard_set.root,
+        len(todo),
+        len(shard_set.shards),
+        len(shard_set.shards) - len(todo),
+        len(bad),
+    )
+    if rank == 0 and todo:
+        passed = {info.name: _stamp(shard_set.root, info) for info in todo if info.name not in bad}
+        _write_record(shard_set.root, {name: stamp for name, stamp in record.items() if name not in bad} | passed)
+
+
+def _stamp(root, info) -> dict:
+    path = root / info.name
+    stat = path.stat() if path.is_file() else None
+    return {"bytes": stat.st_size if stat else -1, "mtime_ns": stat.st_mtime_ns if stat else -1, "sha256": info.sha256}
+
+
+def _read_record(root) -> dict:
+    try:
+        return json.loads((root / RECORD_NAME).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_record(root, record: dict) -> None:
+    try:
+        files.write_text(root / RECORD_NAME, json.dumps(record, sort_keys=True))
+    except OSError as error:  # a read-only dataset: verified again next time
+        log.info("%s: verification record not written (%s)", root, error)
 
 
 def _shard_problem(shard_set: ShardSet, name: str, size: int, sha256: str, keys: list[str]) -> str | None:

@@ -29,6 +29,7 @@ from dist_syndr.config import Config
 from dist_syndr.evaluate.diagnostics.measures import cheap_measures
 from dist_syndr.evaluate.predict import embed, evaluate_targets, feature_data_config
 from dist_syndr.loader import make_loader, plan_epoch, upsampled_keys
+from dist_syndr.loader.checks import verify_shards_once
 from dist_syndr.reshape import drcdown
 from dist_syndr.sharding.shard_set import ShardSet
 from dist_syndr.train import deepspeed_engine
@@ -71,6 +72,8 @@ def fit(
     if not cfg.reshape.ddcup.enabled:  # a baseline run: the set's DDCUp samples stay out of training
         upsampled = []
     results: dict[str, float] = {}
+    for shard_set in (run.train_set, *run.targets.values()):
+        verify_shards_once(shard_set, cfg.data)  # data.verify_checksums=shards; members are checked on every read
     with open_loaders(cfg, run) as loaders:
         while state.epoch < cfg.train.epochs:
             epoch = state.epoch
