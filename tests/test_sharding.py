@@ -260,6 +260,30 @@ def test_an_older_set_stays_readable_with_one_warning_and_reindex_restores_its_c
         writer.reindex(tmp_path / "out")
 
 
+def test_a_full_disk_while_writing_a_shard_names_it_and_a_rerun_completes_the_same_set(tmp_path, monkeypatch):
+    import errno
+
+    from dist_syndr import files
+
+    _make_images(tmp_path / "src", 10)
+    reference = _snapshot(_write(tmp_path / "src", tmp_path / "reference").root)
+    real_fsync = files.fsync_file
+
+    def full_disk(path):
+        if "shard-000001.tar" in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real_fsync(path)
+
+    monkeypatch.setattr(files, "fsync_file", full_disk)
+    with pytest.raises(OSError, match="shard-000001.tar"):
+        _write(tmp_path / "src", tmp_path / "out")
+    out = tmp_path / "out"
+    assert not (out / "shard-000001.tar").exists() and not (out / "index.json").exists()
+    assert not [p.name for p in out.iterdir() if ".tmp-" in p.name]
+    monkeypatch.setattr(files, "fsync_file", real_fsync)
+    assert _snapshot(_write(tmp_path / "src", out).root) == reference
+
+
 def test_duplicate_keys_are_refused(tmp_path):
     item = writer.WorkItem(key="test/a", source_path="x.png")
     with pytest.raises(ValueError, match="duplicate"):

@@ -268,6 +268,65 @@ def test_bf16_trains_evaluates_and_exports_on_two_ranks(tmp_path, backbone, stag
         assert all(torch.equal(exported[k], final[k]) for k in final)
 
 
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+    """One uninterrupted single-process smoke run: the weights every faulted run must end with."""
+    root = tmp_path_factory.mktemp("straight")
+    command = [
+        sys.executable,
+        str(PROJECT_ROOT / "launchers" / "train.py"),
+        "--config",
+        str(PRESET),
+        *_overrides(root),
+    ]
+    subprocess.run(command, cwd=root, env=_env(), check=True, timeout=400, capture_output=True)
+    return _final_weights(root / "runs" / "cpu-smoke")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize(
+    "where",
+    [
+        "epoch0001/mp_rank",  # DeepSpeed's checkpoint of epoch 1
+        "keep_lists/.epoch0001",  # the keep-list of epoch 1
+        "export/.model_fp32",  # the consolidated export at the end
+    ],
+)
+def test_a_full_disk_names_the_path_and_a_rerun_ends_as_an_uninterrupted_run(tmp_path, straight_run, where):
+    """ENOSPC injected at one write (tests/faults/sitecustomize.py): the run stops with one line naming the
+    path, the last complete checkpoint stays the resume point, and the rerun ends with the straight run's weights."""
+    import torch
+
+    command = [
+        sys.executable,
+        str(PROJECT_ROOT / "launchers" / "train.py"),
+        "--config",
+        str(PRESET),
+        *_overrides(tmp_path),
+    ]
+    faulted = _env() | {
+        "PYTHONPATH": f"{PROJECT_ROOT / 'tests' / 'faults'}:{PROJECT_ROOT}",
+        "DIST_SYNDR_FAIL_WRITE": where,
+    }
+    completed = subprocess.run(command, cwd=tmp_path, env=faulted, timeout=400, capture_output=True, text=True)
+    last_line = completed.stderr.strip().splitlines()[-1]
+    assert (
+        completed.returncode == 1 and last_line.startswith("error: No space left on device: ") and where in last_line
+    )
+    run_dir = tmp_path / "runs" / "cpu-smoke"
+    pointer = json.loads((run_dir / "checkpoints" / "complete").read_text())["tag"]
+    assert pointer == ("epoch0001" if where.startswith("export") else "epoch0000")
+    assert not list(run_dir.rglob(".*.tmp-*"))  # no temporary file left behind
+    rerun = subprocess.run(command, cwd=tmp_path, env=_env(), timeout=400, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    tag, weights = _final_weights(run_dir)
+    straight_tag, straight_weights = straight_run
+    assert tag == straight_tag == "epoch0001" and weights.keys() == straight_weights.keys()
+    assert all(torch.equal(weights[k], straight_weights[k]) for k in weights)
+    assert (run_dir / "export" / "model_fp32.pt").is_file()
+
+
 @pytest.mark.gpu
 @pytest.mark.timeout(900)
 def test_one_gpu_bf16_zero2_with_dali_mixed_decoder(tmp_path):
