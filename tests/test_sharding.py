@@ -227,7 +227,7 @@ def _strip_member_checksums(out: Path) -> None:
     for path in [out / "index.json", *out.glob("shard-*.json")]:
         record = json.loads(path.read_text())
         for sample in record["samples"]:
-            del sample["crc32"]
+            del sample["xxh3_64"]
         path.write_text(json.dumps(record, indent=1 if path.name == "index.json" else None, sort_keys=True))
 
 

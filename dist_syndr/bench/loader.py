@@ -24,6 +24,7 @@ alternating, and the best run is kept; ratios are against the baseline.
 
 from __future__ import annotations
 
+import io
 import logging
 import tempfile
 import time
@@ -80,6 +81,13 @@ class LoaderRun:
         return self.wait_seconds / self.seconds
 
 
+VERIFIED_TORCH = "ours: torch DataLoader over the plan, member checksums checked"
+VERIFIED_DALI = "ours: DALI over the plan, CPU, member checksums checked"
+VERIFICATION_PAIRS = {  # checked case -> the same loader unchecked
+    VERIFIED_TORCH: "ours: torch DataLoader over the plan",
+    VERIFIED_DALI: "ours: DALI over the plan, CPU",
+}
+
 ENCODINGS = {
     "dataset": "PNG as datasets ship them (PIL, level 6, adaptive filters), stored as is",
     "sharded": "PNG re-encoded by the sharding step from BMP (libpng, level 1)",
@@ -97,7 +105,9 @@ def run(plan: LoaderPlan) -> Report:
                 ["loader", "images/s", "consumer wait", "first batch (s)", "vs baseline"], _rows(best)
             )
             summary += _summary_rows(best, encoding)
-            sections.append(f"#### {ENCODINGS[encoding]}\n\n{table}")
+            share = f"{100 * checksum_share(shard_root):.2f}%"
+            cost = f"{verification_cost(best)} CPU time of the checksums against decoding the same members: {share}."
+            sections.append(f"#### {ENCODINGS[encoding]}\n\n{table}\n\n{cost}")
     setting = (
         f"{plan.num_images} photo crops of {plan.width}x{plan.height}, {plan.epochs} epochs, batch {plan.batch_size},"
         f" {plan.num_workers} workers each, one random 224x224 crop, consumer step {plan.step_ms:g} ms,"
@@ -127,7 +137,9 @@ def _measure(shard_root: Path, plan: LoaderPlan) -> dict[str, LoaderRun]:
 
     cases = {"baseline: webdataset + PIL, torch DataLoader": lambda: _baseline(shard_root, plan)}
     cases["ours: torch DataLoader over the plan"] = lambda: _ours(shard_root, plan, "torch")
+    cases[VERIFIED_TORCH] = lambda: _ours(shard_root, plan, "torch", verify="members")
     cases["ours: DALI over the plan, CPU"] = lambda: _ours(shard_root, plan, "cpu")
+    cases[VERIFIED_DALI] = lambda: _ours(shard_root, plan, "cpu", verify="members")
     if runtime.dali_mode("auto") == "gpu":
         cases["ours: DALI over the plan, GPU (mixed decoder)"] = lambda: _ours(shard_root, plan, "gpu")
     best: dict[str, LoaderRun] = {}
@@ -139,6 +151,41 @@ def _measure(shard_root: Path, plan: LoaderPlan) -> dict[str, LoaderRun]:
             if name not in best or result.images_per_second > best[name].images_per_second:
                 best[name] = result
     return best
+
+
+def verification_cost(best: dict[str, LoaderRun]) -> str:
+    """The throughput lost to member checksums, each checked loader against itself unchecked (same run)."""
+    costs = []
+    for checked, unchecked in VERIFICATION_PAIRS.items():
+        if checked in best and unchecked in best:
+            loss = 1.0 - best[checked].images_per_second / best[unchecked].images_per_second
+            costs.append(f"{unchecked.removeprefix('ours: ')}: {100 * loss:+.1f}%")
+    return "Member verification, throughput lost (checked vs unchecked, same run): " + "; ".join(costs) + "."
+
+
+def checksum_share(shard_root: Path) -> float:
+    """Seconds spent hashing every member (image and metadata) over seconds spent decoding and cropping the
+    images, both measured here on one thread: the share of a loader's work that member verification adds,
+    free of the throughput noise of a shared machine."""
+    from PIL import Image
+
+    from dist_syndr.features.preprocess import normalise
+    from dist_syndr.sharding.shard_set import ShardSet, member_checksum
+
+    shard_set = ShardSet(shard_root)
+    hashing = decoding = 0.0
+    for entry in shard_set.samples:
+        image = shard_set.read_member(entry.key, entry.image_extension)
+        meta = shard_set.read_member(entry.key, "json")
+        started = time.perf_counter()
+        member_checksum(image)
+        member_checksum(meta)
+        hashed = time.perf_counter()
+        with Image.open(io.BytesIO(image)) as opened:
+            normalise(np.asarray(opened.convert("RGB"))[:224, :224])
+        decoding += time.perf_counter() - hashed
+        hashing += hashed - started
+    return hashing / decoding
 
 
 def _rows(best: dict[str, LoaderRun]) -> list[list[str]]:
@@ -210,7 +257,7 @@ def _timed(epochs) -> LoaderRun:
     return LoaderRun(clock["images"], time.perf_counter() - clock["steady_start"], clock["wait"], clock["first"])
 
 
-def _ours(shard_root: Path, plan: LoaderPlan, kind: str) -> LoaderRun:
+def _ours(shard_root: Path, plan: LoaderPlan, kind: str, verify: str = "off") -> LoaderRun:
     from dist_syndr.config import DataConfig
     from dist_syndr.loader import plan_epoch
     from dist_syndr.loader.dali_pipeline import DaliLoader
@@ -218,7 +265,7 @@ def _ours(shard_root: Path, plan: LoaderPlan, kind: str) -> LoaderRun:
     from dist_syndr.sharding.shard_set import ShardSet
 
     shard_set = ShardSet(shard_root)
-    config = DataConfig(batch_size=plan.batch_size, num_workers=plan.num_workers, verify_checksums="off")
+    config = DataConfig(batch_size=plan.batch_size, num_workers=plan.num_workers, verify_checksums=verify)
     if kind == "torch":
         loader = TorchLoader(shard_set, config, is_training=True)
     else:

@@ -304,7 +304,7 @@ class DataConfig(_Section):
     shuffle_block: int = 0  # 0: global shuffle; n > 0: shuffle blocks of n index-consecutive samples, then within
     drop_last: bool = True  # training: equal, full batches on every rank
     on_error: OnError = "error"  # corrupt members or checksum mismatches
-    verify_checksums: Literal["members", "shards", "off"] = "members"  # crc32 of every member on every read;
+    verify_checksums: Literal["members", "shards", "off"] = "members"  # each member's checksum on every read;
     # shards: also each whole shard's sha256 once before the first read (a record skips unchanged sets)
     prefetch: int = 2
 

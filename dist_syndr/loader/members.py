@@ -15,13 +15,12 @@ from __future__ import annotations
 import io
 import logging
 import os
-import zlib
 from dataclasses import dataclass
 
 import numpy as np
 
 from dist_syndr.loader.crops import image_size
-from dist_syndr.sharding.shard_set import ShardSet, member_base
+from dist_syndr.sharding.shard_set import ShardSet, member_base, member_checksum
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +40,15 @@ class SampleTable:
     sizes: np.ndarray  # (N,) int64
     scores: np.ndarray  # (N,) float32, NaN where the index has none
     extensions: tuple[str, ...] = ()  # (N,) the image member's extension, for messages
-    image_crc32: np.ndarray | None = None  # (N,) int64 crc32 of the image member; None: not checked
+    image_checksums: np.ndarray | None = None  # (N,) uint64 xxh3-64 of the image member; None: not checked
     meta_offsets: np.ndarray | None = None  # (N,) int64 offset of the .json member
     meta_sizes: np.ndarray | None = None  # (N,) int64
-    meta_crc32: np.ndarray | None = None  # (N,) int64 crc32 of the .json member
+    meta_checksums: np.ndarray | None = None  # (N,) uint64 xxh3-64 of the .json member
 
     @staticmethod
     def from_shard_set(shard_set: ShardSet, *, is_verified: bool = True) -> SampleTable:
         """The table of every sample of ``shard_set``; ``is_verified``: members are checked against their
-        recorded crc32 before anything decodes them (``data.verify_checksums`` not ``off``)."""
+        recorded checksums before anything decodes them (``data.verify_checksums`` not ``off``)."""
         names = sorted(shard_set.shards)
         shard_number = {name: number for number, name in enumerate(names)}
         entries = shard_set.samples
@@ -59,10 +58,12 @@ class SampleTable:
         if is_verified and _has_checksums(shard_set):
             metas = [entry.members["json"] for entry in entries]
             checked = {
-                "image_crc32": np.array([e.checksums[x] for e, x in zip(entries, extensions, strict=True)], np.int64),
+                "image_checksums": np.array(
+                    [e.checksums[x] for e, x in zip(entries, extensions, strict=True)], np.uint64
+                ),
                 "meta_offsets": np.array([offset for offset, _ in metas], dtype=np.int64),
                 "meta_sizes": np.array([size for _, size in metas], dtype=np.int64),
-                "meta_crc32": np.array([entry.checksums["json"] for entry in entries], dtype=np.int64),
+                "meta_checksums": np.array([entry.checksums["json"] for entry in entries], dtype=np.uint64),
             }
         return SampleTable(
             keys=tuple(shard_set.keys()),
@@ -113,13 +114,13 @@ class MemberReader:
 
     def read(self, row: int) -> bytes:
         """The encoded image of sample ``row``; SampleError if the shard is missing or too short, or (where the
-        table is verified) the image or the metadata member fails its crc32."""
+        table is verified) the image or the metadata member fails its checksum."""
         table = self.table
         data = self._pread(row, int(table.offsets[row]), int(table.sizes[row]))
-        if table.image_crc32 is not None:
-            self._check(row, table.extensions[row], data, int(table.image_crc32[row]))
+        if table.image_checksums is not None:
+            self._check(row, table.extensions[row], data, int(table.image_checksums[row]))
             meta = self._pread(row, int(table.meta_offsets[row]), int(table.meta_sizes[row]))
-            self._check(row, "json", meta, int(table.meta_crc32[row]))
+            self._check(row, "json", meta, int(table.meta_checksums[row]))
         return data
 
     def _pread(self, row: int, offset: int, size: int) -> bytes:
@@ -136,12 +137,12 @@ class MemberReader:
         return data
 
     def _check(self, row: int, extension: str, data: bytes, expected: int) -> None:
-        actual = zlib.crc32(data)
+        actual = member_checksum(data)
         if actual != expected:
             member = f"{member_base(self.table.keys[row])}.{extension}"
             raise SampleError(
-                f"{self.table.describe(row)}: member {member} fails its checksum (crc32 {actual:08x}, index "
-                f"{expected:08x}); the shard changed after writing"
+                f"{self.table.describe(row)}: member {member} fails its checksum (xxh3-64 {actual:016x}, index "
+                f"{expected:016x}); the shard changed after writing"
             )
 
     def read_checked(self, row: int, crop: int) -> tuple[bytes, int, int]:

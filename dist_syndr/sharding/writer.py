@@ -31,7 +31,14 @@ from tqdm.auto import tqdm
 from dist_syndr import files, runtime
 from dist_syndr.config import ShardConfig
 from dist_syndr.pools.scores import minmax_to_ten
-from dist_syndr.sharding.shard_set import FORMAT_VERSION, INDEX_NAME, member_base, member_checksum, scan_tar
+from dist_syndr.sharding.shard_set import (
+    CHECKSUM_FIELD,
+    FORMAT_VERSION,
+    INDEX_NAME,
+    member_base,
+    member_checksum,
+    scan_tar,
+)
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +255,7 @@ def _write_tar(path: Path, items: list[WorkItem], options: WriteOptions) -> tupl
             _add_member(archive, f"{base}.{extension}", image_bytes)
             _add_member(archive, f"{base}.json", meta_bytes)
             checksums = {extension: member_checksum(image_bytes), "json": member_checksum(meta_bytes)}
-            samples.append({"key": item.key, "extension": extension, "meta": meta, "crc32": checksums})
+            samples.append({"key": item.key, "extension": extension, "meta": meta, CHECKSUM_FIELD: checksums})
     return samples, skipped
 
 
@@ -259,7 +266,7 @@ def _index_record(sample: dict, shard: str, offsets: dict[str, tuple[int, int]])
         "key": sample["key"],
         "shard": shard,
         "members": {ext: list(offsets[f"{base}.{ext}"]) for ext in (sample["extension"], "json")},
-        "crc32": sample["crc32"],  # of each member's bytes, checked by every reader before it decodes them
+        CHECKSUM_FIELD: sample[CHECKSUM_FIELD],  # of each member's bytes, checked before anything decodes them
         "score": meta.get("score"),
         "weak_label": meta.get("weak_label"),
         "ref": meta.get("ref"),
@@ -349,9 +356,9 @@ def reindex(out_dir: Path) -> int:
         path = out_dir / shard["name"]
         if not path.is_file() or path.stat().st_size != shard["bytes"] or files.sha256_file(path) != shard["sha256"]:
             raise ValueError(f"{path}: missing or changed since it was indexed (sha256 mismatch); reshard it first")
-    samples = [record for record in index["samples"] if "crc32" not in record]
+    samples = [record for record in index["samples"] if CHECKSUM_FIELD not in record]
     for record in samples:
-        record["crc32"] = _member_checksums(out_dir / record["shard"], record["members"])
+        record[CHECKSUM_FIELD] = _member_checksums(out_dir / record["shard"], record["members"])
     if not samples:
         return 0
     for number, shard in enumerate(index["shards"]):
@@ -359,7 +366,7 @@ def reindex(out_dir: Path) -> int:
         if sidecar.is_file() and shard["name"] == shard_name(number):
             side = json.loads(sidecar.read_text())
             for record in side["samples"]:
-                record.setdefault("crc32", _member_checksums(out_dir / record["shard"], record["members"]))
+                record.setdefault(CHECKSUM_FIELD, _member_checksums(out_dir / record["shard"], record["members"]))
             files.write_text(sidecar, json.dumps(side, sort_keys=True))
     files.write_text(index_path, json.dumps(index, indent=1, sort_keys=True))
     log.info("%s: member checksums added for %d samples", index_path, len(samples))
