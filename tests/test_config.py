@@ -68,3 +68,17 @@ def test_dump_round_trips(tmp_path: Path):
 @pytest.mark.parametrize("preset", sorted((PROJECT_ROOT / "configs").glob("**/*.yaml")), ids=lambda p: p.name)
 def test_every_preset_loads(preset: Path):
     config.load(preset)
+
+
+def test_choices_are_checked_from_their_literal_type_and_older_values_still_load(tmp_path):
+    with pytest.raises(ValueError, match="data.verify_checksums: expected one of 'members', 'shards', 'off'"):
+        config.load(None, ["data.verify_checksums=sometimes"])
+    with pytest.raises(ValueError, match="loader: expected one of 'auto', 'dali', 'torch', got 'x'"):
+        config.DataConfig(loader="x")  # built in Python: the same check, from the same type
+    with pytest.raises(ValueError, match="train.zero_stage: expected one of 0, 1, 2, 3, got True"):
+        config.load(None, ["train.zero_stage=true"])
+    older = tmp_path / "config.yaml"  # a run folder from before the checksum modes
+    older.write_text("data:\n  verify_checksums: true\n")
+    assert config.load(older).data.verify_checksums == "shards"
+    older.write_text("data:\n  verify_checksums: false\n")
+    assert config.load(older).data.verify_checksums == "off"

@@ -28,7 +28,7 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
         raise ValueError(f"unknown config key {prefix}{unknown[0]} (known: {', '.join(sorted(names))})")
     # A section may name values that older configs wrote (run folders keep their config.yaml for good).
     legacy = getattr(cls, "LEGACY_VALUES", {})
-    data = {name: legacy.get(name, {}).get(_hashable(value), value) for name, value in data.items()}
+    data = {name: _current_value(legacy.get(name), value) for name, value in data.items()}
     kwargs = {name: _coerce(hints[name], value, f"{prefix}{name}") for name, value in data.items()}
     try:
         return cls(**kwargs)
@@ -36,8 +36,11 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
         raise ValueError(f"{prefix}{error}") from None
 
 
-def _hashable(value: Any) -> Any:
-    return value if isinstance(value, (str, int, float, bool, type(None))) else id(value)
+def _current_value(legacy: dict | None, value: Any) -> Any:
+    """``value`` as today's schema spells it (a scalar an older config wrote is mapped; anything else kept)."""
+    if legacy and isinstance(value, (str, int, float, bool)):
+        return legacy.get(value, value)
+    return value
 
 
 def apply_override(tree: dict[str, Any], override: str) -> None:
