@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import time
@@ -17,6 +18,8 @@ from dist_syndr import files, runtime
 from dist_syndr.config import Config
 from dist_syndr.evaluate.predict import Predictions, write_predictions_csv
 from dist_syndr.tracking.tracker import LOCAL_DIR_NAME, git_commit, make_tracker, tracking_uri
+
+log = logging.getLogger(__name__)
 
 MLFLOW_ROOT = Path("mlruns")
 COLUMNS = (("srcc", "SRCC"), ("plcc", "PLCC"), ("krcc", "KRCC"), ("rmse", "RMSE"), ("plcc_logistic", "PLCC-logistic"))
@@ -111,6 +114,6 @@ def log_evaluation(
     # by a crashed or live training is marked FINISHED, which its own close would do anyway).
     status = target.run_status
     if status not in (None, "FINISHED", "FAILED", "KILLED"):
-        print(f"MLflow run {target.run_id} was {status}; marking it FINISHED", flush=True)
+        log.warning("MLflow run %s was %s; marking it FINISHED", target.run_id, status)
     tracker.close(status if status in ("FAILED", "KILLED") else "FINISHED")
     return tracker.run_id
