@@ -280,7 +280,7 @@ def setup_logging(level: str = "INFO", rank: int | None = None) -> None:
 
 
 def init(
-    config: RuntimeConfig | None = None, *, timeout_s: float = 600.0, is_group_required: bool = False
+    config: RuntimeConfig | None = None, *, timeout_s: float | None = None, is_group_required: bool = False
 ) -> Backends:
     """Choose backends, set up logging and, under a launcher, the process group. Logged once.
 
@@ -298,7 +298,9 @@ def init(
             import torch
 
             torch.cuda.set_device(backends.local_rank % torch.cuda.device_count())
-        dist.init_process_group(backend=backends.dist_backend, timeout=datetime.timedelta(seconds=timeout_s))
+        # Every collective, gloo or NCCL, gives up after this: a lost peer ends the job instead of hanging it.
+        seconds = timeout_s if timeout_s is not None else config.collective_timeout_s
+        dist.init_process_group(backend=backends.dist_backend, timeout=datetime.timedelta(seconds=seconds))
     if backends.device == "cpu":
         _share_cores_between_local_ranks()
     log.info("backends: %s", asdict(backends))

@@ -107,3 +107,22 @@ def test_checkpointed_rng_states_include_every_gpu(monkeypatch):
     assert train_state.capture_rng()["cuda"] is None
     torch.manual_seed(123)
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_the_collective_timeout_comes_from_the_config(monkeypatch):
+    import datetime
+
+    import torch.distributed as dist
+
+    seen = {}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setattr(dist, "init_process_group", lambda **kwargs: seen.update(kwargs))
+    monkeypatch.setattr(runtime, "_has_process_group", lambda: False)
+    monkeypatch.setattr(runtime, "_share_cores_between_local_ranks", lambda: None)
+    runtime.init(RuntimeConfig(device="cpu", faiss="cpu", dali="off", collective_timeout_s=42.0))
+    assert seen["timeout"] == datetime.timedelta(seconds=42) and seen["backend"] == "gloo"
+    runtime.init(RuntimeConfig(device="cpu", faiss="cpu", dali="off"), timeout_s=7)
+    assert seen["timeout"] == datetime.timedelta(seconds=7)
+    with pytest.raises(ValueError, match="collective_timeout_s"):
+        RuntimeConfig(collective_timeout_s=0)

@@ -103,6 +103,12 @@ class RuntimeConfig(_Section):
     faiss: FaissChoice = "auto"
     dali: DaliMode = "auto"
     log_level: LogLevel = "INFO"
+    collective_timeout_s: float = 600.0  # a collective waiting longer on a peer fails (gloo and NCCL)
+
+    def check(self) -> None:
+        _require(
+            self.collective_timeout_s > 0, "collective_timeout_s", f"must be > 0, got {self.collective_timeout_s}"
+        )
 
 
 @dataclass
