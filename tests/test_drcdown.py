@@ -55,6 +55,10 @@ def test_clusters_property_with_exact_ties(features, labels, sim_threshold):
     expected = dense_redundant_clusters(features, labels, sim_threshold, 1.0)
     got = drcdown.redundant_clusters(features, labels, sim_threshold=sim_threshold)
     _assert_same_clusters(got, expected)
+    tiny_blocks = NeighborsConfig(database_block=3, query_block=2)  # label banding across many blocks
+    _assert_same_clusters(
+        drcdown.redundant_clusters(features, labels, sim_threshold=sim_threshold, search=tiny_blocks), expected
+    )
 
 
 def test_downsample_keeps_singletons_small_clusters_and_half_of_large():
@@ -152,3 +156,21 @@ def test_kept_keys_follow_keys_and_epoch_seed():
         drcdown.kept_keys(keys[:-1] + keys[:1], features, labels, config=config, run_seed=3, epoch=2)
     with pytest.raises(ValueError, match="keys"):
         drcdown.kept_keys(keys[:5], features, labels, config=config, run_seed=3, epoch=2)
+
+
+@pytest.mark.parametrize("block", [7, 32, 4096])
+def test_label_banded_blocks_find_the_dense_graph_at_the_label_edges(block):
+    """Rows are searched in label order, each block only against the rows within the label band: with label
+    gaps exactly at 1.0, just under it and far beyond it, the clusters are still the dense definition's."""
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(6, 16))
+    features = (np.repeat(centres, 40, axis=0) + 0.05 * rng.normal(size=(240, 16))).astype(np.float32)
+    grid = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 6.0, 9.5])
+    labels = rng.choice(grid, size=240)
+    labels[::5] = np.nextafter(labels[::5] + 1.0, 0.0)  # gaps just under 1.0 beside gaps of exactly 1.0
+    search = NeighborsConfig(database_block=block, query_block=11)
+    got = drcdown.redundant_clusters(features, labels, search=search)
+    _assert_same_clusters(got, dense_redundant_clusters(features, labels))
+    stats = drcdown.run(features, labels, search=search).search_stats
+    if block < 240:
+        assert stats["banded_pair_share"] < 0.8  # whole blocks were skipped before any arithmetic

@@ -37,6 +37,14 @@ _PAIR_CHUNK = 1 << 16
 _GPU_START_K = 64
 
 
+@dataclass(frozen=True)
+class LabelBand:
+    """A label condition ``|y_i - y_j| < width`` that every kept pair meets (``keep`` still decides exactly)."""
+
+    labels: np.ndarray  # (N,) float64
+    width: float
+
+
 @dataclass
 class Pairs:
     """Edges ``rows[e] < cols[e]`` with their cosine distance ``1 - cos``.
@@ -127,11 +135,15 @@ def similar_pairs(
     is_exact_distance: bool = False,
     rank: int = 0,
     world_size: int = 1,
+    band: LabelBand | None = None,
 ) -> Pairs:
     """All pairs ``i < j`` with ``cos(F_i, F_j) > min_similarity``, decided in float64.
 
     ``keep`` filters edges block by block (e.g. a label condition) before they
-    are stored. With ``world_size > 1`` only this rank's share of the work is
+    are stored. ``band`` (DRCDown's label condition) lets the exact CPU search skip,
+    before any arithmetic, every block of pairs whose labels lie too far apart to
+    pass ``keep``: the edges are the same, the work shrinks to the label-banded
+    blocks. With ``world_size > 1`` only this rank's share of the work is
     searched; combine shares with :func:`gather_pairs`. With
     ``is_exact_distance`` every returned distance is the float64 value.
     """
@@ -146,6 +158,8 @@ def similar_pairs(
         pairs = search.ivf(rank, world_size)
     elif _use_gpu(settings):
         pairs = search.gpu(rank, world_size)
+    elif band is not None:
+        pairs = search.cpu_banded(band, rank, world_size)
     else:
         pairs = search.cpu(rank, world_size)
     pairs = canonical_order(pairs)
@@ -254,6 +268,40 @@ class _Search:
                 rows, cols, sims = scan(self.unit[query_start:query_end])
                 parts.append(self.decide(rows + query_start, cols + start, sims))
         stats = {"backend": scanner_type.name, "index": "flat"}
+        return Pairs.concatenate(parts, stats, self.is_exact_distance)
+
+    # -- exact CPU over label-banded blocks: rows sorted by label, each database block searched only by the
+    # earlier rows whose labels lie within the band of its own label range
+    def cpu_banded(self, band: LabelBand, rank: int, world_size: int) -> Pairs:
+        num_rows = self.unit.shape[0]
+        order = np.argsort(band.labels, kind="stable")
+        sorted_labels = band.labels[order]
+        unit = self.unit[order]
+        chunk = self.settings.database_block
+        starts = list(range(0, num_rows, chunk))
+        # Block [s, e) meets only rows whose labels reach its lowest one; inclusive, so no pair is lost.
+        firsts = [int(np.searchsorted(sorted_labels, sorted_labels[s] - band.width, side="left")) for s in starts]
+        costs = [min(s + chunk, num_rows) - first for s, first in zip(starts, firsts, strict=True)]
+        scanner_type = _cpu_scanner(self.settings.cpu_engine)
+        parts = []
+        for block in tqdm(
+            balanced_assignment(costs, world_size, rank), desc="neighbour graph", unit="block", disable=self._quiet()
+        ):
+            start, end = starts[block], min(starts[block] + chunk, num_rows)
+            scan = scanner_type(unit[start:end], self.radius)
+            for query_start in range(firsts[block], end, self.settings.query_block):
+                query_end = min(query_start + self.settings.query_block, end)
+                rows, cols, sims = scan(unit[query_start:query_end])
+                rows, cols = rows + query_start, cols + start
+                upper = cols > rows  # each sorted pair once
+                first, second = order[rows[upper]], order[cols[upper]]
+                parts.append(self.decide(np.minimum(first, second), np.maximum(first, second), sims[upper]))
+        searched = sum(costs[b] * (min(starts[b] + chunk, num_rows) - starts[b]) for b in range(len(starts)))
+        stats = {
+            "backend": scanner_type.name,
+            "index": "flat",
+            "banded_pair_share": searched / max(1, num_rows**2 / 2),
+        }
         return Pairs.concatenate(parts, stats, self.is_exact_distance)
 
     # -- exact GPU: k-NN with growing k, CPU range search for saturated rows
