@@ -14,7 +14,6 @@ Shapes: ``N`` rows, ``D`` feature dimension, ``E`` edges.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import time
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from tqdm.auto import tqdm
 from dist_syndr import runtime
 from dist_syndr.config import NeighborsConfig
 from dist_syndr.reshape._inputs import check_features, check_threshold
+from dist_syndr.reshape.scanners import cpu_scanner
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +255,7 @@ class _Search:
         num_rows = self.unit.shape[0]
         chunk = self.settings.database_block
         num_chunks = -(-num_rows // chunk)
-        scanner_type = _cpu_scanner(self.settings.cpu_engine)
+        scanner_type = cpu_scanner(self.settings.cpu_engine)
         parts = []
         # Chunk c is searched by every row before its end: later chunks cost more.
         costs = [min((c + 1) * chunk, num_rows) for c in range(num_chunks)]
@@ -282,7 +282,7 @@ class _Search:
         # Block [s, e) meets only rows whose labels reach its lowest one; inclusive, so no pair is lost.
         firsts = [int(np.searchsorted(sorted_labels, sorted_labels[s] - band.width, side="left")) for s in starts]
         costs = [min(s + chunk, num_rows) - first for s, first in zip(starts, firsts, strict=True)]
-        scanner_type = _cpu_scanner(self.settings.cpu_engine)
+        scanner_type = cpu_scanner(self.settings.cpu_engine)
         parts = []
         for block in tqdm(
             balanced_assignment(costs, world_size, rank), desc="neighbour graph", unit="block", disable=self._quiet()
@@ -391,7 +391,7 @@ class _Search:
 
     def _sampled_exact_hits(self, sample: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Exact search of the sampled rows against every database chunk (no full copy)."""
-        scanner_type = _cpu_scanner(self.settings.cpu_engine)
+        scanner_type = cpu_scanner(self.settings.cpu_engine)
         chunk = self.settings.database_block
         rows, cols, sims = [], [], []
         for start in range(0, self.unit.shape[0], chunk):
@@ -409,65 +409,6 @@ class _Search:
 
     def _quiet(self) -> bool:
         return self.unit.shape[0] < self.settings.progress_min_rows
-
-
-class _FaissFlatScanner:
-    """Exact range search of query rows against one database chunk with a FAISS flat index."""
-
-    name = "faiss-cpu"
-
-    def __init__(self, database: np.ndarray, radius: np.float32):
-        faiss = runtime.import_faiss()
-        # BLAS tiles spanning the whole chunk: fewer, larger GEMMs (about 1.3x here).
-        faiss.cvar.distance_compute_blas_database_bs = max(1024, min(database.shape[0], 16384))
-        self.index = faiss.IndexFlatIP(database.shape[1])
-        self.index.add(database)
-        self.radius = float(radius)
-
-    def __call__(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        lims, sims, ids = self.index.range_search(queries, self.radius)
-        rows = np.repeat(np.arange(queries.shape[0], dtype=np.int64), np.diff(lims).astype(np.int64))
-        return rows, ids.astype(np.int64), sims
-
-
-class _TorchGemmScanner:
-    """The same exact search as one float32 GEMM per tile through torch's CPU BLAS.
-
-    FAISS's wheel bundles a generic OpenBLAS; torch's oneDNN/MKL GEMM is about
-    4x faster on the same cores, and the search is GEMM-bound.
-    """
-
-    name = "torch-gemm"
-
-    def __init__(self, database: np.ndarray, radius: np.float32):
-        import torch
-
-        self.torch = torch
-        self.database_t = torch.from_numpy(np.ascontiguousarray(database)).T
-        self.radius = float(radius)
-        self.buffer = torch.empty(0)
-
-    def __call__(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        torch = self.torch
-        num_queries, num_database = queries.shape[0], self.database_t.shape[1]
-        if self.buffer.numel() < num_queries * num_database:
-            self.buffer = torch.empty(num_queries * num_database)
-        sims = self.buffer[: num_queries * num_database].view(num_queries, num_database)
-        with torch.inference_mode():
-            torch.mm(torch.from_numpy(np.ascontiguousarray(queries)), self.database_t, out=sims)
-        # numpy's flatnonzero is about 3x torch's nonzero on these masks.
-        flat_sims = sims.numpy().reshape(-1)
-        hits = np.flatnonzero(flat_sims > self.radius)
-        rows, cols = np.divmod(hits, num_database)
-        return rows, cols, flat_sims[hits]
-
-
-def _cpu_scanner(engine: str):
-    if engine == "faiss":
-        return _FaissFlatScanner
-    if engine == "torch" or importlib.util.find_spec("torch") is not None:
-        return _TorchGemmScanner
-    return _FaissFlatScanner
 
 
 def _unique_pairs(pairs: Pairs) -> Pairs:
