@@ -3,6 +3,7 @@
 python launchers/bench.py reshape [--quick] [--out bench-results/reshape.md]
 python launchers/bench.py shard [--quick]
 python launchers/bench.py loader [--quick]
+python launchers/bench.py index [--quick]     # opening a 1M-sample shard set: format 2 vs format 1
 python launchers/bench.py train [--quick]     # 2 ranks: DDP vs DeepSpeed vs the trainer
 python launchers/bench.py all [--quick]       # every benchmark, one report with a summary table on top
 """
@@ -14,7 +15,7 @@ import os
 from pathlib import Path
 
 from dist_syndr import cli, files, runtime
-from dist_syndr.bench import harness, loader, reshape, shard, train
+from dist_syndr.bench import harness, index, loader, reshape, shard, train
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,6 +23,7 @@ BENCHMARKS = {
     "reshape": lambda quick: reshape.run(reshape.ReshapePlan.quick() if quick else reshape.ReshapePlan()),
     "shard": lambda quick: shard.run(shard.ShardPlan.quick() if quick else shard.ShardPlan()),
     "loader": lambda quick: loader.run(loader.LoaderPlan.quick() if quick else loader.LoaderPlan()),
+    "index": lambda quick: index.run(index.IndexPlan.quick() if quick else index.IndexPlan()),
     "train": lambda quick: train.run(train.TrainPlan.quick() if quick else train.TrainPlan.for_this_machine()),
 }
 

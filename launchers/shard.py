@@ -2,7 +2,8 @@
 
     python launchers/shard.py --config configs/shard/<preset>.yaml [key=value ...]
     python launchers/shard.py --config configs/shard/<preset>.yaml --verify
-    python launchers/shard.py --reindex shards/<set>      # add member checksums to an older set
+    python launchers/shard.py --reindex shards/<set>      # bring an older set's index up to date
+    python launchers/shard.py --describe shards/<set> [--records samples.jsonl]
     torchrun --nproc_per_node 2 launchers/shard.py --config ...   # ranks split the shards
 
 A rerun (or a run after a kill) skips every finished shard whose checksum
@@ -15,9 +16,9 @@ import argparse
 from pathlib import Path
 
 from dist_syndr import cli, config, runtime
+from dist_syndr.sharding import describe, writer
 from dist_syndr.sharding import plan as shard_plan
-from dist_syndr.sharding import writer
-from dist_syndr.sharding.shard_set import ShardSet
+from dist_syndr.sharding.shard_set import FORMAT_VERSION, ShardSet
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,18 +26,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path)
     parser.add_argument("--verify", action="store_true", help="re-read and check an existing set, write nothing")
     parser.add_argument(
-        "--reindex", type=Path, metavar="DIR", help="add member checksums to a set written before them"
+        "--reindex", type=Path, metavar="DIR", help="add member checksums and the format-2 index to an older set"
+    )
+    parser.add_argument("--describe", type=Path, metavar="DIR", help="print what a written set holds")
+    parser.add_argument(
+        "--records", type=Path, metavar="FILE", help="with --describe: also write one JSON line per sample"
     )
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     args = parser.parse_args(argv)
     if args.reindex is not None:
-        count = writer.reindex(args.reindex)
+        rewritten, added = writer.reindex(args.reindex)
         print(
-            f"{args.reindex}: member checksums added for {count} samples" if count else f"{args.reindex}: up to date"
+            f"{args.reindex}: index rewritten in format {FORMAT_VERSION}, member checksums added for {added} samples"
+            if rewritten
+            else f"{args.reindex}: up to date"
         )
         return 0
+    if args.describe is not None:
+        shard_set = ShardSet(args.describe)
+        print(describe.summary_text(shard_set))
+        if args.records is not None:
+            count = describe.write_records(shard_set, args.records)
+            print(f"{args.records}: {count} sample records")
+        return 0
     if args.config is None:
-        parser.error("--config is required (except with --reindex)")
+        parser.error("--config is required (except with --reindex or --describe)")
 
     # ---- configuration, backends, output folder
     cfg = config.load(args.config, args.overrides)

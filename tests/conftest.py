@@ -117,3 +117,23 @@ def run_ranks(
             worker.kill()
     assert all(worker.returncode == 0 for worker in workers), "\n".join(output[-3000:] for output in outputs)
     return outputs
+
+
+def index_as_format_1(root: Path) -> dict:
+    """A written set's index as one format-1 document (every sample a JSON record), for tests that edit it."""
+    import json
+
+    from dist_syndr.sharding.shard_set import INDEX_NAME, ShardSet
+
+    header = json.loads((root / INDEX_NAME).read_text())
+    samples = list(ShardSet(root).records())
+    return {key: header[key] for key in ("config", "shards", "skipped")} | {"version": 1, "samples": samples}
+
+
+def write_format_1(root: Path, index: dict) -> None:
+    """Replace a set's index with the format-1 document ``index`` (as sets written before format 2 hold it)."""
+    import json
+
+    for columns in root.glob("index-*.columns"):
+        columns.unlink()
+    (root / "index.json").write_text(json.dumps(index, indent=1, sort_keys=True))

@@ -15,6 +15,7 @@ from launchers import bench
         ("reshape", ["speed-up", "same clusters", "yes"]),
         ("shard", ["naive", "x naive", "jpeg2000"]),
         ("loader", ["webdataset"]),
+        ("index", ["format 1: one JSON record per sample (baseline)", "memory-mapped columns", "same members"]),
     ],
 )
 def test_quick_benchmarks_report_ratios(name, expected, tmp_path, capsys):
@@ -67,8 +68,9 @@ def test_quick_train_benchmark_measures_ddp_deepspeed_and_trainer(quick_all_repo
 def test_quick_all_puts_one_summary_table_on_top(quick_all_report):
     assert quick_all_report.startswith("## Summary")
     summary = quick_all_report.split("\n## ", 1)[0]
-    rows = [row for name in ("reshape", "shard", "loader", "train") for row in _table_rows(summary, name)]
-    assert {row[0] for row in rows} == {"reshape", "shard", "loader", "train"}
+    names = ("reshape", "shard", "loader", "index", "train")
+    rows = [row for name in names for row in _table_rows(summary, name)]
+    assert {row[0] for row in rows} == set(names)
     assert len(rows) == len(_table_rows(summary, "")) - 1  # every row but the header belongs to a benchmark
     assert all(_ratio(row[5]) > 0 for row in rows)
     train_cases = [row[1] for row in rows if row[0] == "train"]
@@ -77,7 +79,7 @@ def test_quick_all_puts_one_summary_table_on_top(quick_all_report):
         "vit_tiny_patch16_224: bare DeepSpeed ZeRO-1 step",
         "vit_tiny_patch16_224: trainer training phase (ZeRO-0, loader included)",
     ]
-    positions = [quick_all_report.index(f"\n## {name}\n") for name in ("reshape", "shard", "loader", "train")]
+    positions = [quick_all_report.index(f"\n## {name}\n") for name in names]
     assert positions == sorted(positions)  # then each benchmark's own section, in order
 
 

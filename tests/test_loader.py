@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import collections
 import io
-import json
 import logging
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from dist_syndr.loader.torch_loader import TorchLoader
 from dist_syndr.pools.images import decode as decode_image
 from dist_syndr.sharding import writer
 from dist_syndr.sharding.shard_set import ShardSet
+from tests.conftest import index_as_format_1, write_format_1
 
 CROP = 224
 SEED = 11
@@ -421,12 +421,11 @@ def test_shards_mode_hashes_each_shard_once_and_names_a_changed_one(tmp_path, mo
 def test_verification_passes_a_clean_set_and_catches_an_edited_index(tmp_path):
     shard_set = _write_set(tmp_path, _images(5, seed=4))
     assert verify_shard_set(shard_set, _config(verify_checksums="shards")) == frozenset()
-    index_path = shard_set.root / "index.json"
-    index = json.loads(index_path.read_text())
+    index = index_as_format_1(shard_set.root)
     record = index["samples"][3]
     extension = "png" if "png" in record["members"] else "jpg"
     record["members"][extension][0] += 512
-    index_path.write_text(json.dumps(index))
+    write_format_1(shard_set.root, index)
     with pytest.raises(ValueError, match=f"{record['shard']}: member offsets of sample {record['key']} do not match"):
         verify_shard_set(ShardSet(shard_set.root), _config(verify_checksums="shards"))
 

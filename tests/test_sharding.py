@@ -21,7 +21,7 @@ from PIL import Image
 from dist_syndr.pools.images import decode as decode_image
 from dist_syndr.sharding import writer
 from dist_syndr.sharding.shard_set import ShardSet, scan_tar
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT, index_as_format_1, write_format_1
 from tests.shard_worker import items_from_folder
 
 
@@ -151,8 +151,8 @@ def test_verify_decodes_every_image(tmp_path):
     damaged.shards = {}  # skip the checksum step: the member's own checksum catches it before any decoder
     with pytest.raises(ValueError, match="sample test/img000: member test/img000.png fails its checksum"):
         damaged.verify(decode_images=True)
-    damaged.samples = [dataclasses.replace(e, checksums=None) for e in damaged.samples]  # as in an older set
-    damaged.by_key = {e.key: e for e in damaged.samples}
+    older = np.zeros(len(damaged), dtype=bool)  # as in a set written before member checksums
+    damaged.columns = dataclasses.replace(damaged.columns, has_checksums=older)
     with pytest.raises(ValueError, match="test/img000 in shard-000000.tar"):
         damaged.verify(decode_images=True)
 
@@ -177,10 +177,9 @@ def test_unsafe_member_names_are_refused_on_read(tmp_path, name):
 def test_index_with_unsafe_shard_name_is_refused(tmp_path):
     _make_images(tmp_path / "src", 3)
     _write(tmp_path / "src", tmp_path / "out")
-    index_path = tmp_path / "out" / "index.json"
-    index = json.loads(index_path.read_text())
+    index = index_as_format_1(tmp_path / "out")
     index["samples"][0]["shard"] = "../outside.tar"
-    index_path.write_text(json.dumps(index))
+    write_format_1(tmp_path / "out", index)
     with pytest.raises(ValueError, match="unsafe shard name"):
         ShardSet(tmp_path / "out")
 
@@ -197,10 +196,9 @@ def test_index_with_unsafe_shard_name_is_refused(tmp_path):
 def test_an_index_that_contradicts_itself_is_one_clear_error(tmp_path, edit, message):
     _make_images(tmp_path / "src", 3)
     _write(tmp_path / "src", tmp_path / "out")
-    index_path = tmp_path / "out" / "index.json"
-    index = json.loads(index_path.read_text())
+    index = index_as_format_1(tmp_path / "out")
     edit(index)
-    index_path.write_text(json.dumps(index))
+    write_format_1(tmp_path / "out", index)
     with pytest.raises(ValueError, match=message):
         ShardSet(tmp_path / "out")
 
@@ -208,10 +206,9 @@ def test_an_index_that_contradicts_itself_is_one_clear_error(tmp_path, edit, mes
 def test_a_sample_naming_an_unlisted_shard_stops_a_launcher_with_one_line(tmp_path):
     _make_images(tmp_path / "src", 3)
     _write(tmp_path / "src", tmp_path / "shards" / "set")
-    index_path = tmp_path / "shards" / "set" / "index.json"
-    index = json.loads(index_path.read_text())
+    index = index_as_format_1(tmp_path / "shards" / "set")
     index["samples"][2]["shard"] = "shard-000099.tar"
-    index_path.write_text(json.dumps(index))
+    write_format_1(tmp_path / "shards" / "set", index)
     preset = PROJECT_ROOT / "configs" / "shard" / "folder-weak.yaml"
     command = [sys.executable, str(PROJECT_ROOT / "launchers" / "shard.py"), "--config", str(preset), "--verify"]
     command += ["shard.name=set"]
@@ -222,8 +219,13 @@ def test_a_sample_naming_an_unlisted_shard_stops_a_launcher_with_one_line(tmp_pa
     assert f"sample {key} names shard shard-000099.tar" in completed.stderr.strip().splitlines()[-1]
 
 
+def _index_files(out: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in out.iterdir() if path.suffix in (".json", ".columns")}
+
+
 def _strip_member_checksums(out: Path) -> None:
-    """Make a set look as sets written before member checksums look."""
+    """Make a set look as sets written before member checksums (and format 2) look."""
+    write_format_1(out, index_as_format_1(out))
     for path in [out / "index.json", *out.glob("shard-*.json")]:
         record = json.loads(path.read_text())
         for sample in record["samples"]:
@@ -238,7 +240,7 @@ def test_an_older_set_stays_readable_with_one_warning_and_reindex_restores_its_c
 
     _make_images(tmp_path / "src", 6, size=(40, 40))
     _write(tmp_path / "src", tmp_path / "out", samples_per_shard=4)
-    written = {p.name: p.read_bytes() for p in (tmp_path / "out").glob("*.json")}
+    written = _index_files(tmp_path / "out")
     _strip_member_checksums(tmp_path / "out")
     old = ShardSet(tmp_path / "out")
     assert not old.has_member_checksums
@@ -249,7 +251,8 @@ def test_an_older_set_stays_readable_with_one_warning_and_reindex_restores_its_c
     command = [sys.executable, str(PROJECT_ROOT / "launchers" / "shard.py"), "--reindex", str(tmp_path / "out")]
     completed = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0 and "member checksums added for 6 samples" in completed.stdout
-    assert {p.name: p.read_bytes() for p in (tmp_path / "out").glob("*.json")} == written  # as if written today
+    rewritten = _index_files(tmp_path / "out")
+    assert rewritten == written and any(name.endswith(".columns") for name in written)  # as if written today
     assert ShardSet(tmp_path / "out").has_member_checksums
     shard = tmp_path / "out" / "shard-000000.tar"
     data = bytearray(shard.read_bytes())

@@ -21,7 +21,8 @@ from dist_syndr import files, runtime
 from dist_syndr.config import DataConfig
 from dist_syndr.files import sha256_file
 from dist_syndr.loader.members import MemberReader, SampleError, SampleTable, decodes_fully
-from dist_syndr.sharding.shard_set import ShardSet, member_base, scan_tar
+from dist_syndr.sharding.index_columns import member_base
+from dist_syndr.sharding.shard_set import ShardSet, scan_tar
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +32,7 @@ def verify_shard_set(shard_set: ShardSet, config: DataConfig) -> frozenset[str]:
     if config.verify_checksums != "shards":
         return frozenset()
     excluded: set[str] = set()
-    by_shard: dict[str, list[str]] = {}
-    for entry in shard_set.samples:
-        by_shard.setdefault(entry.shard, []).append(entry.key)
+    by_shard = shard_set.keys_by_shard()
     for info in shard_set.shards.values():
         problem = _shard_problem(shard_set, info.name, info.bytes, info.sha256, by_shard.get(info.name, []))
         if problem is None:
@@ -63,9 +62,7 @@ def verify_shards_once(shard_set: ShardSet, config: DataConfig) -> None:
         return
     rank, world_size = runtime.rank_world()
     record = _read_record(shard_set.root)
-    by_shard: dict[str, list[str]] = {}
-    for entry in shard_set.samples:
-        by_shard.setdefault(entry.shard, []).append(entry.key)
+    by_shard = shard_set.keys_by_shard()
     todo = [info for info in shard_set.shards.values() if record.get(info.name) != _stamp(shard_set.root, info)]
     mine = todo[rank::world_size]
     found = {

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from dist_syndr.loader.crops import image_size
-from dist_syndr.sharding.shard_set import ShardSet, member_base, member_checksum
+from dist_syndr.sharding.index_columns import member_base
+from dist_syndr.sharding.shard_set import ShardSet, member_checksum
 
 log = logging.getLogger(__name__)
 
@@ -49,30 +50,26 @@ class SampleTable:
     def from_shard_set(shard_set: ShardSet, *, is_verified: bool = True) -> SampleTable:
         """The table of every sample of ``shard_set``; ``is_verified``: members are checked against their
         recorded checksums before anything decodes them (``data.verify_checksums`` not ``off``)."""
-        names = sorted(shard_set.shards)
-        shard_number = {name: number for number, name in enumerate(names)}
-        entries = shard_set.samples
-        extensions = tuple(entry.image_extension for entry in entries)
-        members = [entry.members[extension] for entry, extension in zip(entries, extensions, strict=True)]
+        columns = shard_set.columns
+        rows = np.arange(len(columns))
+        image_column = columns.image_columns()
         checked = {}
         if is_verified and _has_checksums(shard_set):
-            metas = [entry.members["json"] for entry in entries]
+            json_column = columns.extensions.index("json")
             checked = {
-                "image_checksums": np.array(
-                    [e.checksums[x] for e, x in zip(entries, extensions, strict=True)], np.uint64
-                ),
-                "meta_offsets": np.array([offset for offset, _ in metas], dtype=np.int64),
-                "meta_sizes": np.array([size for _, size in metas], dtype=np.int64),
-                "meta_checksums": np.array([entry.checksums["json"] for entry in entries], dtype=np.uint64),
+                "image_checksums": np.asarray(columns.member_checksums[rows, image_column], dtype=np.uint64),
+                "meta_offsets": np.array(columns.member_offsets[:, json_column], dtype=np.int64),
+                "meta_sizes": np.array(columns.member_sizes[:, json_column], dtype=np.int64),
+                "meta_checksums": np.array(columns.member_checksums[:, json_column], dtype=np.uint64),
             }
         return SampleTable(
             keys=tuple(shard_set.keys()),
-            shard_paths=tuple(str(shard_set.root / name) for name in names),
-            shard_ids=np.array([shard_number[entry.shard] for entry in entries], dtype=np.int32),
-            offsets=np.array([offset for offset, _ in members], dtype=np.int64),
-            sizes=np.array([size for _, size in members], dtype=np.int64),
+            shard_paths=tuple(str(shard_set.root / name) for name in shard_set.shard_names),
+            shard_ids=np.array(columns.shard_ids, dtype=np.int32),
+            offsets=np.asarray(columns.member_offsets[rows, image_column], dtype=np.int64),
+            sizes=np.asarray(columns.member_sizes[rows, image_column], dtype=np.int64),
             scores=shard_set.scores().astype(np.float32),
-            extensions=extensions,
+            extensions=tuple(np.array(columns.extensions)[image_column].tolist()),
             **checked,
         )
 

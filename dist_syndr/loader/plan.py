@@ -181,7 +181,8 @@ def _cut(
 
 def upsampled_keys(shard_set: ShardSet) -> list[str]:
     """Keys the sharding step recorded as DDCUp-upsampled (``origin == "upsampled"``), always kept."""
-    return [entry.key for entry in shard_set.samples if entry.origin == "upsampled"]
+    keys = shard_set.keys()
+    return [keys[row] for row in np.flatnonzero(shard_set.is_upsampled()).tolist()]
 
 
 def _select(

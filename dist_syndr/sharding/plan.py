@@ -317,7 +317,7 @@ def recorded_config(cfg: Config) -> dict:
 
 def summary(out_dir: Path, shard_set: ShardSet, plan: Plan) -> str:
     """What the step wrote, skipped and planned, each counted on its own."""
-    upsampled = sum(entry.origin == "upsampled" for entry in shard_set.samples)
+    upsampled = int(shard_set.is_upsampled().sum())
     written = f"{len(shard_set)} samples written ({len(shard_set) - upsampled} original, {upsampled} upsampled)"
     planned = f"of {len(plan.items)} planned ({plan.num_original} original, {plan.num_upsampled} upsampled)"
     skipped = f"{len(shard_set.skipped)} skipped as unreadable (listed under 'skipped' in the index)"

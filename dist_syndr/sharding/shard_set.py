@@ -1,33 +1,39 @@
 """Reading a written shard set: ``index.json``, member bytes by offset, verification.
 
-A shard set (see ``shards/README.md``) is a folder of WebDataset tars plus one
-``index.json`` that records, for every sample, the shard and the byte offset,
-size and checksum (xxh3-64) of each member. Readers seek straight to a member instead of
-scanning a tar, check its checksum before anything decodes it, refuse unsafe member
-names (``..`` or absolute paths), and check whole-shard sha256 when asked to.
+A shard set (see ``shards/README.md``) is a folder of WebDataset tars plus an index
+that records, for every sample, the shard and the byte offset, size and checksum
+(xxh3-64) of each member: ``index.json`` holds the header and
+``index-<xxh3-64>.columns`` the per-sample columns (:mod:`index_columns`), so a
+million-sample set opens in well under a second. Readers seek straight to a member
+instead of scanning a tar, check its checksum before anything decodes it, refuse
+unsafe member names (``..`` or absolute paths), and check whole-shard sha256 when
+asked to.
 
-Shapes: none (bytes and records).
+Shapes: ``N`` samples; records are built per sample on access.
 """
 
 from __future__ import annotations
 
-import collections
 import json
 import math
 import tarfile
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 import xxhash
 from tqdm.auto import tqdm
 
+from dist_syndr import files
 from dist_syndr.files import sha256_file
 from dist_syndr.pools import images
+from dist_syndr.sharding import index_columns
+from dist_syndr.sharding.index_columns import CHECKSUM_FIELD, IMAGE_EXTENSIONS, is_safe_member_name, member_base
 
 INDEX_NAME = "index.json"
-CHECKSUM_FIELD = "xxh3_64"  # index.json: per sample, extension -> the member's checksum
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: header + memory-mapped columns; 1: one JSON record per sample (still read)
+READABLE_VERSIONS = (1, 2)
 
 
 def member_checksum(data: bytes) -> int:
@@ -48,12 +54,6 @@ def checksum_error(root: Path, entry: SampleEntry, extension: str, data: bytes) 
         f"{root / entry.shard}: sample {entry.key}: member {member_base(entry.key)}.{extension} fails its checksum "
         f"(xxh3-64 {actual:016x}, index {entry.checksums[extension]:016x}); the shard changed after writing"
     )
-
-
-def is_safe_member_name(name: str) -> bool:
-    """False for absolute names, ``..`` components, empty names or backslashes."""
-    path = PurePosixPath(name)
-    return bool(name) and not path.is_absolute() and ".." not in path.parts and "\\" not in name
 
 
 @dataclass(frozen=True)
@@ -84,51 +84,101 @@ class SampleEntry:
     @property
     def image_extension(self) -> str:
         """``png`` or ``jpg``: the member holding the image."""
-        for extension in ("png", "jpg", "jpeg", "bmp"):
+        for extension in IMAGE_EXTENSIONS:
             if extension in self.members:
                 return extension
         raise ValueError(f"sample {self.key}: no image member among {sorted(self.members)}")
 
 
 class ShardSet:
-    """A shard set on disk, loaded from its ``index.json``."""
+    """A shard set on disk, opened from its ``index.json`` (format 2: header plus memory-mapped columns;
+    format 1, one JSON record per sample, stays readable)."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
         index_path = self.root / INDEX_NAME
-        if not index_path.is_file():
-            raise ValueError(f"{self.root}: no {INDEX_NAME}; is this a finished shard set? (run launchers/shard.py)")
-        try:
-            index = json.loads(index_path.read_text())
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{index_path}: not valid JSON ({error})") from None
-        if index.get("version") != FORMAT_VERSION:
-            raise ValueError(f"{index_path}: format version {index.get('version')!r}, expected {FORMAT_VERSION}")
-        self.config = index.get("config", {})
-        self.skipped = index.get("skipped", [])
-        self.shards = {
-            s["name"]: ShardInfo(s["name"], s["num_samples"], s["bytes"], s["sha256"]) for s in index["shards"]
-        }
-        self.samples = [_entry(record, index_path) for record in index["samples"]]
-        self.by_key = {entry.key: entry for entry in self.samples}
-        _check_consistent(index_path, self.shards, self.samples, self.by_key)
+        header = _read_header(index_path, self.root)
+        self.format_version: int = header["version"]
+        self.config = header.get("config", {})
+        self.skipped = header.get("skipped", [])
+        self.shards = _shard_infos(header, index_path)
+        names = list(self.shards)
+        if self.format_version == 1:
+            self.columns = index_columns.from_records(header.get("samples", []), names, index_path)
+        else:
+            self.columns = index_columns.load(self.root, header.get("columns"), index_path)
+        self.columns.check(names, [info.bytes for info in self.shards.values()], index_path)
+        self.shard_names: tuple[str, ...] = tuple(names)  # by shard id
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.columns)
 
     def keys(self) -> list[str]:
         """Sample keys in index order."""
-        return [entry.key for entry in self.samples]
+        return self.columns.keys.tolist()
 
     def scores(self) -> np.ndarray:
         """Scores in index order (NaN where a sample has none)."""
-        return np.array([np.nan if e.score is None else e.score for e in self.samples], dtype=np.float64)
+        return np.array(self.columns.scores, dtype=np.float64)
+
+    def is_upsampled(self) -> np.ndarray:
+        """``(N,)`` bool in index order: DDCUp's pseudo-labelled samples."""
+        return self.columns.is_upsampled()
+
+    def keys_by_shard(self) -> dict[str, list[str]]:
+        """Shard name -> the keys of its samples, in index order (shards without samples left out)."""
+        order = np.argsort(self.columns.shard_ids, kind="stable")
+        counts = np.bincount(self.columns.shard_ids, minlength=len(self.shard_names))
+        keys = self.keys()
+        groups, start = {}, 0
+        for shard_id, count in enumerate(counts.tolist()):
+            if count:
+                groups[self.shard_names[shard_id]] = [keys[row] for row in order[start : start + count].tolist()]
+            start += count
+        return groups
+
+    def entry(self, row: int) -> SampleEntry:
+        """The sample at ``row`` (index order) as a record."""
+        if not 0 <= row < len(self):
+            raise IndexError(f"row {row} outside a set of {len(self)} samples")
+        columns = self.columns
+        present = [
+            (column, ext) for column, ext in enumerate(columns.extensions) if columns.member_sizes[row, column] >= 0
+        ]
+        score, ref_code = float(columns.scores[row]), int(columns.ref_codes[row])
+        return SampleEntry(
+            key=columns.keys[row],
+            shard=self.shard_names[columns.shard_ids[row]],
+            members={
+                ext: (int(columns.member_offsets[row, c]), int(columns.member_sizes[row, c])) for c, ext in present
+            },
+            score=None if math.isnan(score) else score,
+            ref=None if ref_code == index_columns.NONE_CODE else columns.refs[ref_code],
+            distortion_type=_optional(columns.distortion_types[row]),
+            level=_optional(columns.levels[row]),
+            origin=columns.origins[int(columns.origin_codes[row])],
+            source=columns.sources[int(columns.source_codes[row])],
+            checksums={ext: int(columns.member_checksums[row, c]) for c, ext in present}
+            if columns.has_checksums[row]
+            else None,
+        )
+
+    @property
+    def samples(self) -> Sequence[SampleEntry]:
+        """Every sample as a record, in index order, built on access (a million are never all held)."""
+        return _Samples(self)
+
+    @property
+    def by_key(self) -> Mapping[str, SampleEntry]:
+        """Sample key -> record, looked up through the index's sorted key hashes."""
+        return _ByKey(self)
 
     def read_member(self, key: str, extension: str) -> bytes:
         """The bytes of one member of sample ``key``, read by offset."""
-        entry = self.by_key.get(key)
-        if entry is None:
+        row = self.columns.row_of(key)
+        if row is None:
             raise ValueError(f"{self.root}: no sample with key {key!r}")
+        entry = self.entry(row)
         if extension not in entry.members:
             raise ValueError(f"{self.root}: sample {key} has no .{extension} member")
         offset, size = entry.members[extension]
@@ -144,8 +194,8 @@ class ShardSet:
 
     @property
     def has_member_checksums(self) -> bool:
-        """True when ``index.json`` records a checksum for every member (sets written before them do not)."""
-        return all(entry.checksums is not None for entry in self.samples)
+        """True when the index records a checksum for every member (sets written before them do not)."""
+        return bool(self.columns.has_checksums.all())
 
     def read_image_bytes(self, key: str) -> bytes:
         """The encoded image of sample ``key``."""
@@ -154,6 +204,24 @@ class ShardSet:
     def read_meta(self, key: str) -> dict:
         """The ``.json`` member of sample ``key``."""
         return json.loads(self.read_member(key, "json"))
+
+    def records(self) -> Iterator[dict]:
+        """Every sample as a plain JSON-ready record (format 1's fields), in index order."""
+        for entry in self.samples:
+            record = {
+                "key": entry.key,
+                "shard": entry.shard,
+                "members": {ext: list(place) for ext, place in entry.members.items()},
+                "score": entry.score,
+                "ref": entry.ref,
+                "type": entry.distortion_type,
+                "level": entry.level,
+                "origin": entry.origin,
+                "source": entry.source,
+            }
+            if entry.checksums is not None:
+                record[CHECKSUM_FIELD] = entry.checksums
+            yield record
 
     def verify(self, *, check_members: bool = True, decode_images: bool = False) -> None:
         """Check every shard's size and sha256; with ``check_members``, that each tar's members
@@ -166,13 +234,10 @@ class ShardSet:
             if path.stat().st_size != info.bytes or sha256_file(path) != info.sha256:
                 raise ValueError(f"{path}: checksum mismatch (shard corrupt or changed after writing)")
         if check_members:
-            by_shard: dict[str, list[SampleEntry]] = {}
-            for entry in self.samples:
-                by_shard.setdefault(entry.shard, []).append(entry)
-            for name, entries in by_shard.items():
-                _check_tar_members(self.root / name, entries)
+            for name, keys in self.keys_by_shard().items():
+                _check_tar_members(self.root / name, [self.by_key[key] for key in keys])
         if decode_images:
-            for entry in tqdm(self.samples, desc="decoding", unit="img", disable=len(self.samples) < 1000):
+            for entry in tqdm(self.samples, desc="decoding", unit="img", disable=len(self) < 1000):
                 images.decode(self.read_image_bytes(entry.key), f"sample {entry.key} in {entry.shard}")
                 try:
                     self.read_meta(entry.key)
@@ -182,28 +247,90 @@ class ShardSet:
                     ) from None
 
 
-def _check_consistent(
-    index_path: Path, shards: dict[str, ShardInfo], samples: list[SampleEntry], by_key: dict[str, SampleEntry]
-) -> None:
-    """One clear error for an index that contradicts itself: unique keys, listed shards, members inside
-    their shard's bytes, finite scores."""
-    if len(by_key) != len(samples):
-        duplicate = next(key for key, count in collections.Counter(e.key for e in samples).items() if count > 1)
-        raise ValueError(f"{index_path}: sample key {duplicate!r} appears more than once")
-    for entry in samples:
-        shard = shards.get(entry.shard)
-        if shard is None:
-            raise ValueError(
-                f"{index_path}: sample {entry.key} names shard {entry.shard}, which the index does not list"
-            )
-        for extension, (offset, size) in entry.members.items():
-            if offset < 0 or size < 0 or offset + size > shard.bytes:
-                raise ValueError(
-                    f"{index_path}: member {entry.key}.{extension} (offset {offset}, {size} bytes) lies outside "
-                    f"shard {entry.shard} ({shard.bytes} bytes)"
-                )
-        if entry.score is not None and not math.isfinite(entry.score):
-            raise ValueError(f"{index_path}: sample {entry.key} has a score that is not finite ({entry.score})")
+class _Samples(Sequence[SampleEntry]):
+    def __init__(self, shard_set: ShardSet):
+        self._set = shard_set
+
+    def __len__(self) -> int:
+        return len(self._set)
+
+    def __getitem__(self, row):
+        if isinstance(row, slice):
+            return [self._set.entry(r) for r in range(*row.indices(len(self)))]
+        return self._set.entry(row + len(self) if row < 0 else row)
+
+    def __iter__(self) -> Iterator[SampleEntry]:
+        return (self._set.entry(row) for row in range(len(self)))
+
+
+class _ByKey(Mapping[str, SampleEntry]):
+    def __init__(self, shard_set: ShardSet):
+        self._set = shard_set
+
+    def __getitem__(self, key: str) -> SampleEntry:
+        row = self._set.columns.row_of(key)
+        if row is None:
+            raise KeyError(key)
+        return self._set.entry(row)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self._set.columns.row_of(key) is not None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._set.keys())
+
+    def __len__(self) -> int:
+        return len(self._set)
+
+
+def write_index(out_dir: Path, *, config: dict, shards: list[dict], records: list[dict], skipped: list[dict]) -> Path:
+    """Write a format-2 index over finished shards: the columns file first, then ``index.json`` (so an index
+    always names a complete columns file), then remove columns files of earlier indexes."""
+    index_path = out_dir / INDEX_NAME
+    names = [shard["name"] for shard in shards]
+    columns = index_columns.from_records(records, names, index_path)
+    columns.check(names, [shard["bytes"] for shard in shards], index_path)
+    layout = columns.write(out_dir)
+    header = {
+        "version": FORMAT_VERSION,
+        "config": config,
+        "shards": shards,
+        "skipped": skipped,
+        "num_samples": len(columns),
+        "columns": layout,
+    }
+    files.write_text(index_path, json.dumps(header, indent=1, sort_keys=True))
+    for stale in index_columns.stale_columns_files(out_dir, layout["file"]):
+        stale.unlink(missing_ok=True)
+    return index_path
+
+
+def _read_header(index_path: Path, root: Path) -> dict:
+    if not index_path.is_file():
+        raise ValueError(f"{root}: no {INDEX_NAME}; is this a finished shard set? (run launchers/shard.py)")
+    try:
+        header = json.loads(index_path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{index_path}: not valid JSON ({error})") from None
+    if not isinstance(header, dict) or header.get("version") not in READABLE_VERSIONS:
+        version = header.get("version") if isinstance(header, dict) else None
+        raise ValueError(f"{index_path}: format version {version!r}, expected one of {READABLE_VERSIONS}")
+    return header
+
+
+def _shard_infos(header: dict, index_path: Path) -> dict[str, ShardInfo]:
+    try:
+        shards = [ShardInfo(s["name"], int(s["num_samples"]), int(s["bytes"]), s["sha256"]) for s in header["shards"]]
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{index_path}: malformed 'shards' list ({error})") from None
+    for info in shards:
+        if not is_safe_member_name(info.name) or "/" in info.name:
+            raise ValueError(f"{index_path}: refusing unsafe shard name {info.name!r}")
+    return {info.name: info for info in shards}
+
+
+def _optional(value: np.integer) -> int | None:
+    return None if int(value) == index_columns.NONE_CODE else int(value)
 
 
 def scan_tar(path: Path) -> dict[str, tuple[int, int]]:
@@ -228,34 +355,3 @@ def _check_tar_members(path: Path, entries: list[SampleEntry]) -> None:
             name = f"{member_base(entry.key)}.{extension}"
             if members.get(name) != (offset, size):
                 raise ValueError(f"{path}: member {name} of sample {entry.key} does not match the index")
-
-
-def member_base(key: str) -> str:
-    """The tar member base name of a sample key (dots would split WebDataset keys)."""
-    return key.replace(".", "_")
-
-
-def _entry(record: dict, index_path: Path) -> SampleEntry:
-    try:
-        members = {ext: (int(v[0]), int(v[1])) for ext, v in record["members"].items()}
-        entry = SampleEntry(
-            key=record["key"],
-            shard=record["shard"],
-            members=members,
-            score=record.get("score"),
-            ref=record.get("ref"),
-            distortion_type=record.get("type"),
-            level=record.get("level"),
-            origin=record.get("origin", "original"),
-            source=record.get("source", ""),
-            checksums={ext: int(value) for ext, value in record[CHECKSUM_FIELD].items()}
-            if CHECKSUM_FIELD in record
-            else None,
-        )
-    except (KeyError, TypeError, ValueError, IndexError) as error:
-        raise ValueError(f"{index_path}: malformed sample record {str(record)[:120]} ({error})") from None
-    if not is_safe_member_name(entry.shard) or "/" in entry.shard:
-        raise ValueError(f"{index_path}: refusing unsafe shard name {entry.shard!r}")
-    if not is_safe_member_name(member_base(entry.key)):
-        raise ValueError(f"{index_path}: refusing unsafe sample key {entry.key!r}")
-    return entry

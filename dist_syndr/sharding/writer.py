@@ -31,14 +31,8 @@ from tqdm.auto import tqdm
 from dist_syndr import files, runtime
 from dist_syndr.config import ShardConfig
 from dist_syndr.pools.scores import minmax_to_ten
-from dist_syndr.sharding.shard_set import (
-    CHECKSUM_FIELD,
-    FORMAT_VERSION,
-    INDEX_NAME,
-    member_base,
-    member_checksum,
-    scan_tar,
-)
+from dist_syndr.sharding.index_columns import CHECKSUM_FIELD, member_base
+from dist_syndr.sharding.shard_set import FORMAT_VERSION, INDEX_NAME, ShardSet, member_checksum, scan_tar, write_index
 
 log = logging.getLogger(__name__)
 
@@ -337,40 +331,47 @@ def _write_index(out_dir: Path, num_shards: int, config: dict) -> Path:
     _assign_weak_scores(samples)
     if skipped:
         log.warning("%d input(s) skipped (unreadable); listed under 'skipped' in %s", len(skipped), INDEX_NAME)
-    index = {"version": FORMAT_VERSION, "config": config, "shards": shards, "samples": samples, "skipped": skipped}
-    path = out_dir / INDEX_NAME
-    files.write_text(path, json.dumps(index, indent=1, sort_keys=True))
+    path = write_index(out_dir, config=config, shards=shards, records=samples, skipped=skipped)
     log.info("wrote %s: %d samples in %d shards", path, len(samples), len(shards))
     return path
 
 
-def reindex(out_dir: Path) -> int:
-    """Add member checksums to a set written before them, in place: every shard's size and sha256 are
-    checked against the index first, then ``index.json`` and the sidecars are rewritten atomically.
-    Returns the number of samples given checksums (0 when the set has them already)."""
-    index_path = out_dir / INDEX_NAME
-    if not index_path.is_file():
-        raise ValueError(f"{out_dir}: no {INDEX_NAME}; not a shard set")
-    index = json.loads(index_path.read_text())
-    for shard in index["shards"]:
-        path = out_dir / shard["name"]
-        if not path.is_file() or path.stat().st_size != shard["bytes"] or files.sha256_file(path) != shard["sha256"]:
+def reindex(out_dir: Path) -> tuple[bool, int]:
+    """Bring an older set up to date in place: add member checksums where the index has none and rewrite
+    the index in format 2. Every shard's size and sha256 are checked against the index first; the new
+    index replaces the old atomically. Returns (whether the index was rewritten, samples given checksums)."""
+    shard_set = ShardSet(out_dir)
+    if shard_set.format_version == FORMAT_VERSION and shard_set.has_member_checksums:
+        return False, 0
+    for info in shard_set.shards.values():
+        path = out_dir / info.name
+        if not path.is_file() or path.stat().st_size != info.bytes or files.sha256_file(path) != info.sha256:
             raise ValueError(f"{path}: missing or changed since it was indexed (sha256 mismatch); reshard it first")
-    samples = [record for record in index["samples"] if CHECKSUM_FIELD not in record]
-    for record in samples:
-        record[CHECKSUM_FIELD] = _member_checksums(out_dir / record["shard"], record["members"])
-    if not samples:
-        return 0
-    for number, shard in enumerate(index["shards"]):
+    records, added = [], 0
+    for record in shard_set.records():
+        if CHECKSUM_FIELD not in record:
+            record[CHECKSUM_FIELD] = _member_checksums(out_dir / record["shard"], record["members"])
+            added += 1
+        records.append(record)
+    _add_checksums_to_sidecars(out_dir, list(shard_set.shards))
+    shards = [
+        {"name": i.name, "num_samples": i.num_samples, "bytes": i.bytes, "sha256": i.sha256}
+        for i in shard_set.shards.values()
+    ]
+    path = write_index(out_dir, config=shard_set.config, shards=shards, records=records, skipped=shard_set.skipped)
+    log.info("%s: index rewritten in format %d; member checksums added for %d samples", path, FORMAT_VERSION, added)
+    return True, added
+
+
+def _add_checksums_to_sidecars(out_dir: Path, shard_names: list[str]) -> None:
+    """The per-shard sidecars a rerun reads get the checksums too."""
+    for number, name in enumerate(shard_names):
         sidecar = _sidecar_path(out_dir, number)
-        if sidecar.is_file() and shard["name"] == shard_name(number):
+        if sidecar.is_file() and name == shard_name(number):
             side = json.loads(sidecar.read_text())
             for record in side["samples"]:
                 record.setdefault(CHECKSUM_FIELD, _member_checksums(out_dir / record["shard"], record["members"]))
             files.write_text(sidecar, json.dumps(side, sort_keys=True))
-    files.write_text(index_path, json.dumps(index, indent=1, sort_keys=True))
-    log.info("%s: member checksums added for %d samples", index_path, len(samples))
-    return len(samples)
 
 
 def _member_checksums(path: Path, members: dict[str, list[int]]) -> dict[str, int]:
