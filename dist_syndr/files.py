@@ -45,6 +45,24 @@ def atomic_path(path: str | Path, *, is_durable: bool = True) -> Iterator[Path]:
             temporary.unlink()
 
 
+@contextlib.contextmanager
+def replaced_folder(path: str | Path) -> Iterator[Path]:
+    """A temporary folder to build ``path``'s new content in; when the block succeeds it takes ``path``'s place
+    (an older folder there is moved aside first, then removed)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.name}.new-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        yield staging
+        old = path.with_name(f".{path.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        if path.exists():
+            path.rename(old)
+        staging.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def write_text(path: str | Path, text: str, *, is_durable: bool = True) -> Path:
     """Replace ``path`` with ``text`` atomically; returns the path."""
     with atomic_path(path, is_durable=is_durable) as temporary:

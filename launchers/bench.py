@@ -4,6 +4,7 @@ python launchers/bench.py reshape [--quick] [--out bench-results/reshape.md]
 python launchers/bench.py shard [--quick]
 python launchers/bench.py loader [--quick]
 python launchers/bench.py index [--quick]     # opening a 1M-sample shard set: format 2 vs format 1
+python launchers/bench.py score [--quick]     # score.py against a one-image-at-a-time loop
 python launchers/bench.py train [--quick]     # 2 ranks: DDP vs DeepSpeed vs the trainer
 python launchers/bench.py all [--quick]       # every benchmark, one report with a summary table on top
 """
@@ -15,7 +16,7 @@ import os
 from pathlib import Path
 
 from dist_syndr import cli, files, runtime
-from dist_syndr.bench import harness, index, loader, reshape, shard, train
+from dist_syndr.bench import harness, index, loader, reshape, score, shard, train
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,6 +25,7 @@ BENCHMARKS = {
     "shard": lambda quick: shard.run(shard.ShardPlan.quick() if quick else shard.ShardPlan()),
     "loader": lambda quick: loader.run(loader.LoaderPlan.quick() if quick else loader.LoaderPlan()),
     "index": lambda quick: index.run(index.IndexPlan.quick() if quick else index.IndexPlan()),
+    "score": lambda quick: score.run(score.ScorePlan.quick() if quick else score.ScorePlan()),
     "train": lambda quick: train.run(train.TrainPlan.quick() if quick else train.TrainPlan.for_this_machine()),
 }
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from dist_syndr import cli, config, runtime
 from dist_syndr.features.model import build_model
+from dist_syndr.scoring import model_card
 from dist_syndr.sharding.shard_set import ShardSet
 from dist_syndr.train import deepspeed_engine, loop, setup
 from dist_syndr.train import state as train_state
@@ -68,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         results, state = loop.fit(cfg, run, state, progress)
         runtime.barrier()
         if backends.rank == 0:
-            setup.export_weights(run_dir, tracker)
+            card = model_card.training_card(cfg, run_dir, last=results, best=state.best, train_set=train_set,
+                                            kept=results.get("kept"))  # fmt: skip
+            setup.export_weights(run_dir, tracker, card)
             print(loop.summary(results, state), flush=True)
     except BaseException:
         tracker.close("FAILED")

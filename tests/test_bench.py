@@ -16,6 +16,7 @@ from launchers import bench
         ("shard", ["naive", "x naive", "jpeg2000"]),
         ("loader", ["webdataset"]),
         ("index", ["format 1: one JSON record per sample (baseline)", "memory-mapped columns", "same members"]),
+        ("score", ["one at a time (images/s)", "score.py job (images/s)", "1 centre crop of 64, fp32"]),
     ],
 )
 def test_quick_benchmarks_report_ratios(name, expected, tmp_path, capsys):
@@ -68,7 +69,7 @@ def test_quick_train_benchmark_measures_ddp_deepspeed_and_trainer(quick_all_repo
 def test_quick_all_puts_one_summary_table_on_top(quick_all_report):
     assert quick_all_report.startswith("## Summary")
     summary = quick_all_report.split("\n## ", 1)[0]
-    names = ("reshape", "shard", "loader", "index", "train")
+    names = ("reshape", "shard", "loader", "index", "score", "train")
     rows = [row for name in names for row in _table_rows(summary, name)]
     assert {row[0] for row in rows} == set(names)
     assert len(rows) == len(_table_rows(summary, "")) - 1  # every row but the header belongs to a benchmark

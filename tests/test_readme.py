@@ -75,8 +75,21 @@ def _python_sections() -> list[str]:
 
 
 def test_every_python_block_of_the_readme_is_executed_by_a_test():
-    # test_loading_shards_snippet_runs and test_reshaping_api_snippet_runs: one per block.
-    assert _python_sections() == ["Loading shards", "Reshaping API"]
+    # test_loading_shards_snippet_runs, test_scoring_snippet_runs and test_reshaping_api_snippet_runs.
+    assert _python_sections() == ["Loading shards", "Scoring images", "Reshaping API"]
+
+
+@pytest.mark.timeout(180)
+def test_scoring_snippet_runs(tmp_path):
+    from tests.test_evaluation import _run_dir, _tiny_model, _write_images
+
+    run_dir = _run_dir(tmp_path, _tiny_model(3))
+    (path, _), *_ = _write_images(tmp_path / "photos", count=1)
+    namespace = {"run_dir": run_dir, "photo_path": path, "pil_image": Image.open(path)}
+    namespace["uint8_array"] = np.array(Image.open(path).convert("RGB"))
+    exec(compile(_section_code("Scoring images"), "README.md", "exec"), namespace)
+    scores = namespace["scores"]
+    assert scores.shape == (3,) and np.allclose(scores, scores[0], atol=1e-6)
 
 
 @pytest.mark.timeout(120)
@@ -110,7 +123,8 @@ def _launchers_shown() -> list[str]:
 @pytest.mark.timeout(300)
 def test_every_launcher_the_readme_shows_answers_help():
     shown = _launchers_shown()
-    assert {"launchers/shard.py", "launchers/train.py", "launchers/evaluate.py", "launchers/bench.py"} <= set(shown)
+    expected = {"shard", "train", "evaluate", "bench", "score", "export"}
+    assert {f"launchers/{name}.py" for name in expected} <= set(shown)
     for launcher in shown:
         result = subprocess.run(
             [sys.executable, launcher, "--help"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from dist_syndr.tracking.tracker import tracking_uri
@@ -89,12 +90,41 @@ def test_single_process_trains_reshapes_evaluates_checkpoints_and_resumes(tmp_pa
     kept = _metric_history(tmp_path, "kept")
     assert len(kept) == 2 and all(0 < k < 60 for k in kept)  # DRCDown thinned the 60 samples every epoch
     assert len(_metric_history(tmp_path, "smoke-test/srcc")) == 2
+    _check_model_card_and_mlflow_model(tmp_path, run_dir, kept[-1])
     # resume=auto: a third epoch continues the same run from the latest checkpoint
     subprocess.run(
         [*command, "train.epochs=3"], cwd=tmp_path, env=_env(), check=True, timeout=400, capture_output=True
     )
     assert len(_metric_history(tmp_path, "loss")) == 3
     assert (run_dir / "checkpoints" / "epoch0002").is_dir()
+
+
+def _check_model_card_and_mlflow_model(root, run_dir, kept):
+    """The card beside the export holds LAST and BEST labelled as such; the run's MLflow model scores images."""
+    import mlflow
+    import pandas as pd
+    from PIL import Image
+
+    from dist_syndr.scoring.scorer import Scorer
+
+    card = json.loads((run_dir / "export" / "model_card.json").read_text())
+    assert card["metrics"]["last"]["smoke-test/srcc"] == pytest.approx(_metric_history(root, "smoke-test/srcc")[-1])
+    assert (
+        card["metrics"]["best"]["smoke-test"]["epoch"] in (0, 1)
+        and "chosen on that test set" in card["metrics"]["note"]
+    )
+    assert card["training_set"]["samples"] >= 60 and card["training_set"]["kept_last_epoch"] == kept
+    assert "LAST SRCC" in (run_dir / "export" / "model_card.md").read_text()
+    images = []
+    for index in range(2):
+        images.append(root / f"photo{index}.png")
+        pixels = np.random.default_rng(index).integers(0, 256, (64, 80, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(images[-1])
+    mlflow.set_tracking_uri(tracking_uri(root / "mlruns"))
+    run_id = (run_dir / "mlflow_run_id").read_text().strip()
+    loaded = mlflow.pyfunc.load_model(f"runs:/{run_id}/mlflow_model")
+    predicted = loaded.predict(pd.DataFrame({"path": [str(p) for p in images]}))["score"].to_numpy()
+    np.testing.assert_allclose(predicted, Scorer.load(run_dir, "cpu").score(images), atol=1e-6)
 
 
 def test_bad_config_stops_before_any_process_group(tmp_path):

@@ -27,15 +27,29 @@ def normalise(crop_hwc: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(((crop_hwc.astype(np.float32) - mean) * inverse_std).transpose(2, 0, 1))
 
 
+def normalise_batch(crops_bhwc: np.ndarray) -> np.ndarray:
+    """``(B, 3, C, C)`` float32 of ``(B, C, C, 3)`` uint8 crops, element for element as :func:`normalise`."""
+    mean = np.asarray(IMAGENET_MEAN_255, dtype=np.float32)
+    inverse_std = np.float32(1.0) / np.asarray(IMAGENET_STD_255, dtype=np.float32)
+    return np.ascontiguousarray(((crops_bhwc.astype(np.float32) - mean) * inverse_std).transpose(0, 3, 1, 2))
+
+
+def resize_to_fit(pixels: np.ndarray, crop: int) -> tuple[np.ndarray, bool]:
+    """``(pixels, was_resized)``: an image with a side below ``crop`` resized up (bicubic, aspect kept) until its
+    shorter side is ``crop``; others unchanged."""
+    height, width = pixels.shape[:2]
+    if min(height, width) >= crop:
+        return pixels, False
+    from PIL import Image
+
+    scale = crop / min(height, width)
+    size = (max(crop, round(width * scale)), max(crop, round(height * scale)))
+    return np.asarray(Image.fromarray(pixels).resize(size, Image.BICUBIC)), True
+
+
 def centre_crop(pixels: np.ndarray, crop: int) -> np.ndarray:
     """A ``crop x crop`` centre crop; an image with a side below ``crop`` is resized up first."""
+    pixels, _ = resize_to_fit(pixels, crop)
     height, width = pixels.shape[:2]
-    if min(height, width) < crop:
-        from PIL import Image
-
-        scale = crop / min(height, width)
-        size = (max(crop, round(width * scale)), max(crop, round(height * scale)))
-        pixels = np.asarray(Image.fromarray(pixels).resize(size, Image.BICUBIC))
-        height, width = pixels.shape[:2]
     top, left = (height - crop) // 2, (width - crop) // 2
     return pixels[top : top + crop, left : left + crop]

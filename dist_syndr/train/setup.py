@@ -17,7 +17,7 @@ from pathlib import Path
 from dist_syndr import config, files, runtime
 from dist_syndr.evaluate import export
 from dist_syndr.sharding.shard_set import INDEX_NAME
-from dist_syndr.tracking.tracker import LOCAL_DIR_NAME, git_commit, journal_run_id, make_tracker
+from dist_syndr.tracking.tracker import LOCAL_DIR_NAME, NullTracker, git_commit, journal_run_id, make_tracker
 from dist_syndr.train import deepspeed_engine
 from dist_syndr.train import state as train_state
 
@@ -115,11 +115,27 @@ def save_run_files(cfg: config.Config, ds_config: dict, run_dir: Path, tracker) 
     tracker.log_artifact(run_dir / "deepspeed.json")
 
 
-def export_weights(run_dir: Path, tracker) -> Path:
-    """The last complete checkpoint as consolidated fp32 weights (any ZeRO stage), logged as the run's model."""
+def export_weights(run_dir: Path, tracker, card: dict | None = None) -> Path:
+    """The last complete checkpoint as consolidated fp32 weights (any ZeRO stage), logged as the run's model;
+    with ``card`` (:func:`dist_syndr.scoring.model_card.training_card`) also the model card beside them and,
+    when the run is tracked, the MLflow model (``export/mlflow_model``, logged as ``mlflow_model``)."""
     checkpoints = run_dir / "checkpoints"
     weights = export.export_checkpoint(checkpoints, run_dir / EXPORT_NAME, tag=train_state.completed_tag(checkpoints))
     tracker.log_artifact(weights, "model")
+    if card is None:
+        return weights
+    from dist_syndr.scoring import model_card
+
+    card_json, card_markdown = model_card.write(card, weights.parent / model_card.CARD_NAME)
+    tracker.log_artifact(card_json, "model")
+    tracker.log_artifact(card_markdown, "model")
+    if not isinstance(tracker, NullTracker):
+        from dist_syndr.scoring import mlflow_model
+
+        folder = mlflow_model.save(
+            weights, run_dir / "config.yaml", card_json, weights.parent / mlflow_model.MODEL_DIR_NAME
+        )
+        tracker.log_artifact(folder)
     return weights
 
 

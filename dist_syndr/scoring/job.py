@@ -1,0 +1,81 @@
+"""A scoring job over files: expand the inputs, skip what an earlier run finished, split the rest over ranks,
+score, merge. What ``launchers/score.py`` runs.
+
+Under ``torchrun``/``deepspeed`` each rank takes every ``world_size``-th remaining file
+and appends to its own part file; rank 0 merges them after a barrier. Without a
+launcher no process group is made.
+
+Shapes: none (paths and rows).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from dist_syndr import runtime
+from dist_syndr.scoring import output
+from dist_syndr.scoring.inputs import expand_paths
+from dist_syndr.scoring.scorer import Scorer
+
+log = logging.getLogger(__name__)
+
+FLUSH_EVERY = 64  # results between flushes of the part files
+BARRIER_TIMEOUT_S = 6 * 3600  # ranks finish their shares at different times; the final barrier waits this long
+
+
+@dataclass(frozen=True)
+class JobSummary:
+    """What a job did: inputs found, scored before (skipped now), scored and failed in this run, rows written."""
+
+    num_inputs: int
+    num_already_scored: int
+    num_scored: int
+    num_failed: int
+    num_rows: int
+
+    def line(self, out: Path) -> str:
+        """The one-line summary the launcher prints."""
+        failed = f"{self.num_failed} skipped (listed in {output.errors_path(out)})" if self.num_failed else "0 skipped"
+        return (
+            f"{out}: {self.num_rows} images scored ({self.num_scored} now, {self.num_already_scored} by an earlier "
+            f"run) of {self.num_inputs} inputs; {failed}"
+        )
+
+
+def run_job(scorer_factory, specs: list[str], out: Path, *, num_workers: int = 2, max_pixels: int) -> JobSummary:
+    """Score every image ``specs`` name into ``out``; ``scorer_factory()`` builds the :class:`Scorer`."""
+    output.check_output_path(out)
+    paths = expand_paths(specs)
+    rank, world_size, _ = runtime.env_rank_world()
+    if world_size > 1:
+        runtime.init(timeout_s=BARRIER_TIMEOUT_S)
+    done = output.finished_paths(out)
+    todo = [path for path in paths if str(path) not in done]
+    mine = todo[rank::world_size]
+    log.info("%d inputs, %d scored before, %d to score (%d on this rank)", len(paths), len(done), len(todo), len(mine))
+    scorer: Scorer = scorer_factory()
+    log.info("scoring with %s on %s (%s)", scorer.protocol.describe(), scorer.device, scorer.precision)
+    writer = output.PartWriter(out, rank)
+    try:
+        results = scorer.score_files(mine, num_workers=num_workers, max_pixels=max_pixels)
+        for count, result in enumerate(tqdm(results, total=len(mine), unit="img", disable=rank != 0), start=1):
+            writer.add(result)
+            if result.error is not None:
+                log.warning("%s: skipped (%s)", result.name, result.error)
+            if count % FLUSH_EVERY == 0:
+                writer.flush()
+    finally:
+        writer.close()
+    counts = runtime.all_gather_objects((writer.num_scored, writer.num_failed)) if world_size > 1 else None
+    scored, failed = map(sum, zip(*counts, strict=True)) if counts else (writer.num_scored, writer.num_failed)
+    rows = 0
+    if rank == 0:
+        rows, failed = output.merge(out, paths)
+    if world_size > 1:
+        runtime.barrier()
+        runtime.shutdown()
+    return JobSummary(len(paths), len(paths) - len(todo), scored, failed, rows)

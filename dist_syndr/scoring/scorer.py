@@ -1,0 +1,206 @@
+"""Score images nobody labelled with a trained model: from Python, or streamed from files by ``launchers/score.py``.
+
+::
+
+    from dist_syndr import Scorer
+
+    scorer = Scorer.load("runs/vit-b", device="auto")     # run folder, checkpoint folder or weights file
+    scores = scorer.score(["photos/a.jpg", pil_image, uint8_array])   # (N,) on the training scale [0, 10]
+
+Scoring needs no DeepSpeed and no process group. Inputs are decoded by PIL
+(:mod:`dist_syndr.scoring.inputs`), cut by the run's crop protocol
+(:mod:`dist_syndr.scoring.crops`) and sent through the model in batches of
+``batch_size`` crops; bf16 on a GPU unless told otherwise. For many files,
+:meth:`Scorer.score_files` decodes in DataLoader workers and yields results as
+they finish, errors included, so one bad file never stops a job.
+
+Shapes: ``N`` images; crops ``(B, 3, C, C)`` float32; scores ``(N,)`` float64.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dist_syndr import runtime
+from dist_syndr.config import Config
+from dist_syndr.evaluate.checkpoints import load_model
+from dist_syndr.features.embed import evaluating, forward_rows, input_dtype
+from dist_syndr.features.precision import Precision, resolve
+from dist_syndr.features.preprocess import normalise_batch
+from dist_syndr.scoring.crops import CropProtocol
+from dist_syndr.scoring.inputs import DEFAULT_MAX_PIXELS, ImageError, as_rgb_array, decode_file
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoredImage:
+    """The result for one input: a score, or the reason there is none."""
+
+    index: int  # position in the inputs
+    name: str
+    score: float = float("nan")  # mean over the crops, on the training scale [0, 10]
+    spread: float = float("nan")  # standard deviation over the crops (0 with one crop)
+    num_crops: int = 0
+    is_resized: bool = False  # smaller than the crop: resized up before cropping
+    error: str | None = None
+
+
+class Scorer:
+    """A trained model with its crop protocol, ready to score images."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        protocol: CropProtocol,
+        *,
+        device: str | torch.device = "cpu",
+        precision: str = "auto",
+        batch_size: int = 64,
+        config: Config | None = None,
+    ):
+        self.device = torch.device(device)
+        self.precision: Precision = resolve(precision, self.device.type)
+        self.model = model.to(self.device).eval()
+        self.protocol = protocol
+        self.batch_size = int(batch_size)
+        self.config = config
+
+    @classmethod
+    def load(
+        cls,
+        checkpoint: str | Path,
+        device: str = "auto",
+        *,
+        config_path: str | Path | None = None,
+        crops: int | None = None,
+        crop_mode: str | None = None,
+        batch_size: int = 64,
+        precision: str = "auto",
+    ) -> Scorer:
+        """The scorer of a run folder, a DeepSpeed checkpoint (folder or tag) or a weights file, with the run's
+        evaluation crops unless ``crops``/``crop_mode`` say otherwise; ``device="auto"``: the GPU when present."""
+        cfg, model = load_model(Path(checkpoint), None if config_path is None else Path(config_path))
+        data = cfg.data
+        protocol = CropProtocol.of_run(
+            data.crop, data.eval_crops, data.eval_crop_mode, cfg.seed, crops=crops, mode=crop_mode
+        )
+        resolved = runtime.torch_device() if device == "auto" else torch.device(device)
+        return cls(model, protocol, device=resolved, precision=precision, batch_size=batch_size, config=cfg)
+
+    def score(self, items: Sequence) -> np.ndarray:
+        """``(N,)`` float64 scores of paths, PIL images, uint8 arrays or tensors; ValueError naming the first
+        item that cannot be scored."""
+        results = self.score_items(items)
+        failed = next((r for r in results if r.error is not None), None)
+        if failed is not None:
+            raise ValueError(f"item {failed.index} ({failed.name}): {failed.error}")
+        return np.array([r.score for r in results], dtype=np.float64)
+
+    def score_items(self, items: Sequence) -> list[ScoredImage]:
+        """One :class:`ScoredImage` per item, failures included (decoded here, in this process)."""
+        prepared = (_prepare(index, _name(item, index), lambda item=item: as_rgb_array(item), self.protocol)
+                    for index, item in enumerate(items))  # fmt: skip
+        return list(self._run(prepared))
+
+    def score_files(
+        self, paths: Sequence[Path], *, num_workers: int = 2, max_pixels: int = DEFAULT_MAX_PIXELS
+    ) -> Iterator[ScoredImage]:
+        """Results for ``paths`` as batches finish (not necessarily in order), decoded in ``num_workers``
+        DataLoader workers; unreadable files come back with their reason."""
+        dataset = _FileWindows(list(paths), self.protocol, max_pixels)
+        if num_workers == 0:
+            return self._run(dataset[i] for i in range(len(dataset)))
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=None,
+            num_workers=num_workers,
+            prefetch_factor=4,
+            collate_fn=_as_is,
+            multiprocessing_context=runtime.dali_worker_start_method(),
+        )
+        return self._run(iter(loader))
+
+    def forward(self, crops: np.ndarray) -> np.ndarray:
+        """``(B,)`` float32 model outputs of ``(B, 3, C, C)`` normalised float32 crops, or of ``(B, C, C, 3)`` uint8
+        windows (normalised here), in batches of ``batch_size``."""
+        outputs = []
+        with evaluating(self.model):
+            dtype = input_dtype(self.model)
+            for start in range(0, len(crops), self.batch_size):
+                part = crops[start : start + self.batch_size]
+                batch = torch.from_numpy(
+                    normalise_batch(part) if part.dtype == np.uint8 else np.ascontiguousarray(part)
+                )
+                rows = forward_rows(self.model, batch, device=self.device, dtype=dtype, precision=self.precision)
+                outputs.append(rows.cpu().numpy())
+        return np.concatenate(outputs) if outputs else np.zeros(0, np.float32)
+
+    def _run(self, prepared) -> Iterator[ScoredImage]:
+        """Gather prepared images until a batch of crops is full, score it, yield each image's result."""
+        pending, crops = [], []
+        for item in prepared:
+            if item.error is not None:
+                yield item.result
+                continue
+            pending.append(item)
+            crops.append(item.crops)
+            if sum(len(c) for c in crops) >= self.batch_size:
+                yield from self._flush(pending, crops)
+                pending, crops = [], []
+        if pending:
+            yield from self._flush(pending, crops)
+
+    def _flush(self, pending: list, crops: list[np.ndarray]) -> Iterator[ScoredImage]:
+        outputs = self.forward(np.concatenate(crops)).astype(np.float64)
+        start = 0
+        for item, item_crops in zip(pending, crops, strict=True):
+            values = outputs[start : start + len(item_crops)]
+            start += len(item_crops)
+            yield dataclasses.replace(
+                item.result, score=float(values.mean()), spread=float(values.std()), num_crops=len(values)
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Prepared:
+    result: ScoredImage
+    crops: np.ndarray | None = None
+
+    @property
+    def error(self) -> str | None:
+        return self.result.error
+
+
+def _prepare(index: int, name: str, decode, protocol: CropProtocol) -> _Prepared:
+    """Decode and cut one item: uint8 windows (a quarter of the bytes float32 crops take between processes)."""
+    try:
+        crops, resized = protocol.windows(decode(), name)
+    except (ImageError, ValueError) as error:
+        return _Prepared(ScoredImage(index, name, error=str(error)))
+    return _Prepared(ScoredImage(index, name, is_resized=resized), crops)
+
+
+class _FileWindows(torch.utils.data.Dataset):
+    """Decoded, cropped and normalised files for DataLoader workers; an unreadable file gives its error."""
+
+    def __init__(self, paths: list[Path], protocol: CropProtocol, max_pixels: int):
+        self.paths, self.protocol, self.max_pixels = paths, protocol, max_pixels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> _Prepared:
+        path = self.paths[index]
+        return _prepare(index, str(path), lambda: decode_file(path, self.max_pixels), self.protocol)
+
+
+def _as_is(item: _Prepared) -> _Prepared:
+    return item
+
+
+def _name(item, index: int) -> str:
+    return str(item) if isinstance(item, str | Path) else f"item {index}"

@@ -1,0 +1,239 @@
+"""Scoring images with a trained model: launchers/score.py, the Scorer API, exports and the MLflow model."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dist_syndr.evaluate.predict import predict
+from dist_syndr.scoring import formats, inputs, output
+from dist_syndr.scoring.crops import CropProtocol, tile_anchors
+from dist_syndr.scoring.job import run_job
+from dist_syndr.scoring.scorer import Scorer
+from tests.conftest import PROJECT_ROOT
+from tests.test_evaluation import _data, _run_dir, _tiny_model, _tiny_shard_set, _write_images
+
+BAD_FILES = {"empty.png": "empty file", "notes.jpg": "not a readable image", "truncated.png": "not a readable image"}
+
+
+def _odd_images(folder: Path) -> dict[str, np.ndarray]:
+    """Images in the modes a photo collection holds, written to ``folder``; name -> the RGB a scorer should see."""
+    rng = np.random.default_rng(5)
+    rgb = rng.integers(0, 256, size=(40, 48, 3), dtype=np.uint8)
+    expected = {}
+    gray16 = (rng.integers(0, 65536, size=(40, 48))).astype(np.uint16)
+    Image.fromarray(gray16).save(folder / "gray16.png")
+    expected["gray16.png"] = np.repeat(np.rint(gray16 / 257.0).astype(np.uint8)[:, :, None], 3, axis=2)
+    Image.fromarray(rgb[:, :, 0]).save(folder / "gray.png")
+    expected["gray.png"] = np.repeat(rgb[:, :, :1], 3, axis=2)
+    rgba = np.dstack([rgb, np.full((40, 48), 128, np.uint8)])
+    Image.fromarray(rgba).save(folder / "rgba.png")
+    expected["rgba.png"] = rgb
+    palette = Image.fromarray(rgb).quantize(16)
+    palette.save(folder / "palette.png")
+    expected["palette.png"] = np.asarray(palette.convert("RGB"))
+    Image.fromarray(rgb).convert("CMYK").save(folder / "cmyk.jpg", quality=95)
+    expected["cmyk.jpg"] = np.asarray(Image.open(folder / "cmyk.jpg").convert("RGB"))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to view
+    Image.fromarray(rgb).save(folder / "rotated.jpg", exif=exif, quality=95)
+    expected["rotated.jpg"] = np.rot90(np.asarray(Image.open(folder / "rotated.jpg").convert("RGB")), k=-1)
+    Image.fromarray(rgb[:20, :20]).save(folder / "small.png")
+    expected["small.png"] = rgb[:20, :20]
+    return expected
+
+
+def _bad_files(folder: Path) -> None:
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "notes.jpg").write_text("not an image")
+    good = io.BytesIO()
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(good, format="PNG")
+    (folder / "truncated.png").write_bytes(good.getvalue()[:60])
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("scoring")
+    _run_dir(root, _tiny_model(3))
+    _write_images(root / "photos")
+    _odd_images(root / "photos")
+    _bad_files(root / "photos")
+    return root
+
+
+def _rows(path: Path) -> dict[str, dict]:
+    return {row["path"]: row for row in csv.DictReader(path.open())}
+
+
+@pytest.mark.timeout(300)
+def test_score_launcher_scores_a_mixed_folder_as_evaluate_predicts_and_resumes(tiny_run, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    command = [sys.executable, str(PROJECT_ROOT / "launchers" / "score.py"), "--checkpoint", "runs/tiny"]
+    command += ["--out", "scores.csv", "--crop-mode", "centre", "--workers", "1", "photos"]
+    first = subprocess.run(command, cwd=tiny_run, env=env, capture_output=True, text=True, timeout=240)
+    assert first.returncode == 3, first.stderr[-2000:]  # some inputs skipped
+    rows = _rows(tiny_run / "scores.csv")
+    assert len(rows) == 7 + 7 and all(row["crops"] == "1" for row in rows.values())
+    assert rows["photos/small.png"]["resized"] == "True" and rows["photos/img00.png"]["resized"] == "False"
+    errors = {row["path"]: row["reason"] for row in csv.DictReader((tiny_run / "scores.csv.errors.csv").open())}
+    assert set(errors) == {f"photos/{name}" for name in BAD_FILES}
+    assert all(errors[f"photos/{name}"].startswith(reason) for name, reason in BAD_FILES.items())
+    assert "14 images scored (14 now, 0 by an earlier run) of 17 inputs; 3 skipped" in first.stdout
+    # the same images as a shard set through evaluate's predict: the same scores for the same (centre) crops
+    shard_set = _tiny_shard_set(tmp_path)
+    predicted = predict(_tiny_model(3), shard_set, _data(eval_crop_mode="centre"), device="cpu", dali="off")
+    for key, value in zip(predicted.keys, predicted.predictions, strict=True):
+        assert float(rows[f"photos/{key.split('/')[1]}.png"]["score"]) == pytest.approx(float(value), abs=1e-5)
+    # a rerun scores nothing again (the bad files are retried and fail again)
+    again = subprocess.run(command, cwd=tiny_run, env=env, capture_output=True, text=True, timeout=240)
+    assert again.returncode == 3 and "14 images scored (0 now, 14 by an earlier run)" in again.stdout
+    assert _rows(tiny_run / "scores.csv") == rows
+
+
+@pytest.mark.timeout(300)
+def test_a_killed_job_keeps_its_rows_and_a_rerun_scores_only_the_rest(tiny_run, tmp_path):
+    out = tmp_path / "scores.jsonl"
+    scorer = Scorer.load(tiny_run / "runs" / "tiny", "cpu", crop_mode="centre", batch_size=4)
+    photos = sorted(str(p) for p in (tiny_run / "photos").glob("img*.png"))
+    reference = run_job(lambda: scorer, photos, tmp_path / "reference.jsonl", num_workers=0, max_pixels=10**8)
+    assert reference.num_rows == 7 and reference.num_failed == 0
+    finished = [json.loads(line) for line in (tmp_path / "reference.jsonl").read_text().splitlines()]
+    # what a kill leaves: a part file with three complete rows and one cut short
+    part = out.with_name(f"{out.name}.part-0")
+    part.write_text("".join(json.dumps(row) + "\n" for row in finished[:3]) + '{"path": "cut')
+    calls = []
+
+    def counting_scorer() -> Scorer:
+        calls.append(1)
+        return scorer
+
+    resumed = run_job(counting_scorer, photos, out, num_workers=0, max_pixels=10**8)
+    assert (resumed.num_already_scored, resumed.num_scored, resumed.num_rows) == (3, 4, 7)
+    merged = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [row["path"] for row in merged] == photos and merged[:3] == finished[:3] and calls == [1]
+    # batches of other sizes may round the last float32 bit differently
+    assert [row["score"] for row in merged] == pytest.approx([row["score"] for row in finished], abs=1e-5)
+    assert not part.exists() and output.finished_paths(out) == set(photos)
+
+
+def test_the_python_scorer_takes_paths_pil_images_arrays_and_tensors(tiny_run):
+    from dist_syndr import Scorer as PublicScorer
+
+    scorer = PublicScorer.load(tiny_run / "runs" / "tiny", device="cpu", crop_mode="centre")
+    path = tiny_run / "photos" / "img01.png"
+    pixels = np.array(Image.open(path).convert("RGB"))
+    items = [str(path), Image.open(path), pixels, torch.from_numpy(pixels).permute(2, 0, 1)]
+    items.append(torch.from_numpy(pixels).permute(2, 0, 1).float() / 255)
+    scores = scorer.score(items)
+    assert scores.shape == (5,) and np.allclose(scores, scores[0], atol=1e-6)
+    random = Scorer.load(tiny_run / "runs" / "tiny", device="cpu")  # the run's protocol: 3 random crops
+    assert random.protocol == CropProtocol(32, 3, "random", 0)
+    results = random.score_items([path, path])
+    assert results[0].num_crops == 3 and results[0].spread > 0
+    assert results[0].score == pytest.approx(results[1].score, abs=1e-6)  # same name, same crops
+    with pytest.raises(ValueError, match="item 1 .* arrays must be uint8"):
+        scorer.score([pixels, pixels.astype(np.float32)])
+
+
+def test_decoding_handles_every_mode_orientation_and_limit(tiny_run):
+    expected = _odd_images(tiny_run / "photos")
+    for name, pixels in expected.items():
+        np.testing.assert_array_equal(inputs.decode_file(tiny_run / "photos" / name), pixels, err_msg=name)
+    with pytest.raises(inputs.ImageError, match="exceeds the limit of 100"):
+        inputs.decode_file(tiny_run / "photos" / "img00.png", max_pixels=100)
+    for name, reason in BAD_FILES.items():
+        with pytest.raises(inputs.ImageError, match=reason):
+            inputs.decode_file(tiny_run / "photos" / name)
+
+
+def test_inputs_expand_folders_patterns_and_lists(tmp_path):
+    (tmp_path / "a" / "deep").mkdir(parents=True)
+    for path in ("a/x.jpg", "a/deep/y.png", "a/notes.txt", "b.png"):
+        (tmp_path / path).write_bytes(b"")
+    (tmp_path / "list.txt").write_text("# a comment\nb.png\n\na/x.jpg\n")
+    (tmp_path / "list.csv").write_text("id,path\n1,b.png\n2,a/deep/y.png\n")
+    found = inputs.expand_paths(
+        [tmp_path / "a", str(tmp_path / "*.png"), tmp_path / "list.txt", tmp_path / "list.csv"]
+    )
+    assert found == [tmp_path / "a" / "deep" / "y.png", tmp_path / "a" / "x.jpg", tmp_path / "b.png"]
+    with pytest.raises(ValueError, match="no such file, folder or pattern"):
+        inputs.expand_paths([tmp_path / "missing"])
+    with pytest.raises(ValueError, match="matches no image file"):
+        inputs.expand_paths([str(tmp_path / "*.tif")])
+
+
+@pytest.mark.parametrize("width, height", [(32, 32), (33, 40), (64, 100), (95, 32)])
+def test_full_mode_tiles_cover_every_pixel_once_at_least(width, height):
+    anchors = tile_anchors(width, height, 32)
+    covered = np.zeros((height, width), dtype=int)
+    for x, y in anchors:
+        assert 0 <= x <= width - 32 and 0 <= y <= height - 32
+        covered[y : y + 32, x : x + 32] += 1
+    assert covered.min() >= 1 and len(anchors) == -(-width // 32) * -(-height // 32)
+
+
+@pytest.mark.timeout(300)
+def test_onnx_and_torchscript_exports_reproduce_pytorch_with_a_card(tiny_run):
+    import onnxruntime
+
+    scorer = Scorer.load(tiny_run / "runs" / "tiny", "cpu", crop_mode="full")
+    crops, _ = scorer.protocol.model_inputs(inputs.decode_file(tiny_run / "photos" / "img02.png"), "img02")
+    expected = scorer.forward(crops)
+    onnx_check, onnx_card = formats.export_checkpoint(tiny_run / "runs" / "tiny", "onnx")
+    session = onnxruntime.InferenceSession(str(onnx_check.path), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"crops": crops})[0], expected, atol=1e-4)
+    script_check, _ = formats.export_checkpoint(tiny_run / "runs" / "tiny", "torchscript")
+    with torch.no_grad():
+        scripted = torch.jit.load(str(script_check.path))(torch.from_numpy(crops)).numpy()
+    np.testing.assert_allclose(scripted, expected, atol=1e-4)
+    weights_check, _ = formats.export_checkpoint(tiny_run / "runs" / "tiny", "safetensors")
+    assert (
+        weights_check.max_abs_difference == 0.0
+        and Scorer.load(
+            weights_check.path, "cpu", config_path=(tiny_run / "runs" / "tiny" / "config.yaml"), crop_mode="full"
+        )
+        .forward(crops)
+        .tolist()
+        == expected.tolist()
+    )
+    card = json.loads(onnx_card.read_text())
+    assert card["export"]["format"] == "onnx" and card["export"]["inputs"]["crops"] == ["batch", 3, 32, 32]
+    assert card["input"]["normalisation"]["mean"] == [0.485, 0.456, 0.406] and "[0, 10]" in card["score_scale"]
+    markdown = onnx_card.with_suffix(".md").read_text()
+    assert "vit_tiny_patch16_224" in markdown and "came without the card" in markdown
+
+
+@pytest.mark.timeout(300)
+def test_the_mlflow_model_loads_with_pyfunc_and_predicts_the_scorer_scores(tiny_run, tmp_path):
+    import mlflow
+    import pandas as pd
+
+    from dist_syndr import config
+    from dist_syndr.scoring import mlflow_model, model_card
+    from dist_syndr.tracking.tracker import tracking_uri
+
+    run = tiny_run / "runs" / "tiny"
+    card = model_card.base_card(config.load(run / "config.yaml"), run / "config.yaml")
+    card_path, _ = model_card.write(card, tmp_path / "model_card.json")
+    folder = mlflow_model.save(run / "export" / "model_fp32.pt", run / "config.yaml", card_path, tmp_path / "model")
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri(tmp_path / "mlruns"))
+    run_id = client.create_run(client.create_experiment("scoring")).info.run_id
+    client.log_artifacts(run_id, str(folder), "mlflow_model")
+    mlflow.set_tracking_uri(tracking_uri(tmp_path / "mlruns"))
+    loaded = mlflow.pyfunc.load_model(f"runs:/{run_id}/mlflow_model")
+    photos = [str(p) for p in sorted((tiny_run / "photos").glob("img*.png"))]
+    predicted = loaded.predict(pd.DataFrame({"path": photos}))
+    assert list(predicted.columns) == ["score"]
+    np.testing.assert_allclose(predicted["score"].to_numpy(), Scorer.load(run, "cpu").score(photos), atol=1e-6)
+    assert loaded.metadata.signature.inputs.input_names() == ["path"]
+    assert loaded.metadata.metadata["model_card"]["model"]["backbone"] == "vit_tiny_patch16_224"
