@@ -293,6 +293,10 @@ def _compare_stage(paths: DemoPaths, run_ids: dict[str, str]) -> str:
             "LAST = the final epoch; BEST = the epoch with the highest test SRCC, as the paper reports it.",
             "Both runs learn from weak labels on a handful of photographs for a few epochs: the figures show the",
             "pipeline working end to end, not the paper's gains (those need the real datasets; see the README).",
+            "One baseline/reshaped pair cannot tell a real difference from seed noise: the same commit gave +0.14",
+            "and -0.02 SRCC at LAST on two machines. Over seeds, with paired differences and 95% intervals:",
+            "  python launchers/study.py --config configs/train/demo.yaml --seeds 3 --variants baseline,both",
+            "(README, 'Results'; the demo's 10-minute budget leaves no room for the extra runs).",
             f"Runs, metrics and artifacts: {ui}",
         ]
     )

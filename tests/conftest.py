@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import socket
 import subprocess
 from pathlib import Path
@@ -137,3 +139,19 @@ def write_format_1(root: Path, index: dict) -> None:
     for columns in root.glob("index-*.columns"):
         columns.unlink()
     (root / "index.json").write_text(json.dumps(index, indent=1, sort_keys=True))
+
+
+@contextlib.contextmanager
+def mlflow_tracking_at(uri: str):
+    """``mlflow.set_tracking_uri(uri)`` inside the block only: it also sets ``MLFLOW_TRACKING_URI`` for the whole
+    process, which later tests (and their subprocesses) would otherwise inherit."""
+    import mlflow
+
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(None)
+        if previous is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = previous

@@ -17,7 +17,19 @@ from tests.conftest import PROJECT_ROOT
 PACKAGE = PROJECT_ROOT / "dist_syndr"
 TOP_LEVEL_MODULES = {"__init__", "cli", "demo", "files", "runtime"}
 BASE_PACKAGES = {"config"}  # the schema and its typed-tree loader: below every stage
-STAGES = {"pools", "features", "reshape", "sharding", "loader", "train", "evaluate", "scoring", "tracking", "bench"}
+STAGES = {
+    "pools",
+    "features",
+    "reshape",
+    "sharding",
+    "loader",
+    "train",
+    "evaluate",
+    "scoring",
+    "study",
+    "tracking",
+    "bench",
+}
 MAX_MODULE_LINES = 450
 MAX_LAUNCHER_LINES = 100
 LONG_MODULES = {"dist_syndr.pools.distortions"}  # the distortion kernels: 25 types, one table, one file

@@ -20,7 +20,7 @@ from dist_syndr.scoring import formats, inputs, output
 from dist_syndr.scoring.crops import CropProtocol, tile_anchors
 from dist_syndr.scoring.job import run_job
 from dist_syndr.scoring.scorer import Scorer
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT, mlflow_tracking_at
 from tests.test_evaluation import _data, _run_dir, _tiny_model, _tiny_shard_set, _write_images
 
 BAD_FILES = {"empty.png": "empty file", "notes.jpg": "not a readable image", "truncated.png": "not a readable image"}
@@ -229,11 +229,55 @@ def test_the_mlflow_model_loads_with_pyfunc_and_predicts_the_scorer_scores(tiny_
     client = mlflow.MlflowClient(tracking_uri=tracking_uri(tmp_path / "mlruns"))
     run_id = client.create_run(client.create_experiment("scoring")).info.run_id
     client.log_artifacts(run_id, str(folder), "mlflow_model")
-    mlflow.set_tracking_uri(tracking_uri(tmp_path / "mlruns"))
-    loaded = mlflow.pyfunc.load_model(f"runs:/{run_id}/mlflow_model")
+    with mlflow_tracking_at(tracking_uri(tmp_path / "mlruns")):
+        loaded = mlflow.pyfunc.load_model(f"runs:/{run_id}/mlflow_model")
     photos = [str(p) for p in sorted((tiny_run / "photos").glob("img*.png"))]
     predicted = loaded.predict(pd.DataFrame({"path": photos}))
     assert list(predicted.columns) == ["score"]
     np.testing.assert_allclose(predicted["score"].to_numpy(), Scorer.load(run, "cpu").score(photos), atol=1e-6)
     assert loaded.metadata.signature.inputs.input_names() == ["path"]
     assert loaded.metadata.metadata["model_card"]["model"]["backbone"] == "vit_tiny_patch16_224"
+
+
+@pytest.mark.dist
+@pytest.mark.timeout(300)
+def test_two_ranks_split_the_files_and_rank_0_writes_what_one_process_writes(tiny_run, tmp_path):
+    from tests.conftest import free_port
+
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    arguments = ["--checkpoint", "runs/tiny", "--crop-mode", "centre", "--workers", "0", "photos"]
+    torchrun = [str(PROJECT_ROOT / ".venv" / "bin" / "torchrun"), "--nproc_per_node", "2"]
+    torchrun += ["--master_port", str(free_port()), str(PROJECT_ROOT / "launchers" / "score.py")]
+    two = subprocess.run(
+        [*torchrun, *arguments, "--out", str(tmp_path / "two.jsonl")],
+        cwd=tiny_run,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    # each rank exits 3 (inputs skipped); torchrun reports a failed child as its own exit 1
+    assert two.returncode == 1 and two.stderr.count("exitcode  : 3") == 2, two.stderr[-3000:]
+    one = subprocess.run(
+        [
+            sys.executable,
+            str(PROJECT_ROOT / "launchers" / "score.py"),
+            *arguments,
+            "--out",
+            str(tmp_path / "one.jsonl"),
+        ],
+        cwd=tiny_run,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert one.returncode == 3, one.stderr[-3000:]
+    rows = {
+        name: [json.loads(line) for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
+        for name in ("one", "two")
+    }
+    assert [r["path"] for r in rows["two"]] == [r["path"] for r in rows["one"]] and len(rows["one"]) == 14
+    assert [r["score"] for r in rows["two"]] == pytest.approx([r["score"] for r in rows["one"]], abs=1e-5)
+    assert (tmp_path / "two.jsonl.errors.csv").read_text() == (tmp_path / "one.jsonl.errors.csv").read_text()
+    assert two.stdout.count("images scored") == 1 and not list(tmp_path.glob("*.part-*"))

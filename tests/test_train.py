@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from dist_syndr.tracking.tracker import tracking_uri
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT, mlflow_tracking_at
 
 PRESET = PROJECT_ROOT / "configs" / "train" / "cpu-smoke.yaml"
 
@@ -120,9 +120,9 @@ def _check_model_card_and_mlflow_model(root, run_dir, kept):
         images.append(root / f"photo{index}.png")
         pixels = np.random.default_rng(index).integers(0, 256, (64, 80, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(images[-1])
-    mlflow.set_tracking_uri(tracking_uri(root / "mlruns"))
     run_id = (run_dir / "mlflow_run_id").read_text().strip()
-    loaded = mlflow.pyfunc.load_model(f"runs:/{run_id}/mlflow_model")
+    with mlflow_tracking_at(tracking_uri(root / "mlruns")):
+        loaded = mlflow.pyfunc.load_model(f"runs:/{run_id}/mlflow_model")
     predicted = loaded.predict(pd.DataFrame({"path": [str(p) for p in images]}))["score"].to_numpy()
     np.testing.assert_allclose(predicted, Scorer.load(run_dir, "cpu").score(images), atol=1e-6)
 

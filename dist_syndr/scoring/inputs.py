@@ -95,7 +95,9 @@ def decode_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarra
         raise
     except Image.DecompressionBombError as error:
         raise ImageError(f"refused as a decompression bomb ({error})") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+    except UnidentifiedImageError:
+        raise ImageError("not a readable image (no image format PIL knows)") from None
+    except (OSError, SyntaxError, ValueError) as error:
         raise ImageError(f"not a readable image ({error})") from None
 
 

@@ -1,0 +1,102 @@
+"""Running a study's trainings: each through ``launchers/train.py``, finished ones reused, several at once if asked.
+
+A run is reused when its folder holds exported weights, an MLflow run id and a
+``config.yaml`` equal to the config the study would give it now; any other run
+is (re)started, and ``train.resume=auto`` continues it from its last complete
+checkpoint, so a killed study resumes. With ``parallel > 1`` runs start side by
+side, each with its own rendezvous port and a share of the CPU threads. Each
+run's output goes to ``<study folder>/logs/<run name>.log``.
+
+Shapes: none.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from dist_syndr import config
+from dist_syndr.study.plan import StudyRun
+
+log = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+TRAIN_LAUNCHER = PROJECT_ROOT / "launchers" / "train.py"
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """A finished run of the study: its MLflow id, and whether it was trained now or reused."""
+
+    run: StudyRun
+    run_id: str
+    run_dir: Path
+    was_reused: bool
+    seconds: float
+
+
+def run_dir_of(preset: Path, run: StudyRun) -> Path:
+    """Where ``launchers/train.py`` puts ``run``."""
+    cfg = config.load(preset, list(run.overrides))
+    return Path(cfg.train.output_dir) / cfg.run_name
+
+
+def is_finished(preset: Path, run: StudyRun) -> bool:
+    """True when ``run`` finished earlier with the config the study would give it now."""
+    folder = run_dir_of(preset, run)
+    if not ((folder / "export" / "model_fp32.pt").is_file() and (folder / "mlflow_run_id").is_file()):
+        return False
+    recorded = folder / "config.yaml"
+    return recorded.is_file() and recorded.read_text() == config.dump(config.load(preset, list(run.overrides)))
+
+
+def run_all(preset: Path, runs: list[StudyRun], logs: Path, *, parallel: int = 1) -> list[RunOutcome]:
+    """Train every run not finished yet (``parallel`` at a time); outcomes in ``runs`` order. RuntimeError naming
+    the run and its log when a training fails."""
+    if parallel < 1:
+        raise ValueError(f"--parallel must be >= 1, got {parallel}")
+    threads = max(1, (os.cpu_count() or 1) // parallel)
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        futures = [pool.submit(_one, preset, run, logs, threads if parallel > 1 else None) for run in runs]
+        return [future.result() for future in futures]
+
+
+def _one(preset: Path, run: StudyRun, logs: Path, threads: int | None) -> RunOutcome:
+    folder = run_dir_of(preset, run)
+    started = time.perf_counter()
+    reused = is_finished(preset, run)
+    if not reused:
+        log.info("training %s", run.run_name)
+        _train(preset, run, logs / f"{run.run_name}.log", threads)
+        if not is_finished(preset, run):
+            raise RuntimeError(f"{run.run_name}: training ended without its export; see {logs / run.run_name}.log")
+    run_id = (folder / "mlflow_run_id").read_text().strip()
+    return RunOutcome(run, run_id, folder, reused, time.perf_counter() - started)
+
+
+def _train(preset: Path, run: StudyRun, log_path: Path, threads: int | None) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
+    env["MASTER_PORT"] = str(_free_port())
+    env.setdefault("PYTHONPATH", str(PROJECT_ROOT))
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+    command = [sys.executable, str(TRAIN_LAUNCHER), "--config", str(preset), *run.overrides]
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("w") as output:
+        completed = subprocess.run(command, env=env, stdout=output, stderr=subprocess.STDOUT)
+    if completed.returncode != 0:
+        tail = "\n".join(log_path.read_text().splitlines()[-12:])
+        raise RuntimeError(f"{run.run_name}: training failed (exit {completed.returncode}); log {log_path}:\n{tail}")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
