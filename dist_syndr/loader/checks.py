@@ -63,7 +63,9 @@ def verify_shards_once(shard_set: ShardSet, config: DataConfig) -> None:
     rank, world_size = runtime.rank_world()
     record = _read_record(shard_set.root)
     by_shard = shard_set.keys_by_shard()
-    todo = [info for info in shard_set.shards.values() if record.get(info.name) != _stamp(shard_set.root, info)]
+    # One stat per shard, before hashing: a shard that changes while it is hashed is not recorded as verified.
+    stamps = {info.name: _stamp(shard_set.root, info) for info in shard_set.shards.values()}
+    todo = [info for info in shard_set.shards.values() if record.get(info.name) != stamps[info.name]]
     mine = todo[rank::world_size]
     found = {
         info.name: _shard_problem(shard_set, info.name, info.bytes, info.sha256, by_shard.get(info.name, []))
@@ -84,7 +86,7 @@ def verify_shards_once(shard_set: ShardSet, config: DataConfig) -> None:
         len(bad),
     )
     if rank == 0 and todo:
-        passed = {info.name: _stamp(shard_set.root, info) for info in todo if info.name not in bad}
+        passed = {info.name: stamps[info.name] for info in todo if info.name not in bad}
         _write_record(shard_set.root, {name: stamp for name, stamp in record.items() if name not in bad} | passed)
 
 
