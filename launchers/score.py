@@ -7,7 +7,7 @@
 Rows: path, score (the training scale, [0, 10]), spread (std over crops), crops,
 resized. Unreadable files go to <out>.errors.csv with the reason; a rerun scores
 only what the output lacks. Exit status: 0 all scored, 3 some inputs skipped,
-2 bad arguments, 1 a storage error.
+2 bad arguments, 1 a storage error (under a launcher rank 0 gives it; the others exit 0).
 """
 
 from __future__ import annotations
@@ -45,8 +45,9 @@ def main(argv: list[str] | None = None) -> int:
         return Scorer.load(args.checkpoint, args.device, config_path=args.config, precision=args.precision, **options)
 
     summary = run_job(scorer, args.paths, args.out, num_workers=args.workers, max_pixels=args.max_pixels)
-    if runtime.env_rank_world()[0] == 0:
-        print(summary.line(args.out))
+    if runtime.env_rank_world()[0] != 0:
+        return 0  # rank 0 alone reports: a launcher stops every rank as soon as one exits non-zero
+    print(summary.line(args.out))
     return EXIT_SKIPPED if summary.num_failed else 0
 
 

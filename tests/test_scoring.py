@@ -256,8 +256,9 @@ def test_two_ranks_split_the_files_and_rank_0_writes_what_one_process_writes(tin
         text=True,
         timeout=240,
     )
-    # each rank exits 3 (inputs skipped); torchrun reports a failed child as its own exit 1
-    assert two.returncode == 1 and two.stderr.count("exitcode  : 3") == 2, two.stderr[-3000:]
+    # rank 0 exits 3 (inputs skipped) after every rank is done and the others 0; torchrun reports a non-zero child
+    # as its own exit 1 (and may stop a rank that is only tearing down by then)
+    assert two.returncode == 1 and two.stderr.count("exitcode  : 3") == 1, two.stderr[-3000:]
     one = subprocess.run(
         [
             sys.executable,
