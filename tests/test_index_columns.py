@@ -144,3 +144,14 @@ def test_describe_prints_the_set_and_exports_one_json_line_per_sample(written, t
     assert "checksums recorded" in completed.stdout and f"{out}: 7 sample records" in completed.stdout
     exported = [json.loads(line) for line in out.read_text().splitlines()]
     assert exported == json.loads(json.dumps(list(written.records())))
+
+
+def test_rows_of_finds_every_key_at_once_even_among_colliding_hashes(written):
+    keys = written.keys()
+    order = [keys[5], keys[0], keys[3]]
+    assert written.columns.rows_of(order).tolist() == [5, 0, 3]
+    colliding = dataclasses.replace(written.columns, key_hashes=np.zeros(len(keys), dtype=np.uint64))
+    with pytest.raises(ValueError, match="'test/nope' is not in the shard set"):
+        written.columns.rows_of([keys[1], "test/nope"])
+    assert colliding.row_of(keys[4]) is None  # a real hash finds nothing in an all-zero table
+    assert written.columns.rows_of([]).tolist() == []

@@ -99,6 +99,24 @@ class IndexColumns:
             position += 1
         return None
 
+    def rows_of(self, keys: Sequence[str]) -> np.ndarray:
+        """``(len(keys),)`` int64 rows of ``keys`` in one vectorised pass; ValueError naming a key not in the set."""
+        if not len(keys) or not len(self):
+            if len(keys):
+                raise ValueError(f"sample {keys[0]!r} is not in the shard set")
+            return np.zeros(0, dtype=np.int64)
+        digests = np.fromiter((xxhash.xxh3_64_intdigest(k.encode()) for k in keys), np.uint64, len(keys))
+        positions = np.minimum(np.searchsorted(self.key_hashes, digests), len(self) - 1)
+        rows = self.key_rows[positions].astype(np.int64)
+        names = self.keys.tolist()
+        for index, (key, row) in enumerate(zip(keys, rows.tolist(), strict=True)):
+            if names[row] != key:  # another key with the same hash first, or not in the set
+                found = self.row_of(key)
+                if found is None:
+                    raise ValueError(f"sample {key!r} is not in the shard set")
+                rows[index] = found
+        return rows
+
     def image_columns(self) -> np.ndarray:
         """``(N,)`` int64: the member column holding each sample's image; ValueError naming a sample with none."""
         choice = np.full(len(self), -1, dtype=np.int64)

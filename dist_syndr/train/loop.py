@@ -131,8 +131,9 @@ def _drcdown(
         precision = _feature_precision(cfg, device)
         options = {"device": device, "dali": cfg.runtime.dali, "precision": precision, "loader": loader}
         features = embed(module, run.train_set, cfg.data, original, **options)
-        entries = [run.train_set.by_key[key] for key in original]
-        labels = np.array([entry.score for entry in entries], dtype=np.float64)
+        columns = run.train_set.columns  # read as columns: a record per key would cost seconds at a million
+        rows = columns.rows_of(original)
+        labels = np.array(columns.scores[rows], dtype=np.float64)
         # Every rank takes part: the neighbour search is split across ranks and its edges gathered.
         keys, result = drcdown.kept_keys(
             original,
@@ -147,9 +148,10 @@ def _drcdown(
         positions = np.array([position_of[k] for k in keys], dtype=np.int64)
         stats = {"clusters": float(len(result.clusters)), "largest_cluster": float(result.largest_cluster)}
         if run.rank == 0:  # how tightly features cluster by content and by distortion (sampled: well under a second)
-            measures = cheap_measures(
-                features, [e.ref for e in entries], [e.distortion_type for e in entries], seed=epoch
-            )
+            refs = columns.refs.tolist()
+            ref_of = [None if code < 0 else refs[code] for code in columns.ref_codes[rows].tolist()]
+            type_of = [None if value < 0 else value for value in columns.distortion_types[rows].tolist()]
+            measures = cheap_measures(features, ref_of, type_of, seed=epoch)
             stats |= {f"diag/{name}": value for name, value in measures.items()}
         # Rank 0's list is the one every rank trains on, whatever floating-point noise might do.
         positions = runtime.broadcast_array(positions if run.rank == 0 else None)
