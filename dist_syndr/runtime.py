@@ -1,15 +1,12 @@
 """The one seam between the code and the machine.
 
-Decides, once per process, which device, process group (nccl or gloo), FAISS
-build and DALI mode to use; everything else asks here instead of probing CUDA
-itself. Heavy modules (torch, faiss, DALI) are imported lazily, so importing
-this module costs nothing. The choice can be forced from
-:class:`~dist_syndr.config.RuntimeConfig`, which is how tests exercise every
-fallback on a CPU-only machine.
+Decides, once per process, which device, process group (nccl or gloo), FAISS build and DALI mode to use;
+everything else asks here instead of probing CUDA itself. Heavy modules (torch, faiss, DALI) are imported lazily,
+so importing this module costs nothing. The choice can be forced from :class:`~dist_syndr.config.RuntimeConfig`,
+which is how tests exercise every fallback on a CPU-only machine.
 
-Rank and world size come from the process group when one is initialised,
-otherwise from the ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` environment
-(torchrun, deepspeed), otherwise ``(0, 1)``.
+Rank and world size come from the process group when one is initialised, otherwise from the ``RANK`` /
+``WORLD_SIZE`` / ``LOCAL_RANK`` environment (torchrun, deepspeed), otherwise ``(0, 1)``.
 """
 
 from __future__ import annotations
@@ -19,6 +16,8 @@ import importlib
 import importlib.util
 import logging
 import os
+import socket
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -65,6 +64,13 @@ def env_rank_world() -> tuple[int, int, int]:
     return rank, world_size, local_rank
 
 
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now, for a rendezvous this process starts."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def rank_environment(rank: int, world_size: int, port: int, *, master_addr: str = "127.0.0.1") -> dict[str, str]:
     """This process's environment as a launcher hands it to rank ``rank`` of ``world_size`` on one node."""
     ranks = {
@@ -97,8 +103,6 @@ def rank_world() -> tuple[int, int]:
 
 
 def _loaded_modules() -> set[str]:
-    import sys
-
     return {name.partition(".")[0] for name in sys.modules}
 
 
@@ -122,17 +126,12 @@ def torch_device():
 
 def has_fast_cpu_bf16() -> bool:
     """True on CPUs with bf16 matrix instructions (AMX-BF16, AVX512-BF16): bf16 inference is much faster there."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
+    flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").is_file() else []
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def is_cuda_initialised() -> bool:
     """True once this process has initialised CUDA (a forked child could then not use it)."""
-    import sys
-
     torch = sys.modules.get("torch")
     return torch is not None and torch.cuda.is_initialized()
 

@@ -38,7 +38,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -344,7 +343,7 @@ def launch(model: str, shard_root: Path, plan: TrainPlan, folder: Path) -> Model
         "result": str(result_path),
         "checkpoints": str(folder / model / "checkpoints"),  # the trainer keeps per-rank records beside them
     }
-    port = _free_port()
+    port = runtime.free_port()
     log.info("train benchmark: %s on %d ranks (port %d)", model, world_size, port)
     processes, logs = [], []
     for rank in range(world_size):
@@ -394,9 +393,3 @@ def _worker_env(rank: int, world_size: int, port: int) -> dict[str, str]:
     env.setdefault("TORCH_EXTENSIONS_DIR", str(PROJECT_ROOT / ".cache" / "torch_extensions"))
     env.setdefault("MPLCONFIGDIR", str(PROJECT_ROOT / ".cache" / "matplotlib"))
     return env
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]

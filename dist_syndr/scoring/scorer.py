@@ -141,16 +141,17 @@ class Scorer:
 
     def _run(self, prepared) -> Iterator[ScoredImage]:
         """Gather prepared images until a batch of crops is full, score it, yield each image's result."""
-        pending, crops = [], []
+        pending, crops, num_crops = [], [], 0
         for item in prepared:
             if item.error is not None:
                 yield item.result
                 continue
             pending.append(item)
             crops.append(item.crops)
-            if sum(len(c) for c in crops) >= self.batch_size:
+            num_crops += len(item.crops)
+            if num_crops >= self.batch_size:
                 yield from self._flush(pending, crops)
-                pending, crops = [], []
+                pending, crops, num_crops = [], [], 0
         if pending:
             yield from self._flush(pending, crops)
 

@@ -175,18 +175,23 @@ class ShardSet:
 
     def read_member(self, key: str, extension: str) -> bytes:
         """The bytes of one member of sample ``key``, read by offset."""
+        return self._read(self._entry_of(key), extension)
+
+    def _entry_of(self, key: str) -> SampleEntry:
         row = self.columns.row_of(key)
         if row is None:
             raise ValueError(f"{self.root}: no sample with key {key!r}")
-        entry = self.entry(row)
+        return self.entry(row)
+
+    def _read(self, entry: SampleEntry, extension: str) -> bytes:
         if extension not in entry.members:
-            raise ValueError(f"{self.root}: sample {key} has no .{extension} member")
+            raise ValueError(f"{self.root}: sample {entry.key} has no .{extension} member")
         offset, size = entry.members[extension]
         with (self.root / entry.shard).open("rb") as handle:
             handle.seek(offset)
             data = handle.read(size)
         if len(data) != size:
-            raise ValueError(f"{self.root / entry.shard}: truncated at sample {key} (.{extension})")
+            raise ValueError(f"{self.root / entry.shard}: truncated at sample {entry.key} (.{extension})")
         problem = checksum_error(self.root, entry, extension, data)
         if problem is not None:
             raise ValueError(problem)
@@ -199,7 +204,8 @@ class ShardSet:
 
     def read_image_bytes(self, key: str) -> bytes:
         """The encoded image of sample ``key``."""
-        return self.read_member(key, self.by_key[key].image_extension)
+        entry = self._entry_of(key)  # one lookup for the extension and the read
+        return self._read(entry, entry.image_extension)
 
     def read_meta(self, key: str) -> dict:
         """The ``.json`` member of sample ``key``."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from dist_syndr import config
+from dist_syndr import config, runtime
 from dist_syndr.study.plan import StudyRun
 
 log = logging.getLogger(__name__)
@@ -42,19 +41,12 @@ class RunOutcome:
     seconds: float
 
 
-def run_dir_of(preset: Path, run: StudyRun) -> Path:
-    """Where ``launchers/train.py`` puts ``run``."""
-    cfg = config.load(preset, list(run.overrides))
-    return Path(cfg.train.output_dir) / cfg.run_name
-
-
-def is_finished(preset: Path, run: StudyRun) -> bool:
-    """True when ``run`` finished earlier with the config the study would give it now."""
-    folder = run_dir_of(preset, run)
+def _is_finished(folder: Path, expected_config: str) -> bool:
+    """True when ``folder`` holds a finished run whose ``config.yaml`` is ``expected_config``."""
     if not ((folder / "export" / "model_fp32.pt").is_file() and (folder / "mlflow_run_id").is_file()):
         return False
     recorded = folder / "config.yaml"
-    return recorded.is_file() and recorded.read_text() == config.dump(config.load(preset, list(run.overrides)))
+    return recorded.is_file() and recorded.read_text() == expected_config
 
 
 def run_all(preset: Path, runs: list[StudyRun], logs: Path, *, parallel: int = 1) -> list[RunOutcome]:
@@ -69,13 +61,14 @@ def run_all(preset: Path, runs: list[StudyRun], logs: Path, *, parallel: int = 1
 
 
 def _one(preset: Path, run: StudyRun, logs: Path, threads: int | None) -> RunOutcome:
-    folder = run_dir_of(preset, run)
+    cfg = config.load(preset, list(run.overrides))
+    folder, expected = Path(cfg.train.output_dir) / cfg.run_name, config.dump(cfg)
     started = time.perf_counter()
-    reused = is_finished(preset, run)
+    reused = _is_finished(folder, expected)
     if not reused:
         log.info("training %s", run.run_name)
         _train(preset, run, logs / f"{run.run_name}.log", threads)
-        if not is_finished(preset, run):
+        if not _is_finished(folder, expected):
             raise RuntimeError(f"{run.run_name}: training ended without its export; see {logs / run.run_name}.log")
     run_id = (folder / "mlflow_run_id").read_text().strip()
     return RunOutcome(run, run_id, folder, reused, time.perf_counter() - started)
@@ -83,7 +76,7 @@ def _one(preset: Path, run: StudyRun, logs: Path, threads: int | None) -> RunOut
 
 def _train(preset: Path, run: StudyRun, log_path: Path, threads: int | None) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
-    env["MASTER_PORT"] = str(_free_port())
+    env["MASTER_PORT"] = str(runtime.free_port())
     env.setdefault("PYTHONPATH", str(PROJECT_ROOT))
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
@@ -94,9 +87,3 @@ def _train(preset: Path, run: StudyRun, log_path: Path, threads: int | None) -> 
     if completed.returncode != 0:
         tail = "\n".join(log_path.read_text().splitlines()[-12:])
         raise RuntimeError(f"{run.run_name}: training failed (exit {completed.returncode}); log {log_path}:\n{tail}")
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
