@@ -79,7 +79,7 @@ def test_ivf_reports_measured_recall():
 def test_gpu_backend_without_gpu_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(neighbors.runtime, "faiss_gpu_count", lambda: 0)
     with pytest.raises(ValueError, match="no GPU"):
-        neighbors.similar_pairs(np.eye(3, dtype=np.float32), 0.5, settings=NeighborsConfig(backend="gpu"))
+        neighbors.similar_pairs(np.eye(3, dtype=np.float32), 0.5, settings=NeighborsConfig(backend="faiss-gpu"))
 
 
 class _FakeGpuIndex:
@@ -107,7 +107,7 @@ def test_growing_k_path_is_exact(monkeypatch):
 
     monkeypatch.setattr(neighbors.runtime, "faiss_gpu_count", lambda: 1)
     monkeypatch.setattr(neighbors.runtime, "faiss_index_to_gpus", to_gpus)
-    settings = NeighborsConfig(backend="gpu", max_gpu_k=8, query_block=50)
+    settings = NeighborsConfig(backend="faiss-gpu", max_gpu_k=8, query_block=50)
     pairs = neighbors.similar_pairs(features, 0.9, settings=settings)
     assert set(zip(pairs.rows.tolist(), pairs.cols.tolist(), strict=True)) == _dense_edges(features, 0.9)
     assert max(fake["index"].calls) == 8 and pairs.stats["backend"] == "faiss-gpu"
@@ -130,7 +130,9 @@ def test_gpu_path_equals_the_cpu_path_in_canonical_order(monkeypatch):
     features, _ = straddling_pool(11, num_groups=6, group_size=30)
     cpu = neighbors.similar_pairs(features, 0.9, settings=NeighborsConfig(backend="cpu", database_block=37))
     _fake_gpus(monkeypatch, 16)
-    gpu = neighbors.similar_pairs(features, 0.9, settings=NeighborsConfig(backend="gpu", max_gpu_k=16, query_block=23))
+    gpu = neighbors.similar_pairs(
+        features, 0.9, settings=NeighborsConfig(backend="faiss-gpu", max_gpu_k=16, query_block=23)
+    )
     assert len(gpu) == len(cpu) > 0
     for name in ("rows", "cols"):
         np.testing.assert_array_equal(getattr(gpu, name), getattr(cpu, name))
@@ -141,7 +143,7 @@ def test_gpu_path_equals_the_cpu_path_in_canonical_order(monkeypatch):
 def test_growing_k_searches_again_only_the_rows_still_saturated(monkeypatch):
     features, _ = straddling_pool(7, num_groups=3, group_size=200)  # groups larger than the first k
     fake = _fake_gpus(monkeypatch, 512)
-    settings = NeighborsConfig(backend="gpu", max_gpu_k=512, query_block=len(features))
+    settings = NeighborsConfig(backend="faiss-gpu", max_gpu_k=512, query_block=len(features))
     neighbors.similar_pairs(features, 0.9, settings=settings)
     index = fake["index"]
     assert index.num_queries[0] == len(features) and len(index.calls) > 1
@@ -156,11 +158,14 @@ def test_max_gpu_k_is_checked_against_the_faiss_gpu_limit():
 
 
 @pytest.mark.gpu
-def test_real_gpu_graph_equals_cpu_graph():
+@pytest.mark.parametrize("backend", ["torch-cuda", "faiss-gpu"])
+def test_real_gpu_graph_equals_cpu_graph(backend):
+    if backend == "faiss-gpu":
+        pytest.importorskip("faiss").get_num_gpus() or pytest.skip("faiss has no GPU support in this install")
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(200, 64))
     features = (np.repeat(centres, 100, axis=0) + 0.2 * rng.normal(size=(20000, 64))).astype(np.float32)
     cpu = neighbors.similar_pairs(features, 0.9, settings=NeighborsConfig(backend="cpu"))
-    gpu = neighbors.similar_pairs(features, 0.9, settings=NeighborsConfig(backend="gpu"))
+    gpu = neighbors.similar_pairs(features, 0.9, settings=NeighborsConfig(backend=backend))
     np.testing.assert_array_equal(cpu.rows, gpu.rows)
     np.testing.assert_array_equal(cpu.cols, gpu.cols)

@@ -115,12 +115,13 @@ class RuntimeConfig(_Section):
 class NeighborsConfig(_Section):
     """How the cosine neighbour graph is searched (``dist_syndr.reshape.neighbors``)."""
 
-    backend: Literal["auto", "cpu", "gpu"] = "auto"  # auto: GPUs when FAISS sees any
-    cpu_engine: Literal["auto", "torch", "faiss"] = "auto"  # torch GEMM tiles (auto) or FAISS IndexFlatIP range search
+    backend: Literal["auto", "cpu", "torch-cuda", "faiss-gpu"] = "auto"  # auto: torch-cuda where torch sees a GPU
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # label-banded search; auto: bf16 where it is fast
+    cpu_engine: Literal["auto", "torch", "faiss"] = "auto"  # searches without a label band: torch GEMM or FAISS
     index: Literal["exact", "ivf"] = "exact"  # ivf: approximate, reports its measured edge recall
     query_block: int = 2048
     database_block: int = 2048
-    margin: float = 0.0  # float32 band re-decided in float64; 0 = bound derived from D
+    margin: float = 0.0  # band re-decided in float64; 0 = the bound proven for D and the precision (never narrower)
     max_gpu_k: int = 2048
     ivf_nlist: int = 0  # 0 = 4 sqrt(N)
     ivf_nprobe: int = 32

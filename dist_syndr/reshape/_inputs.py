@@ -27,17 +27,27 @@ def check_features(features: object, name: str, *, min_rows: int = 1) -> np.ndar
     num_rows, dim = features.shape
     if num_rows < min_rows or dim == 0:
         raise ValueError(f"{name}: expected at least {min_rows} row(s) and 1 column, got shape {features.shape}")
-    finite = np.isfinite(features).all(axis=1)
+    finite, zero = _row_flags(features)
     if not finite.all():
         bad = np.flatnonzero(~finite)
         raise ValueError(f"{name}: rows {_preview(bad)} contain NaN or inf ({bad.size} row(s))")
-    zero = ~np.any(features != 0, axis=1)
     if zero.any():
         bad = np.flatnonzero(zero)
         raise ValueError(f"{name}: rows {_preview(bad)} are all-zero vectors; cosine similarity is undefined")
     if features.dtype == np.float16:
         features = features.astype(np.float32)
     return np.ascontiguousarray(features)
+
+
+def _row_flags(features: np.ndarray, chunk: int = 1 << 15) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: all finite, all zero; in chunks, so no N x D boolean array is built."""
+    finite = np.empty(features.shape[0], dtype=bool)
+    zero = np.empty(features.shape[0], dtype=bool)
+    for start in range(0, features.shape[0], chunk):
+        block = features[start : start + chunk]
+        finite[start : start + block.shape[0]] = np.isfinite(block).all(axis=1)
+        zero[start : start + block.shape[0]] = ~np.any(block != 0, axis=1)
+    return finite, zero
 
 
 def check_labels(labels: object, name: str, num_rows: int) -> np.ndarray:

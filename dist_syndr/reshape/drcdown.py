@@ -182,7 +182,14 @@ def _clusters_and_stats(features, labels, sim_threshold, label_threshold, search
     rank, world_size = runtime.rank_world() if search.split_across_ranks else (0, 1)
     band = neighbors.LabelBand(labels, label_threshold)  # prunes whole blocks before the GEMM; keep decides
     pairs = neighbors.similar_pairs(
-        features, sim_threshold, settings=search, keep=labels_close, rank=rank, world_size=world_size, band=band
+        features,
+        sim_threshold,
+        settings=search,
+        keep=labels_close,
+        rank=rank,
+        world_size=world_size,
+        band=band,
+        connectivity_only=True,  # only the components matter: a spanning forest bounds the edges' memory
     )
     if world_size > 1:
         pairs = neighbors.gather_pairs(pairs)

@@ -1,13 +1,21 @@
-"""Cosine neighbour graph over feature rows, built with FAISS without an N x N matrix.
+"""Cosine neighbour graph over feature rows, built without an N x N matrix.
 
 The graph holds every pair ``i < j`` whose cosine similarity exceeds a threshold.
-Search runs on L2-normalised float32 copies of the rows with an exact
-inner-product index (CPU: blocked range search over the upper triangle; GPUs:
-k-NN whose k grows until the k-th neighbour falls below the threshold). Pairs
-whose float32 similarity lies within ``margin`` of the threshold are re-decided
-in float64 with SciPy's ``cosine`` formula, so the edges do not depend on the
-backend. An IVF index is an opt-in for pools beyond exact reach; it reports its
-measured edge recall against exact search on sampled rows.
+Backends (``reshape.neighbors.backend``):
+
+- with a label band (DRCDown), ``cpu`` and ``torch-cuda`` run the label-banded
+  torch search of :mod:`dist_syndr.reshape.banded_search` in bf16 or fp32 with
+  proven bounds (on the CPU, or on every GPU this process owns);
+- without one (DDCUp), ``cpu`` is a blocked range search over the upper triangle
+  on L2-normalised float32 rows (:mod:`dist_syndr.reshape.scanners`), and
+  ``torch-cuda`` the banded search with a single band;
+- ``faiss-gpu``: FAISS GPU flat indexes, k-NN whose k grows until the k-th
+  neighbour falls below the threshold.
+
+Pairs near the threshold are re-decided in float64 with SciPy's ``cosine``
+formula (:func:`~dist_syndr.reshape.pairs.decide_edges`), so the edges do not
+depend on the backend. An IVF index is an opt-in for pools beyond exact reach;
+it reports its measured edge recall against exact search on sampled rows.
 
 Shapes: ``N`` rows, ``D`` feature dimension, ``E`` edges.
 """
@@ -16,8 +24,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -25,78 +31,36 @@ from tqdm.auto import tqdm
 from dist_syndr import runtime
 from dist_syndr.config import NeighborsConfig
 from dist_syndr.reshape._inputs import check_features, check_threshold
+from dist_syndr.reshape.banded_search import BandedSearch, LabelBand, balanced_assignment
+from dist_syndr.reshape.pairs import (
+    Decision,
+    PairFilter,
+    Pairs,
+    canonical_order,
+    decide_edges,
+    pair_cosine_distance,
+    row_norms,
+)
 from dist_syndr.reshape.scanners import cpu_scanner
 
-log = logging.getLogger(__name__)
+__all__ = [
+    "LabelBand",
+    "Pairs",
+    "balanced_assignment",
+    "canonical_order",
+    "cross_cosine_distance",
+    "gather_pairs",
+    "pair_cosine_distance",
+    "row_norms",
+    "similar_pairs",
+]
 
-PairFilter = Callable[[np.ndarray, np.ndarray], np.ndarray]
-"""Takes edge endpoint arrays ``(rows, cols)`` and returns a boolean keep-mask."""
+log = logging.getLogger(__name__)
 
 _EPS32 = 2.0**-24
 _PAIR_CHUNK = 1 << 16
 _GPU_START_K = 64
-
-
-@dataclass(frozen=True)
-class LabelBand:
-    """A label condition ``|y_i - y_j| < width`` that every kept pair meets (``keep`` still decides exactly)."""
-
-    labels: np.ndarray  # (N,) float64
-    width: float
-
-
-@dataclass
-class Pairs:
-    """Edges ``rows[e] < cols[e]`` with their cosine distance ``1 - cos``.
-
-    ``distance`` is the float64 SciPy-formula value where ``is_exact`` says so
-    (always for pairs near the threshold), else ``1 - float32 similarity``.
-    """
-
-    rows: np.ndarray
-    cols: np.ndarray
-    distance: np.ndarray
-    is_exact: bool
-    stats: dict = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return int(self.rows.size)
-
-    @staticmethod
-    def concatenate(parts: list[Pairs], stats: dict | None = None, is_exact: bool = True) -> Pairs:
-        """Join edge lists (in the order given)."""
-        if not parts:
-            return _with_stats(_empty_pairs(is_exact), **(stats or {}))
-        rows = np.concatenate([p.rows for p in parts])
-        cols = np.concatenate([p.cols for p in parts])
-        distance = np.concatenate([p.distance for p in parts])
-        merged_stats = dict(parts[0].stats) | (stats or {})
-        return Pairs(rows, cols, distance, all(p.is_exact for p in parts), merged_stats)
-
-
-def row_norms(features: np.ndarray) -> np.ndarray:
-    """Float64 Euclidean norm of every row, computed in bounded chunks."""
-    norms = np.empty(features.shape[0], dtype=np.float64)
-    for start in range(0, features.shape[0], _PAIR_CHUNK):
-        block = features[start : start + _PAIR_CHUNK].astype(np.float64)
-        norms[start : start + block.shape[0]] = np.sqrt(np.einsum("ij,ij->i", block, block))
-    return norms
-
-
-def pair_cosine_distance(features: np.ndarray, norms: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """Float64 cosine distance of the listed pairs with SciPy's formula.
-
-    ``1 - dot(u, v) / (|u| |v|)``, the cosine clipped to [-1, 1] as
-    ``scipy.spatial.distance.cdist(..., "cosine")`` does.
-    """
-    out = np.empty(rows.size, dtype=np.float64)
-    for start in range(0, rows.size, _PAIR_CHUNK):
-        r = rows[start : start + _PAIR_CHUNK]
-        c = cols[start : start + _PAIR_CHUNK]
-        dots = np.einsum("ij,ij->i", features[r].astype(np.float64), features[c].astype(np.float64))
-        cosine = np.clip(dots / (norms[r] * norms[c]), -1.0, 1.0)
-        out[start : start + r.size] = 1.0 - cosine
-    return out
+_FAISS_GPU_HINT = "install faiss-gpu on a CUDA machine, or use backend torch-cuda"
 
 
 def cross_cosine_distance(
@@ -136,36 +100,65 @@ def similar_pairs(
     rank: int = 0,
     world_size: int = 1,
     band: LabelBand | None = None,
+    connectivity_only: bool = False,
 ) -> Pairs:
     """All pairs ``i < j`` with ``cos(F_i, F_j) > min_similarity``, decided in float64.
 
     ``keep`` filters edges block by block (e.g. a label condition) before they
-    are stored. ``band`` (DRCDown's label condition) lets the exact CPU search skip,
+    are stored. ``band`` (DRCDown's label condition) lets the search skip,
     before any arithmetic, every block of pairs whose labels lie too far apart to
     pass ``keep``: the edges are the same, the work shrinks to the label-banded
     blocks. With ``world_size > 1`` only this rank's share of the work is
     searched; combine shares with :func:`gather_pairs`. With
-    ``is_exact_distance`` every returned distance is the float64 value.
+    ``is_exact_distance`` every returned distance is the float64 value. With
+    ``connectivity_only`` the banded search may return a spanning forest of the
+    graph's components instead of every edge (bounded memory; DRCDown).
     """
     settings = settings or NeighborsConfig()
     features = check_features(features, "features")
     min_similarity = check_threshold(min_similarity, "min_similarity", -1.0, 1.0)
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is outside world_size {world_size}")
-    search = _Search(features, min_similarity, settings, keep, is_exact_distance)
     started = time.perf_counter()
-    if settings.index == "ivf":
-        pairs = search.ivf(rank, world_size)
-    elif _use_gpu(settings):
-        pairs = search.gpu(rank, world_size)
-    elif band is not None:
-        pairs = search.cpu_banded(band, rank, world_size)
+    backend = search_backend(settings)
+    if settings.index == "exact" and (backend == "torch-cuda" or (backend == "cpu" and band is not None)):
+        banded = BandedSearch(
+            features,
+            min_similarity,
+            band,
+            settings,
+            backend=backend,
+            keep=keep,
+            is_exact_distance=is_exact_distance,
+            connectivity_only=connectivity_only,
+        )
+        pairs = banded.run(rank, world_size)
     else:
-        pairs = search.cpu(rank, world_size)
+        search = _Search(features, min_similarity, settings, keep, is_exact_distance)
+        if settings.index == "ivf":
+            pairs = search.ivf(rank, world_size)
+        elif backend == "faiss-gpu":
+            pairs = search.gpu(rank, world_size)
+        else:
+            pairs = search.cpu(rank, world_size)
     pairs = canonical_order(pairs)
     pairs.stats["seconds"] = time.perf_counter() - started
-    pairs.stats["num_edges"] = len(pairs)
+    pairs.stats["num_edges"] = pairs.stats.get("edges_found", len(pairs))  # a forest holds fewer
     return pairs
+
+
+def search_backend(settings: NeighborsConfig) -> str:
+    """``cpu``, ``torch-cuda`` or ``faiss-gpu``: what ``reshape.neighbors.backend`` means in this process.
+
+    ``auto`` is ``torch-cuda`` where torch sees a CUDA device, else ``cpu``; FAISS GPU only when asked for.
+    """
+    if settings.backend == "faiss-gpu":
+        if runtime.faiss_gpu_count() == 0:
+            raise ValueError(f"reshape.neighbors.backend=faiss-gpu but FAISS sees no GPU ({_FAISS_GPU_HINT})")
+        return "faiss-gpu"
+    if settings.backend == "auto":
+        return "torch-cuda" if runtime.has_cuda() else "cpu"
+    return settings.backend
 
 
 def gather_pairs(pairs: Pairs) -> Pairs:
@@ -175,42 +168,6 @@ def gather_pairs(pairs: Pairs) -> Pairs:
     distance = runtime.all_gather_array(pairs.distance)
     parts = [Pairs(r, c, d, pairs.is_exact) for r, c, d in zip(rows, cols, distance, strict=True)]
     return canonical_order(Pairs.concatenate(parts, pairs.stats, pairs.is_exact))
-
-
-def canonical_order(pairs: Pairs) -> Pairs:
-    """The edges sorted by ``(rows, cols)``: the same arrays whatever backend, block size or rank split found them."""
-    if len(pairs) < 2:
-        return pairs
-    order = np.lexsort((pairs.cols, pairs.rows))
-    return Pairs(pairs.rows[order], pairs.cols[order], pairs.distance[order], pairs.is_exact, pairs.stats)
-
-
-def _use_gpu(settings: NeighborsConfig) -> bool:
-    if settings.backend == "cpu":
-        return False
-    num_gpus = runtime.faiss_gpu_count()
-    if settings.backend == "gpu" and num_gpus == 0:
-        raise ValueError(
-            "reshape.neighbors.backend=gpu but FAISS sees no GPU (install dist_syndr[gpu] on a CUDA machine)"
-        )
-    return num_gpus > 0
-
-
-def _empty_pairs(is_exact: bool) -> Pairs:
-    empty = np.empty(0, dtype=np.int64)
-    return Pairs(empty, empty.copy(), np.empty(0, dtype=np.float64), is_exact)
-
-
-def balanced_assignment(costs: list[int], world_size: int, rank: int) -> list[int]:
-    """Items for ``rank`` when each goes, costliest first, to the least-loaded rank (ascending)."""
-    loads = [0] * world_size
-    mine = []
-    for item in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
-        owner = min(range(world_size), key=lambda r: (loads[r], r))
-        loads[owner] += costs[item]
-        if owner == rank:
-            mine.append(item)
-    return sorted(mine)
 
 
 class _Search:
@@ -226,6 +183,9 @@ class _Search:
         self.radius = np.float32(min_similarity - self.margin)
         self.unit = normalized_float32(features)
         self.norms = row_norms(features)
+        self.decision = Decision(
+            features, self.norms, min_similarity, min_similarity + self.margin, keep, is_exact_distance
+        )
 
     @property
     def faiss(self):
@@ -234,21 +194,7 @@ class _Search:
     # -- edge decisions -------------------------------------------------
     def decide(self, rows: np.ndarray, cols: np.ndarray, sims: np.ndarray) -> Pairs:
         """Keep upper-triangle edges that pass ``keep`` and the float64 threshold test."""
-        mask = cols > rows
-        rows, cols, sims = rows[mask], cols[mask], sims[mask]
-        if self.keep is not None and rows.size:
-            mask = self.keep(rows, cols)
-            rows, cols, sims = rows[mask], cols[mask], sims[mask]
-        distance = 1.0 - sims.astype(np.float64)
-        if self.is_exact_distance:
-            recheck = np.ones(rows.size, dtype=bool)
-        else:
-            recheck = sims <= self.threshold + self.margin
-        if recheck.any():
-            distance[recheck] = pair_cosine_distance(self.features, self.norms, rows[recheck], cols[recheck])
-        accept = (1.0 - distance) > self.threshold
-        accept |= ~recheck
-        return Pairs(rows[accept], cols[accept], distance[accept], self.is_exact_distance)
+        return decide_edges(self.decision, rows, cols, sims)
 
     # -- exact CPU: database chunks, queries restricted to the upper triangle
     def cpu(self, rank: int, world_size: int) -> Pairs:
@@ -268,40 +214,6 @@ class _Search:
                 rows, cols, sims = scan(self.unit[query_start:query_end])
                 parts.append(self.decide(rows + query_start, cols + start, sims))
         stats = {"backend": scanner_type.name, "index": "flat"}
-        return Pairs.concatenate(parts, stats, self.is_exact_distance)
-
-    # -- exact CPU over label-banded blocks: rows sorted by label, each database block searched only by the
-    # earlier rows whose labels lie within the band of its own label range
-    def cpu_banded(self, band: LabelBand, rank: int, world_size: int) -> Pairs:
-        num_rows = self.unit.shape[0]
-        order = np.argsort(band.labels, kind="stable")
-        sorted_labels = band.labels[order]
-        unit = self.unit[order]
-        chunk = self.settings.database_block
-        starts = list(range(0, num_rows, chunk))
-        # Block [s, e) meets only rows whose labels reach its lowest one; inclusive, so no pair is lost.
-        firsts = [int(np.searchsorted(sorted_labels, sorted_labels[s] - band.width, side="left")) for s in starts]
-        costs = [min(s + chunk, num_rows) - first for s, first in zip(starts, firsts, strict=True)]
-        scanner_type = cpu_scanner(self.settings.cpu_engine)
-        parts = []
-        for block in tqdm(
-            balanced_assignment(costs, world_size, rank), desc="neighbour graph", unit="block", disable=self._quiet()
-        ):
-            start, end = starts[block], min(starts[block] + chunk, num_rows)
-            scan = scanner_type(unit[start:end], self.radius)
-            for query_start in range(firsts[block], end, self.settings.query_block):
-                query_end = min(query_start + self.settings.query_block, end)
-                rows, cols, sims = scan(unit[query_start:query_end])
-                rows, cols = rows + query_start, cols + start
-                upper = cols > rows  # each sorted pair once
-                first, second = order[rows[upper]], order[cols[upper]]
-                parts.append(self.decide(np.minimum(first, second), np.maximum(first, second), sims[upper]))
-        searched = sum(costs[b] * (min(starts[b] + chunk, num_rows) - starts[b]) for b in range(len(starts)))
-        stats = {
-            "backend": scanner_type.name,
-            "index": "flat",
-            "banded_pair_share": searched / max(1, num_rows**2 / 2),
-        }
         return Pairs.concatenate(parts, stats, self.is_exact_distance)
 
     # -- exact GPU: k-NN with growing k, CPU range search for saturated rows
@@ -420,8 +332,3 @@ def _unique_pairs(pairs: Pairs) -> Pairs:
     keep = np.ones(rows.size, dtype=bool)
     keep[1:] = (np.diff(rows) != 0) | (np.diff(cols) != 0)
     return Pairs(rows[keep], cols[keep], distance[keep], pairs.is_exact, pairs.stats)
-
-
-def _with_stats(pairs: Pairs, **stats) -> Pairs:
-    pairs.stats.update(stats)
-    return pairs

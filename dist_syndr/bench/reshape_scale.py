@@ -1,0 +1,215 @@
+"""``bench.py reshape --scale million``: DRCDown's exact search from 60k to 1M x 768 rows, beside its baselines.
+
+Features come from :func:`dist_syndr.pools.synthetic.kadid_like_pool` (groups
+of near-duplicates, group labels from KADID-10k's DMOS distribution). Each case
+runs in its own process (peak RSS includes the interpreter and the float32
+features, 3.1 GB at 1M x 768). Measured in the same run:
+
+- **ours**: the label-banded search (``reshape.neighbors`` defaults: bf16 where
+  the hardware has fast bf16, proven bounds, float64 re-check);
+- **today's exact path**: every pair in float32 tiles, labels filtered after
+  (what DRCDown did before the label banding), where it fits in the time limit;
+- **FAISS** ``IndexFlatIP.range_search`` on the CPU, block by block, labels filtered after;
+- **the GEMM floor**: the bare GEMMs of ours' own tiles, no thresholds or
+  decisions, timed over a sample of the blocks and scaled by their share of the work;
+- GPU rows (``torch-cuda``, and ``faiss-gpu`` where FAISS has GPUs) where a GPU is present.
+
+Clusters are compared by digest wherever two paths ran.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from dist_syndr.bench.harness import (
+    Measurement,
+    Report,
+    SummaryRow,
+    child_main,
+    digest_arrays,
+    markdown_table,
+    run_child,
+)
+
+log = logging.getLogger(__name__)
+
+_MODULE = "dist_syndr.bench.reshape_scale"
+_BASELINE = "today's exact path (all pairs, fp32)"
+
+
+@dataclass(frozen=True)
+class ScalePlan:
+    """Sizes and which baselines run at each."""
+
+    sizes: tuple[int, ...] = (60_000, 200_000, 1_000_000)
+    dim: int = 768
+    today_max: int = 200_000
+    faiss_max: int = 60_000
+    floor_full_max: int = 200_000  # above: the floor is timed on a sample of blocks
+    floor_sample_share: float = 0.1
+    timeout_s: float = 3600.0
+
+    @staticmethod
+    def quick() -> ScalePlan:
+        """Small sizes, every path, in well under a minute."""
+        return ScalePlan((3_000, 8_000), 64, 8_000, 8_000, 8_000, 0.5, 300.0)
+
+
+def run(plan: ScalePlan) -> Report:
+    """Measure every size of ``plan``; the Markdown section and one summary row per size."""
+    import torch
+
+    has_gpu = torch.cuda.is_available()
+    rows, summary = [], []
+    for size in plan.sizes:
+        case = {"op": "search", "n": size, "d": plan.dim}
+        ours = run_child(_MODULE, case | {"impl": "ours", "backend": "cpu"}, plan.timeout_s)
+        floor_case = case | {"op": "floor", "backend": "cpu", "share": _floor_share(plan, size)}
+        floor = run_child(_MODULE, floor_case, plan.timeout_s)
+        today = run_child(_MODULE, case | {"impl": "today"}, plan.timeout_s) if size <= plan.today_max else None
+        faiss = run_child(_MODULE, case | {"impl": "faiss"}, plan.timeout_s) if size <= plan.faiss_max else None
+        rows.append(_row(size, "cpu", ours, floor, today, faiss))
+        summary.append(_summary(size, ours, today))
+        if has_gpu:
+            gpu = run_child(_MODULE, case | {"impl": "ours", "backend": "torch-cuda"}, plan.timeout_s)
+            gpu_floor = run_child(_MODULE, floor_case | {"backend": "torch-cuda", "share": 1.0}, plan.timeout_s)
+            faiss_gpu = run_child(_MODULE, case | {"impl": "faiss-gpu"}, plan.timeout_s)
+            rows.append(_row(size, "gpu", gpu, gpu_floor, ours, faiss_gpu))
+        log.info("drcdown search n=%d: %s", size, rows[-1])
+    header = [
+        "N x D",
+        "device",
+        "ours (s / peak RSS)",
+        "GEMM floor",
+        "ours / floor",
+        "baseline (s / peak RSS)",
+        "speed-up",
+        "FAISS range_search",
+        "same clusters",
+        "banded share, precision, re-checked",
+    ]
+    text = (
+        f"### DRCDown exact search at scale (D={plan.dim}, KADID-like labels)\n\n"
+        "Baseline on the CPU rows: today's exact path (every pair in fp32, labels filtered after); "
+        "on GPU rows: ours on the CPU. The floor is the bare GEMM time of ours' own tiles.\n\n"
+        + markdown_table(header, rows)
+    )
+    return Report(text, tuple(summary))
+
+
+def _floor_share(plan: ScalePlan, size: int) -> float:
+    return 1.0 if size <= plan.floor_full_max else plan.floor_sample_share
+
+
+def _row(size, device, ours, floor, baseline, faiss) -> list[str]:
+    floor_s = floor.detail["floor_s"] if floor else None
+    ratio = f"{ours.seconds / floor_s:.2f}" if ours and floor_s else "-"
+    speedup = f"{baseline.seconds / ours.seconds:.1f}x" if ours and baseline else "-"
+    digests = {m.digest for m in (ours, baseline, faiss) if m is not None}
+    same = "-" if len([m for m in (ours, baseline, faiss) if m]) < 2 else ("yes" if len(digests) == 1 else "NO")
+    detail = (
+        f"{ours.detail['banded_pair_share']:.3f}, {ours.detail['precision']}, {ours.detail['rechecked']:,}"
+        if ours
+        else "-"
+    )
+    floor_label = f"{floor_s:.1f} s" + (
+        "" if floor.detail["share"] == 1.0 else f" ({floor.detail['share']:.0%} timed)"
+    )
+    return [
+        f"{size:,} x {ours.detail['d'] if ours else '?'}",
+        device,
+        _label(ours),
+        floor_label if floor else "-",
+        ratio,
+        _label(baseline),
+        speedup,
+        _label(faiss),
+        same,
+        detail,
+    ]
+
+
+def _label(measurement: Measurement | None) -> str:
+    return measurement.label if measurement else "not run"
+
+
+def _summary(size: int, ours: Measurement | None, today: Measurement | None) -> SummaryRow:
+    text = ours.label if ours else "failed/timeout"
+    if ours and today:
+        text += ", same clusters" if ours.digest == today.digest else ", clusters DIFFER"
+    ratio = today.seconds / ours.seconds if ours and today else None
+    return SummaryRow(
+        "reshape", f"DRCDown search N={size:,}", text, _BASELINE, today.label if today else "not run", ratio
+    )
+
+
+# ---------------------------------------------------------------------------
+# child side
+
+
+def _pool(case: dict):
+    from dist_syndr.pools.synthetic import kadid_like_pool
+
+    return kadid_like_pool(case["n"], case["d"], max(4, case["n"] // 50), seed=case.get("seed", 0))
+
+
+def _search_case(case: dict):
+    import numpy as np
+
+    from dist_syndr.config import NeighborsConfig
+    from dist_syndr.reshape import drcdown, neighbors
+
+    pool = _pool(case)
+    quiet = 10**12
+    settings = {
+        "ours": NeighborsConfig(backend=case.get("backend", "cpu"), progress_min_rows=quiet),
+        "today": NeighborsConfig(backend="cpu", cpu_engine="torch", precision="fp32", progress_min_rows=quiet),
+        "faiss": NeighborsConfig(backend="cpu", cpu_engine="faiss", progress_min_rows=quiet),
+        "faiss-gpu": NeighborsConfig(backend="faiss-gpu", progress_min_rows=quiet),
+    }[case["impl"]]
+    labels = pool.labels
+
+    def labels_close(rows, cols):
+        return np.abs(labels[rows] - labels[cols]) < 1.0
+
+    def work():
+        if case["impl"] == "ours":
+            result = drcdown.run(pool.features, labels, search=settings)
+            clusters, stats = result.clusters, result.search_stats
+        else:  # no label band: every pair searched, the label condition applied to the hits
+            pairs = neighbors.similar_pairs(pool.features, 0.9, settings=settings, keep=labels_close)
+            clusters, stats = drcdown.clusters_from_edges(labels.size, pairs.rows, pairs.cols), pairs.stats
+        detail = {"d": case["d"], "clusters": len(clusters), "edges": stats.get("num_edges", 0)}
+        for name in ("banded_pair_share", "precision", "rechecked", "candidates", "backend"):
+            detail[name] = stats.get(name, 0)
+        return digest_arrays(clusters), detail
+
+    return work
+
+
+def _floor_case(case: dict):
+    import numpy as np
+
+    from dist_syndr.config import NeighborsConfig
+    from dist_syndr.reshape.banded_search import BandedSearch, LabelBand
+
+    pool = _pool(case)
+    search = BandedSearch(pool.features, 0.9, LabelBand(pool.labels, 1.0), NeighborsConfig(), backend=case["backend"])
+    costs = search.plan.costs
+    blocks = list(range(len(search.plan)))
+    if case["share"] < 1.0:
+        step = max(1, round(1 / case["share"]))
+        blocks = blocks[::step]
+    timed_share = float(costs[blocks].sum() / costs.sum())
+    search.gemm_seconds(blocks[:1])  # warm-up outside the timing
+
+    def work():
+        seconds = search.gemm_seconds(blocks)
+        return "", {"floor_s": seconds / timed_share, "share": timed_share, "blocks": int(np.size(blocks))}
+
+    return work
+
+
+if __name__ == "__main__":
+    child_main({"search": _search_case, "floor": _floor_case})
