@@ -177,15 +177,15 @@ def test_label_gaps_at_and_just_under_the_width(precision):
 
 
 def test_several_devices_and_ranks_give_the_same_arrays(monkeypatch):
-    """Blocks dealt over two devices (CPUs standing in for GPUs, one thread each) and over three ranks."""
+    """Blocks dealt over three workers (CPUs standing in for GPUs, one thread each) and over three ranks."""
     features, labels = straddling_pool(5, num_groups=20)
     band = banded_search.LabelBand(labels, 1.0)
     config = NeighborsConfig(precision="bf16", database_block=19, query_block=8)
     keep = _labels_close(labels)
     one = neighbors.similar_pairs(features, 0.9, settings=config, band=band, keep=keep)
-    monkeypatch.setattr(banded_search, "resolve_devices", lambda backend: [torch.device("cpu")] * 2)
+    monkeypatch.setattr(banded_search, "resolve_devices", lambda backend: [torch.device("cpu")] * 3)
     two = neighbors.similar_pairs(features, 0.9, settings=config, band=band, keep=keep)
-    assert two.stats["num_devices"] == 2
+    assert two.stats["num_workers"] == 3 and one.stats["num_workers"] == torch.get_num_threads()
     shares = [
         neighbors.similar_pairs(features, 0.9, settings=config, band=band, keep=keep, rank=r, world_size=3)
         for r in range(3)

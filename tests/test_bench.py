@@ -27,6 +27,20 @@ def test_quick_benchmarks_report_ratios(name, expected, tmp_path, capsys):
     assert "NO" not in report.split("|")  # no dense/fast disagreement
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_quick_million_scale_plan_runs_every_cpu_path_and_agrees(tmp_path):
+    out = tmp_path / "scale.md"
+    assert bench.main(["reshape", "--scale", "million", "--quick", "--out", str(out)]) == 0
+    rows = _table_rows(out.read_text(), "8,000 x 64")
+    assert len(rows) == 1
+    row = rows[0]
+    assert row[1] == "cpu" and row[8] == "yes"  # ours, today's exact path and FAISS found the same clusters
+    assert float(row[4]) > 0 and "s / " in row[5] and "s / " in row[7]  # ours / floor, baseline, FAISS ran
+    with pytest.raises(SystemExit):
+        bench.main(["shard", "--scale", "million"])
+
+
 # ---------------------------------------------------------------------------
 # bench.py train and the combined report of bench.py all
 

@@ -20,6 +20,10 @@ PairFilter = Callable[[np.ndarray, np.ndarray], np.ndarray]
 """Takes edge endpoint arrays ``(rows, cols)`` and returns a boolean keep-mask."""
 
 _PAIR_CHUNK = 1 << 16
+_GEMM_RECHECK_RATIO = 128
+"""A distinct-rows GEMM re-checks pairs when it computes at most this many dots per pair asked for
+(measured here: a GEMM dot costs about 10 ns, a gathered pair about 2 us)."""
+_GEMM_RECHECK_MAX = 1 << 24
 
 
 @dataclass
@@ -161,11 +165,27 @@ def pair_cosine_float32(features: np.ndarray, norms: np.ndarray, rows: np.ndarra
     for start in range(0, rows.size, _PAIR_CHUNK):
         r = rows[start : start + _PAIR_CHUNK]
         c = cols[start : start + _PAIR_CHUNK]
-        dots = np.einsum(
-            "ij,ij->i", features[r].astype(np.float32, copy=False), features[c].astype(np.float32, copy=False)
-        )
-        out[start : start + r.size] = dots.astype(np.float64) / (norms[r] * norms[c])
+        out[start : start + r.size] = _float32_dots(features, r, c) / (norms[r] * norms[c])
     return out
+
+
+def _float32_dots(features: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """float32 dot products of the listed pairs.
+
+    Near-duplicate pairs share their rows, so where the distinct rows are few a
+    small GEMM over them (each row read once) replaces one gather per pair end.
+    """
+    unique_rows, row_at = np.unique(rows, return_inverse=True)
+    unique_cols, col_at = np.unique(cols, return_inverse=True)
+    num_dots = unique_rows.size * unique_cols.size
+    if num_dots <= min(_GEMM_RECHECK_RATIO * rows.size, _GEMM_RECHECK_MAX):
+        import torch  # its GEMM follows the calling thread's torch.set_num_threads; numpy's BLAS would not
+
+        left = torch.from_numpy(features[unique_rows].astype(np.float32, copy=False))
+        right = torch.from_numpy(features[unique_cols].astype(np.float32, copy=False))
+        return torch.mm(left, right.T).numpy()[row_at, col_at]
+    left = features[rows].astype(np.float32, copy=False)
+    return np.einsum("ij,ij->i", left, features[cols].astype(np.float32, copy=False))
 
 
 def spanning_forest(num_nodes: int, parts: list[Pairs]) -> Pairs:
@@ -182,7 +202,10 @@ def spanning_forest(num_nodes: int, parts: list[Pairs]) -> Pairs:
         return edges
     graph = coo_matrix((np.ones(len(edges), dtype=np.int8), (edges.rows, edges.cols)), shape=(num_nodes, num_nodes))
     _, component = connected_components(graph, directed=False)
-    touched = np.unique(np.concatenate([edges.rows, edges.cols]))
+    is_touched = np.zeros(num_nodes, dtype=bool)
+    is_touched[edges.rows] = True
+    is_touched[edges.cols] = True
+    touched = np.flatnonzero(is_touched)
     roots = np.full(component.max() + 1, num_nodes, dtype=np.int64)
     np.minimum.at(roots, component[touched], touched)
     members = touched[touched != roots[component[touched]]]
