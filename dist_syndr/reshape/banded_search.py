@@ -326,21 +326,11 @@ def _cpu_hits(sims, candidate_at_least: float) -> tuple[np.ndarray, np.ndarray, 
     else:
         values = sims.float().numpy() if sims.dtype == torch.bfloat16 else sims.numpy()
         key = np.float32(candidate_at_least)
-    flat = sparse_flatnonzero(values.reshape(-1) >= key)
+    flat = np.flatnonzero(values.reshape(-1) >= key)  # measured: faster than row maxima or 8-byte words first
     rows, cols = np.divmod(flat, values.shape[1])
     raw = values.reshape(-1)[flat]
     coarse = _bf16_bits_to_float64(raw) if is_bits else raw.astype(np.float64)
     return rows.astype(np.int64), cols.astype(np.int64), coarse
-
-
-def sparse_flatnonzero(mask: np.ndarray) -> np.ndarray:
-    """``np.flatnonzero`` of a sparse 1-D boolean mask, scanning it 8 bytes at a time (several times faster)."""
-    usable = mask.size - mask.size % 8
-    words = np.flatnonzero(mask[:usable].view(np.uint64))
-    hits = (words[:, None] * 8 + np.arange(8)).reshape(-1)
-    hits = hits[mask[hits]]
-    tail = np.flatnonzero(mask[usable:]) + usable
-    return np.concatenate([hits, tail]) if tail.size else hits
 
 
 def _device_hits(sims, candidate_at_least: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
