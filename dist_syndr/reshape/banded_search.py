@@ -227,21 +227,36 @@ class BandedSearch:
         return Pairs.concatenate(parts, self._stats(), self.decision.is_exact_distance and not self.connectivity_only)
 
     def gemm_seconds(self, blocks: list[int]) -> float:
-        """Wall time of the bare GEMMs of ``blocks`` on the first device (no thresholds, no decisions): the floor."""
+        """Wall time of the bare GEMMs of ``blocks`` (no thresholds, no decisions): the floor of :meth:`run`.
+
+        The blocks are dealt over the same workers as :meth:`run` (CPU: one GEMM thread each).
+        """
         import time
 
+        shares = self._device_shares(blocks)
+        with exact_matmul_settings():
+            started = time.perf_counter()
+            if len(self.devices) == 1:
+                self._bare_gemms(self.devices[0], shares[0])
+            else:
+                with ThreadPoolExecutor(len(self.devices)) as pool:
+                    jobs = [pool.submit(self._bare_gemms, d, s) for d, s in zip(self.devices, shares, strict=True)]
+                    for job in jobs:
+                        job.result()
+            return time.perf_counter() - started
+
+    def _bare_gemms(self, device, blocks: list[int]) -> None:
         import torch
 
-        device = self.devices[0]
+        if device.type == "cpu" and len(self.devices) > 1:
+            torch.set_num_threads(1)
         unit = self._on(device)
-        with exact_matmul_settings(), torch.inference_mode():
-            started = time.perf_counter()
+        with torch.inference_mode():
             for block in blocks:
                 for queries, database_t, _, _ in self._tiles(unit, block):
                     torch.mm(queries, database_t)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-            return time.perf_counter() - started
 
     # -- one device ---------------------------------------------------------
     def _device_shares(self, blocks: list[int]) -> list[list[int]]:
