@@ -25,4 +25,43 @@ def run(main: Callable[[], int]) -> NoReturn:
         hint = "nothing half-written is taken for complete; rerun to continue"
         print(f"error: {error.strerror}: {error.filename} ({hint})", file=sys.stderr)
         sys.exit(1)
+    except RuntimeError as error:
+        if not is_lost_peer(error):
+            raise
+        print(f"error: {lost_peer_message(error)}", file=sys.stderr)
+        sys.exit(LOST_PEER_EXIT)
     sys.exit(code)
+
+
+LOST_PEER_EXIT = 4
+"""Exit status of a rank whose peer went away (a node died or was killed)."""
+
+
+def is_lost_peer(error: BaseException) -> bool:
+    """True for torch.distributed's errors of a collective whose peer is gone or timed out (gloo or NCCL)."""
+    names = {cls.__name__ for cls in type(error).__mro__}
+    text = str(error)
+    return bool(names & {"DistBackendError", "DistNetworkError"}) or (
+        "gloo" in text.lower() and any(word in text for word in _GLOO_LOST_PEER)
+    )
+
+
+_GLOO_LOST_PEER = (
+    "Connection closed",
+    "Connection reset",
+    "Connection refused",
+    "Read error",
+    "Timed out",
+    "timed out",
+)
+
+
+def lost_peer_message(error: BaseException) -> str:
+    """One line naming the lost peer (gloo and NCCL put its address in their message) and what to do."""
+    detail = " ".join(str(error).split())
+    if len(detail) > 300:
+        detail = detail[:300] + " ..."
+    return (
+        f"a collective lost its peer: {detail}; the job stops here. Restart every node with the same command "
+        "(resume=auto continues from the last complete checkpoint)"
+    )
