@@ -53,18 +53,7 @@ def test_two_nodes_train_to_the_weights_of_one_node_with_two_ranks(tmp_path, cap
     hostfile.write_text("node0 slots=1\nnode1 slots=1\n")
     tag = f"dsn{os.getpid() % 100000}"
     with two_hosts(tag) as hosts:
-        master, port = hosts.nodes[0], free_port()
-        processes = [
-            subprocess.Popen(
-                _node_command(node, rank, master, port, hostfile, tmp_path, tmp_path / "two-nodes"),
-                cwd=tmp_path,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-            for rank, node in enumerate(hosts.nodes)
-        ]
+        processes = _start_nodes(hosts, hostfile, tmp_path, tmp_path / "two-nodes", free_port(), env)
         outputs = [process.communicate(timeout=300)[0] for process in processes]
     assert not namespaces_left(tag), "a namespace survived the test"
     with capsys.disabled():
@@ -108,17 +97,10 @@ def test_two_nodes_shard_through_the_slurm_node_script_byte_identical_to_one_pro
     """``launchers/slurm/node.sh shard`` as two Slurm tasks (faked SLURM_* environment), one per node: the
     node list names the two nodes' addresses, the first is the rendezvous; the set equals one process's."""
     from launchers import shard as shard_launcher
-    from tests.test_shard_step import _pristine_folder
+    from tests.test_shard_step import _pristine_folder, undistorted_folder_overrides
 
     _pristine_folder(tmp_path / "pristine", count=9)
-    common = [
-        f"shard.pool.root={tmp_path / 'pristine'}",
-        "shard.pool.distort=false",
-        "shard.pool.labels=none",
-        "shard.samples_per_shard=2",
-        "shard.num_workers=1",
-        "runtime.device=cpu",
-    ]
+    common = undistorted_folder_overrides(tmp_path / "pristine")
     config = str(PROJECT_ROOT / "configs" / "shard" / "folder-weak.yaml")
     assert shard_launcher.main(["--config", config, *common, f"shard.output_root={tmp_path / 'one'}"]) == 0
     tag = f"dss{os.getpid() % 100000}"
@@ -159,7 +141,9 @@ def test_two_nodes_shard_through_the_slurm_node_script_byte_identical_to_one_pro
 
 
 def test_slurm_host_lists_expand_like_scontrol():
-    from dist_syndr.slurm import expand_hostlist
+    import runpy
+
+    expand_hostlist = runpy.run_path(str(PROJECT_ROOT / "launchers" / "slurm" / "hostnames.py"))["expand_hostlist"]
 
     assert expand_hostlist("node[01-03,7],gpu-a") == ["node01", "node02", "node03", "node7", "gpu-a"]
     assert expand_hostlist("r[1-2]n[08-09]") == ["r1n08", "r1n09", "r2n08", "r2n09"]

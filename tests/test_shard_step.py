@@ -224,6 +224,18 @@ def test_folder_pool_engine_distortions_with_weak_labels_and_resume(tmp_path):
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
+def undistorted_folder_overrides(pristine) -> list[str]:
+    """The folder-weak preset on ``pristine`` as it is: no distortions, no labels, 2 samples per shard."""
+    return [
+        f"shard.pool.root={pristine}",
+        "shard.pool.distort=false",
+        "shard.pool.labels=none",
+        "shard.samples_per_shard=2",
+        "shard.num_workers=1",
+        "runtime.device=cpu",
+    ]
+
+
 @pytest.mark.dist
 @pytest.mark.timeout(240)
 def test_two_ranks_write_the_same_set_as_one(tmp_path):
@@ -232,16 +244,7 @@ def test_two_ranks_write_the_same_set_as_one(tmp_path):
     from tests.conftest import run_ranks
 
     _pristine_folder(tmp_path / "pristine", count=9)
-    common = [
-        "--config",
-        "configs/shard/folder-weak.yaml",
-        f"shard.pool.root={tmp_path / 'pristine'}",
-        "shard.pool.distort=false",
-        "shard.pool.labels=none",
-        "shard.samples_per_shard=2",
-        "shard.num_workers=1",
-        "runtime.device=cpu",
-    ]
+    common = ["--config", "configs/shard/folder-weak.yaml", *undistorted_folder_overrides(tmp_path / "pristine")]
     assert shard_launcher.main([*common, f"shard.output_root={tmp_path / 'one'}"]) == 0
     run_ranks([sys.executable, "launchers/shard.py", *common, f"shard.output_root={tmp_path / 'two'}"], timeout_s=200)
     one, two = tmp_path / "one" / "folder-weak", tmp_path / "two" / "folder-weak"

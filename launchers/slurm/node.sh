@@ -21,7 +21,7 @@ mkdir -p "$RUN_DIR"
 if command -v scontrol >/dev/null 2>&1; then
   HOSTS=$(scontrol show hostnames "$SLURM_JOB_NODELIST")
 else
-  HOSTS=$(cd "$PROJECT" && "$PYTHON" -m dist_syndr.slurm "$SLURM_JOB_NODELIST")
+  HOSTS=$("$PYTHON" "$PROJECT/launchers/slurm/hostnames.py" "$SLURM_JOB_NODELIST")
 fi
 MASTER_ADDR=${MASTER_ADDR:-$(head -n 1 <<<"$HOSTS")}
 HOSTFILE="$RUN_DIR/hostfile.$SLURM_NODEID"

@@ -1,8 +1,9 @@
 """Slurm node lists: ``node[01-03,7],gpu-a`` -> one host name per line (what ``scontrol show hostnames`` prints).
 
-Used by ``launchers/slurm/node.sh`` where ``scontrol`` is not on the PATH of the task.
+Used by ``launchers/slurm/node.sh`` where ``scontrol`` is not on the PATH of the task; the standard
+library only, so any Python runs it.
 
-    python -m dist_syndr.slurm 'node[01-03,7],gpu-a'
+    python launchers/slurm/hostnames.py 'node[01-03,7],gpu-a'
 """
 
 from __future__ import annotations
@@ -64,13 +65,15 @@ def main(argv: list[str] | None = None) -> int:
     """Print one host name per line."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m dist_syndr.slurm HOSTLIST", file=sys.stderr)
+        print("usage: python launchers/slurm/hostnames.py HOSTLIST", file=sys.stderr)
         return 2
     print("\n".join(expand_hostlist(args[0])))
     return 0
 
 
 if __name__ == "__main__":
-    from dist_syndr import cli
-
-    cli.run(main)
+    try:
+        sys.exit(main())
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
