@@ -214,14 +214,7 @@ class BandedSearch:
             exact_matmul_settings(),
             tqdm(total=len(blocks), desc="neighbour graph", unit="block", disable=quiet) as bar,
         ):
-            if len(self.devices) == 1:
-                parts = self._search_blocks(self.devices[0], shares[0], bar)
-            else:
-                with ThreadPoolExecutor(len(self.devices)) as pool:
-                    jobs = [
-                        pool.submit(self._search_blocks, d, s, bar) for d, s in zip(self.devices, shares, strict=True)
-                    ]
-                    parts = [part for job in jobs for part in job.result()]
+            parts = [part for found in self._on_workers(self._search_blocks, shares, bar) for part in found]
         if self.connectivity_only:
             parts = [spanning_forest(self.unit.shape[0], parts)]
         return Pairs.concatenate(parts, self._stats(), self.decision.is_exact_distance and not self.connectivity_only)
@@ -236,21 +229,29 @@ class BandedSearch:
         shares = self._device_shares(blocks)
         with exact_matmul_settings():
             started = time.perf_counter()
-            if len(self.devices) == 1:
-                self._bare_gemms(self.devices[0], shares[0])
-            else:
-                with ThreadPoolExecutor(len(self.devices)) as pool:
-                    jobs = [pool.submit(self._bare_gemms, d, s) for d, s in zip(self.devices, shares, strict=True)]
-                    for job in jobs:
-                        job.result()
+            self._on_workers(self._bare_gemms, shares)
             return time.perf_counter() - started
+
+    def _on_workers(self, work, shares: list[list[int]], *args) -> list:
+        """``work(device, blocks, *args)`` for every worker, in one thread each where there are several."""
+        if len(self.devices) == 1:
+            return [work(self.devices[0], shares[0], *args)]
+        with ThreadPoolExecutor(len(self.devices)) as pool:
+            jobs = [pool.submit(work, d, s, *args) for d, s in zip(self.devices, shares, strict=True)]
+            return [job.result() for job in jobs]
+
+    def _enter_worker(self, device):
+        """This worker's rows on its device; a CPU shared by several workers gets one GEMM thread each."""
+        import torch
+
+        if device.type == "cpu" and len(self.devices) > 1:
+            torch.set_num_threads(1)  # this worker thread only: the CPU is shared by len(devices) workers
+        return self._on(device)
 
     def _bare_gemms(self, device, blocks: list[int]) -> None:
         import torch
 
-        if device.type == "cpu" and len(self.devices) > 1:
-            torch.set_num_threads(1)
-        unit = self._on(device)
+        unit = self._enter_worker(device)
         with torch.inference_mode():
             for block in blocks:
                 for queries, database_t, _, _ in self._tiles(unit, block):
@@ -278,9 +279,7 @@ class BandedSearch:
     def _search_blocks(self, device, blocks: list[int], bar) -> list[Pairs]:
         import torch
 
-        if device.type == "cpu" and len(self.devices) > 1:
-            torch.set_num_threads(1)  # this worker thread only: the CPU is shared by len(devices) workers
-        unit = self._on(device)
+        unit = self._enter_worker(device)
         find_hits = _cpu_hits if device.type == "cpu" else _device_hits
         parts, num_edges = [], 0
         with torch.inference_mode():
