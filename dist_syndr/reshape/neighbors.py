@@ -174,17 +174,13 @@ class _Search:
     """One similarity search: shared state for the CPU, GPU and IVF paths."""
 
     def __init__(self, features, min_similarity, settings, keep, is_exact_distance):
-        self.features = features
-        self.threshold = min_similarity
         self.settings = settings
-        self.keep = keep
         self.is_exact_distance = is_exact_distance
-        self.margin = settings.margin if settings.margin > 0 else auto_margin(features.shape[1])
-        self.radius = np.float32(min_similarity - self.margin)
+        margin = settings.margin if settings.margin > 0 else auto_margin(features.shape[1])
+        self.radius = np.float32(min_similarity - margin)
         self.unit = normalized_float32(features)
-        self.norms = row_norms(features)
         self.decision = Decision(
-            features, self.norms, min_similarity, min_similarity + self.margin, keep, is_exact_distance
+            features, row_norms(features), min_similarity, min_similarity + margin, keep, is_exact_distance
         )
 
     @property
