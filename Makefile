@@ -1,22 +1,30 @@
-# Two commands: `make demo` and `make test`. Both create (or reuse) .venv first.
+# Two commands: `make demo` and `make test`. Both create (or reuse) .venv first, installed with the exact lock.
 SHELL := /bin/bash
 PYTHON ?= python3
-VENV := .venv
+VENV ?= .venv
+LOCK ?= lock/py311.txt
 PY := $(VENV)/bin/python
 EXTRAS ?= cpu,test
 comma := ,
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)-$(subst $(comma),_,$(EXTRAS))
-export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCK) | sha1sum | cut -c1-12)-$(subst $(comma),_,$(EXTRAS))
+export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions/$(notdir $(VENV))
 export MPLCONFIGDIR := $(CURDIR)/.cache/matplotlib
 
-.PHONY: venv lint test demo bench clean
+# make compat: the second tested stack (Python 3.12, torch 2.11.0, torchvision 0.26.0), in its own venv.
+COMPAT_PYTHON ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12) python3.12)
+# make wheelhouse: every wheel for another machine, e.g. make wheelhouse PY=3.12 EXTRAS=gpu-cu13
+PY_VERSION ?= 3.11
+PLATFORM ?= manylinux_2_28_x86_64
+WHEELHOUSE ?= wheelhouse
+
+.PHONY: venv lint test demo bench compat wheelhouse clean
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@# The local wheel mirrors make pip warn about every package they lack; keep the log readable.
-	set -o pipefail; $(PY) -m pip install --quiet --progress-bar off -e '.[$(EXTRAS)]' 2>&1 \
+	set -o pipefail; $(PY) -m pip install --quiet --progress-bar off -c $(LOCK) -e '.[$(EXTRAS)]' 2>&1 \
 		| { grep -v 'is ignored: it is neither a file nor a directory' || true; }
 	rm -f $(VENV)/.installed-*
 	touch $@
@@ -36,5 +44,12 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) launchers/bench.py all
 
+compat:
+	$(MAKE) test VENV=.venv-compat PYTHON=$(COMPAT_PYTHON) LOCK=lock/compat-py312.txt
+
+wheelhouse:
+	bash scripts/wheelhouse.sh --python $(PY_VERSION) --platform $(PLATFORM) --extras '$(EXTRAS)' --out $(WHEELHOUSE) \
+		--builder $(PY) $(if $(WHEELHOUSE_CONSTRAINTS),--constraints $(WHEELHOUSE_CONSTRAINTS))
+
 clean:
-	rm -rf $(VENV) .cache .pytest_cache
+	rm -rf $(VENV) .venv-compat .cache .pytest_cache

@@ -5,8 +5,7 @@ everything else asks here instead of probing CUDA itself. Heavy modules (torch, 
 so importing this module costs nothing. The choice can be forced from :class:`~dist_syndr.config.RuntimeConfig`,
 which is how tests exercise every fallback on a CPU-only machine.
 
-Rank and world size come from the process group when one is initialised, otherwise from the ``RANK`` /
-``WORLD_SIZE`` / ``LOCAL_RANK`` environment (torchrun, deepspeed), otherwise ``(0, 1)``.
+Rank and world size: the process group's, else ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` (launchers), else (0, 1).
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ log = logging.getLogger(__name__)
 
 _FAISS_HINT = (
     "FAISS is not installed: install the CPU build with `pip install dist_syndr[cpu]`"
-    " or the GPU build with `pip install dist_syndr[gpu]` (never both)"
+    " or the CUDA 12 GPU build with `pip install dist_syndr[gpu-cu12]` (never both; CUDA 13: the site's build)"
 )
 
 
@@ -62,6 +61,22 @@ def env_rank_world() -> tuple[int, int, int]:
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"inconsistent launcher environment: RANK={rank}, WORLD_SIZE={world_size}")
     return rank, world_size, local_rank
+
+
+NODE_RANK_VARIABLES = ("CROSS_RANK", "GROUP_RANK", "NODE_RANK", "SLURM_NODEID")  # DeepSpeed, torchrun, -, Slurm
+
+
+def local_world_size() -> int:
+    """Ranks on this node: the launcher's ``LOCAL_WORLD_SIZE`` (torchrun) or ``LOCAL_SIZE`` (DeepSpeed), else 1."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE") or 1)
+
+
+def node_rank_and_label() -> tuple[int, str]:
+    """This process's node rank, from the launcher (the first of :data:`NODE_RANK_VARIABLES` set) or else
+    rank // ranks per node, and its label ``"node K (hostname)"`` for messages."""
+    named = next((os.environ[name] for name in NODE_RANK_VARIABLES if os.environ.get(name)), None)
+    node_rank = int(named) if named is not None else env_rank_world()[0] // local_world_size()
+    return node_rank, f"node {node_rank} ({socket.gethostname()})"
 
 
 def free_port() -> int:
@@ -247,7 +262,7 @@ def choose_backends(config: RuntimeConfig | None = None) -> Backends:
     _forced["faiss"] = config.faiss
     faiss_gpus = 0 if config.faiss == "cpu" else _faiss_gpus_visible()
     if config.faiss == "gpu" and faiss_gpus == 0:
-        raise ValueError("runtime.faiss=gpu but FAISS sees no GPU (install dist_syndr[gpu] on a CUDA machine)")
+        raise ValueError("runtime.faiss=gpu but FAISS sees no GPU (install dist_syndr[gpu-cu12] on a CUDA 12 machine)")
     rank, world_size, local_rank = env_rank_world()
     return Backends(
         device=device,
@@ -265,15 +280,6 @@ def choose_backends(config: RuntimeConfig | None = None) -> Backends:
 # process set-up
 
 
-class _RankZeroFilter(logging.Filter):
-    def __init__(self, rank: int):
-        super().__init__()
-        self.rank = rank
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return self.rank == 0 or record.levelno >= logging.WARNING
-
-
 def setup_logging(level: str = "INFO", rank: int | None = None) -> None:
     """Install one handler on the package logger; ranks other than 0 show warnings only."""
     rank = env_rank_world()[0] if rank is None else rank
@@ -284,7 +290,7 @@ def setup_logging(level: str = "INFO", rank: int | None = None) -> None:
     handler = logging.StreamHandler()
     handler._dist_syndr = True  # type: ignore[attr-defined]
     handler.setFormatter(logging.Formatter(f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(_RankZeroFilter(rank))
+    handler.addFilter(lambda record: rank == 0 or record.levelno >= logging.WARNING)
     package_logger.addHandler(handler)
 
 
@@ -326,9 +332,8 @@ def _share_cores_between_local_ranks() -> None:
         return
     import torch
 
-    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE") or 1)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    torch.set_num_threads(max(1, cores // local_ranks))
+    torch.set_num_threads(max(1, cores // local_world_size()))
 
 
 def shutdown() -> None:
@@ -366,13 +371,9 @@ def device_name(device) -> str:
 
 def cuda_device_count() -> int:
     """CUDA devices torch sees (0 without CUDA)."""
-    return _cuda_device_count() if has_cuda() else 0
-
-
-def _cuda_device_count() -> int:
     import torch
 
-    return torch.cuda.device_count()
+    return torch.cuda.device_count() if has_cuda() else 0
 
 
 # ---------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import contextlib
 import os
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,9 @@ from dist_syndr import runtime
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = PROJECT_ROOT.parent / "shared" / "fixtures"
+# The running interpreter's environment (.venv, or .venv-compat under make compat) and its compiled-ops cache.
+VENV_BIN = Path(sys.executable).parent
+TORCH_EXTENSIONS_DIR = os.environ.get("TORCH_EXTENSIONS_DIR") or str(PROJECT_ROOT / ".cache" / "torch_extensions")
 
 
 @pytest.fixture(scope="session")

@@ -8,17 +8,17 @@ import time
 import pytest
 
 from launchers import demo
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import TORCH_EXTENSIONS_DIR, VENV_BIN
 
 
 @pytest.mark.dist
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_demo_shards_trains_baseline_and_reshaped_evaluates_and_compares(tmp_path, capsys, monkeypatch):
-    if not (PROJECT_ROOT / ".venv" / "bin" / "deepspeed").is_file():
+    if not (VENV_BIN / "deepspeed").is_file():
         pytest.skip("the deepspeed launcher is not in .venv (run through make test)")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(PROJECT_ROOT / ".cache" / "torch_extensions"))
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", TORCH_EXTENSIONS_DIR)
     argv = [
         "--work-dir",
         str(tmp_path / "demo"),

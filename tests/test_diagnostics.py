@@ -27,7 +27,7 @@ from dist_syndr.evaluate.diagnostics.measures import (
     silhouette_by,
 )
 from dist_syndr.evaluate.diagnostics.plots import embedding_plot, histogram_plot
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT, TORCH_EXTENSIONS_DIR
 
 
 def planted_pool(
@@ -292,7 +292,7 @@ def _launcher_env(tmp_path) -> dict[str, str]:
         PYTHONPATH=str(PROJECT_ROOT),
         MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}",
         MPLCONFIGDIR=str(PROJECT_ROOT / ".cache" / "matplotlib"),
-        TORCH_EXTENSIONS_DIR=str(PROJECT_ROOT / ".cache" / "torch_extensions"),
+        TORCH_EXTENSIONS_DIR=TORCH_EXTENSIONS_DIR,
     )
     return env
 

@@ -14,7 +14,7 @@ from dist_syndr import config
 from dist_syndr.config import ModelConfig
 from dist_syndr.features.model import build_model
 from dist_syndr.train import deepspeed_engine
-from tests.conftest import PROJECT_ROOT, free_port, run_ranks
+from tests.conftest import PROJECT_ROOT, TORCH_EXTENSIONS_DIR, free_port, run_ranks
 
 
 def test_generated_config_follows_our_sections(tmp_path):
@@ -109,7 +109,7 @@ def test_offloaded_optimizer_steps_with_our_adam(tmp_path):
         "MASTER_ADDR": "127.0.0.1",
         "MASTER_PORT": str(free_port()),
     }
-    env.update(TORCH_EXTENSIONS_DIR=str(PROJECT_ROOT / ".cache" / "torch_extensions"), PYTHONPATH=str(PROJECT_ROOT))
+    env.update(TORCH_EXTENSIONS_DIR=TORCH_EXTENSIONS_DIR, PYTHONPATH=str(PROJECT_ROOT))
     completed = subprocess.run(
         [sys.executable, "-c", OFFLOADED_STEP], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=200
     )
@@ -134,7 +134,7 @@ def test_only_cpu_fp32_zero0_data_parallel_runs_through_the_ddp_reducer():
 @pytest.mark.dist
 @pytest.mark.timeout(300)
 def test_zero0_on_gloo_trains_as_deepspeed_does_and_checkpoints_the_models_own_keys(tmp_path):
-    env = {"TORCH_EXTENSIONS_DIR": str(PROJECT_ROOT / ".cache" / "torch_extensions"), "PYTHONPATH": str(PROJECT_ROOT)}
+    env = {"TORCH_EXTENSIONS_DIR": TORCH_EXTENSIONS_DIR, "PYTHONPATH": str(PROJECT_ROOT)}
     run_ranks([sys.executable, "-m", "tests.engine_worker", str(tmp_path)], timeout_s=240, extra_env=env)
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["is_wrapped"] and result["is_bare_model"] and result["has_trained"]

@@ -11,7 +11,7 @@ import torch
 
 from dist_syndr.evaluate import export
 from dist_syndr.sharding.shard_set import sha256_file
-from tests.conftest import PROJECT_ROOT, free_port
+from tests.conftest import PROJECT_ROOT, TORCH_EXTENSIONS_DIR, free_port
 
 RUNS = ("0", "1", "2", "3", "0-bf16", "2-bf16", "0-dsbf16")
 
@@ -27,7 +27,7 @@ def checkpoints(tmp_path_factory):
         LOCAL_RANK="0",
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(free_port()),
-        TORCH_EXTENSIONS_DIR=str(PROJECT_ROOT / ".cache" / "torch_extensions"),
+        TORCH_EXTENSIONS_DIR=TORCH_EXTENSIONS_DIR,
         PYTHONPATH=str(PROJECT_ROOT),
     )
     completed = subprocess.run(

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 
 import pytest
 import torch
 
-from tests.conftest import PROJECT_ROOT, free_port
+from tests.conftest import PROJECT_ROOT, VENV_BIN, free_port
 from tests.hosts import namespaces_left, two_hosts
 from tests.test_train import PRESET, _deepspeed_command, _env, _final_weights, _overrides
 
-DEEPSPEED = PROJECT_ROOT / ".venv" / "bin" / "deepspeed"
+DEEPSPEED = VENV_BIN / "deepspeed"
 
 
 def _node_command(node, node_rank, master, port, hostfile, root, out):
@@ -41,7 +42,9 @@ def _node_command(node, node_rank, master, port, hostfile, root, out):
 @pytest.mark.timeout(600)
 def test_two_nodes_train_to_the_weights_of_one_node_with_two_ranks(tmp_path, capsys):
     """Each node runs one CPU rank under its own DeepSpeed launcher; DRCDown every epoch, evaluation,
-    checkpoints and the export; the final weights equal a two-rank single-node run of the same config."""
+    checkpoints and the export; the final weights equal a two-rank single-node run of the same config.
+    The shard sets lie on each node's own disk (``data.shard_storage: node-local``, a folder per node),
+    the run folder on the shared path."""
     if not DEEPSPEED.is_file():
         pytest.skip(f"{DEEPSPEED} not found (run through make test)")
     env = _env() | {"OMP_NUM_THREADS": "1"}
@@ -52,8 +55,18 @@ def test_two_nodes_train_to_the_weights_of_one_node_with_two_ranks(tmp_path, cap
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("node0 slots=1\nnode1 slots=1\n")
     tag = f"dsn{os.getpid() % 100000}"
+    disks = [tmp_path / f"disk{rank}" for rank in range(2)]  # each node's own disk; the run folder is shared
+    for disk in disks:
+        disk.mkdir()
+    local = {
+        "data.shard_storage": "node-local",
+        "train.shard_set": "shards/smoke-train",  # relative: each node's own copy under its working directory
+        "train.targets": "[smoke-test=shards/smoke-test]",
+    }
     with two_hosts(tag) as hosts:
-        processes = _start_nodes(hosts, hostfile, tmp_path, tmp_path / "two-nodes", free_port(), env)
+        processes = _start_nodes(
+            hosts, hostfile, tmp_path, tmp_path / "two-nodes", free_port(), env, disks=disks, **local
+        )
         outputs = [process.communicate(timeout=300)[0] for process in processes]
     assert not namespaces_left(tag), "a namespace survived the test"
     with capsys.disabled():
@@ -69,6 +82,11 @@ def test_two_nodes_train_to_the_weights_of_one_node_with_two_ranks(tmp_path, cap
     for name, value in weights_one.items():
         assert torch.equal(weights_two[name], value), name
     assert (two_dir / "export" / "model_fp32.pt").is_file()
+    for disk in disks:  # each node built and hashed its own copy of every set
+        for name in ("smoke-train", "smoke-test"):
+            assert (disk / "shards" / name / ".verified-shards.json").is_file(), f"{disk.name}/{name} not verified"
+    pinned = json.loads((two_dir / "shard_sets.json").read_text())
+    assert set(pinned) == {"train", "target smoke-test"}
     for keep_list in sorted((one_dir / "keep_lists").iterdir()):
         assert (two_dir / "keep_lists" / keep_list.name).read_bytes() == keep_list.read_bytes()
 
@@ -153,7 +171,8 @@ def test_slurm_host_lists_expand_like_scontrol():
             expand_hostlist(bad)
 
 
-def _start_nodes(hosts, hostfile, root, out, port, env, **overrides):
+def _start_nodes(hosts, hostfile, root, out, port, env, *, disks=None, **overrides):
+    """One DeepSpeed launcher per node; with ``disks`` node K runs in ``disks[K]`` (its local disk)."""
     master = hosts.nodes[0]
     processes = []
     for rank, node in enumerate(hosts.nodes):
@@ -162,7 +181,7 @@ def _start_nodes(hosts, hostfile, root, out, port, env, **overrides):
         processes.append(
             subprocess.Popen(
                 command,
-                cwd=root,
+                cwd=disks[rank] if disks else root,
                 env=env,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
@@ -179,7 +198,6 @@ def _start_nodes(hosts, hostfile, root, out, port, env, **overrides):
 def test_a_node_killed_mid_epoch_stops_the_other_then_both_resume_to_the_same_weights(tmp_path, capsys):
     """SIGKILL to node 1's launcher and rank mid-epoch: node 0 exits on its own within the bound, naming the
     lost peer; both restarted with resume=auto end with the weights of an uninterrupted run."""
-    import json
     import signal
     import time
 

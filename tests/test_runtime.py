@@ -33,7 +33,7 @@ def test_forcing_missing_hardware_is_a_clear_error():
         runtime.choose_backends(RuntimeConfig(device="cuda"))
     with pytest.raises(ValueError, match="nccl"):
         runtime.choose_backends(RuntimeConfig(dist_backend="nccl"))
-    with pytest.raises(ValueError, match=r"dist_syndr\[gpu\]"):
+    with pytest.raises(ValueError, match=r"dist_syndr\[gpu-cu12\]"):
         runtime.choose_backends(RuntimeConfig(faiss="gpu"))
 
 

@@ -20,7 +20,7 @@ from dist_syndr.scoring import formats, inputs, output
 from dist_syndr.scoring.crops import CropProtocol, tile_anchors
 from dist_syndr.scoring.job import run_job
 from dist_syndr.scoring.scorer import Scorer
-from tests.conftest import PROJECT_ROOT, mlflow_tracking_at
+from tests.conftest import PROJECT_ROOT, VENV_BIN, mlflow_tracking_at
 from tests.test_evaluation import _data, _run_dir, _tiny_model, _tiny_shard_set, _write_images
 
 BAD_FILES = {"empty.png": "empty file", "notes.jpg": "not a readable image", "truncated.png": "not a readable image"}
@@ -246,7 +246,7 @@ def test_two_ranks_split_the_files_and_rank_0_writes_what_one_process_writes(tin
 
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
     arguments = ["--checkpoint", "runs/tiny", "--crop-mode", "centre", "--workers", "0", "photos"]
-    torchrun = [str(PROJECT_ROOT / ".venv" / "bin" / "torchrun"), "--nproc_per_node", "2"]
+    torchrun = [str(VENV_BIN / "torchrun"), "--nproc_per_node", "2"]
     torchrun += ["--master_port", str(free_port()), str(PROJECT_ROOT / "launchers" / "score.py")]
     two = subprocess.run(
         [*torchrun, *arguments, "--out", str(tmp_path / "two.jsonl")],

@@ -22,9 +22,9 @@ import pytest
 from dist_syndr import config
 from dist_syndr.tracking import tracker as tracking
 from launchers import compare as compare_launcher
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import VENV_BIN
 
-MLFLOW = PROJECT_ROOT / ".venv" / "bin" / "mlflow"
+MLFLOW = VENV_BIN / "mlflow"
 STEP_KEYS = ("train/loss", "train/lr", "train/images_per_second", "train/data_wait_share")
 EPOCH_KEYS = ("loss", "images_per_second", "kept", "koniq/srcc", "koniq/plcc")
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from dist_syndr.tracking.tracker import tracking_uri
-from tests.conftest import PROJECT_ROOT, mlflow_tracking_at
+from tests.conftest import PROJECT_ROOT, TORCH_EXTENSIONS_DIR, VENV_BIN, mlflow_tracking_at
 
 PRESET = PROJECT_ROOT / "configs" / "train" / "cpu-smoke.yaml"
 
@@ -33,7 +33,7 @@ def _env():
         for k, v in os.environ.items()
         if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT", "MLFLOW_TRACKING_URI")
     }
-    env["TORCH_EXTENSIONS_DIR"] = str(PROJECT_ROOT / ".cache" / "torch_extensions")
+    env["TORCH_EXTENSIONS_DIR"] = TORCH_EXTENSIONS_DIR
     env["PYTHONPATH"] = str(PROJECT_ROOT)
     return env
 
@@ -47,7 +47,7 @@ def _metric_history(root, name, runs="runs"):
 
 
 def _deepspeed_command(root, port, **overrides):
-    deepspeed = PROJECT_ROOT / ".venv" / "bin" / "deepspeed"
+    deepspeed = VENV_BIN / "deepspeed"
     if not deepspeed.is_file():
         pytest.skip(f"{deepspeed} not found (run through make test)")
     launcher = [

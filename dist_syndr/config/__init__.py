@@ -313,6 +313,9 @@ class DataConfig(_Section):
     on_error: OnError = "error"  # corrupt members or checksum mismatches
     verify_checksums: Literal["members", "shards", "off"] = "members"  # each member's checksum on every read;
     # shards: also each whole shard's sha256 once before the first read (a record skips unchanged sets)
+    shard_storage: Literal["shared", "node-local"] = "shared"  # node-local: each node reads its own copy of
+    # the shard sets at the same path; before training every node's copy is checked against the run's index
+    # digest and its shards hashed on that node (unless verify_checksums=off)
     prefetch: int = 2
 
     # Configs written before the checksum modes said true / false.

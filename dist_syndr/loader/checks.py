@@ -57,37 +57,49 @@ def verify_shards_once(shard_set: ShardSet, config: DataConfig) -> None:
     beside the index (name -> size, mtime, sha256) skips shards unchanged since they last passed, so a
     rerun does not hash hundreds of GB again. A mismatch is an error naming the shard; under
     ``on_error=skip`` it is logged and the member checksums then skip the damaged samples one by one.
+
+    With ``data.shard_storage: node-local`` every node holds its own copy: the shards are hashed unless
+    ``verify_checksums`` is ``off``, each node's ranks split that node's copy, a problem names the node,
+    and each node keeps its own record.
     """
-    if config.verify_checksums != "shards":
+    is_node_local = config.shard_storage == "node-local"
+    if config.verify_checksums == "off" or (config.verify_checksums != "shards" and not is_node_local):
         return
-    rank, world_size = runtime.rank_world()
+    node_rank, label = runtime.node_rank_and_label()
+    part, parts = (runtime.env_rank_world()[2], runtime.local_world_size()) if is_node_local else runtime.rank_world()
     record = _read_record(shard_set.root)
     by_shard = shard_set.keys_by_shard()
     # One stat per shard, before hashing: a shard that changes while it is hashed is not recorded as verified.
     stamps = {info.name: _stamp(shard_set.root, info) for info in shard_set.shards.values()}
     todo = [info for info in shard_set.shards.values() if record.get(info.name) != stamps[info.name]]
-    mine = todo[rank::world_size]
     found = {
         info.name: _shard_problem(shard_set, info.name, info.bytes, info.sha256, by_shard.get(info.name, []))
-        for info in mine
+        for info in todo[part::parts]
     }
-    problems = {name: problem for part in runtime.all_gather_objects(found) for name, problem in part.items()}
-    bad = {name: problem for name, problem in problems.items() if problem is not None}
+    everyone = runtime.all_gather_objects((node_rank, label, found))
+    bad = {
+        (their_node, name): f"{their_label}: {problem}" if is_node_local else problem
+        for their_node, their_label, part_found in everyone
+        for name, problem in part_found.items()
+        if problem is not None
+    }
+    if bad and config.on_error != "skip":
+        raise ValueError("\n".join(bad.values()))
     for problem in bad.values():
-        if config.on_error != "skip":
-            raise ValueError(problem)
         log.warning("%s; its damaged samples are skipped as the member checksums find them", problem)
+    mine_bad = {name for rank_of_bad, name in bad if not is_node_local or rank_of_bad == node_rank}
     log.info(
-        "%s: %d of %d shards hashed (%d unchanged since verified), %d bad",
+        "%s%s: %d of %d shards hashed (%d unchanged since verified), %d bad",
+        f"{label}: " if is_node_local else "",
         shard_set.root,
         len(todo),
         len(shard_set.shards),
         len(shard_set.shards) - len(todo),
-        len(bad),
+        len(mine_bad),
     )
-    if rank == 0 and todo:
-        passed = {info.name: stamps[info.name] for info in todo if info.name not in bad}
-        _write_record(shard_set.root, {name: stamp for name, stamp in record.items() if name not in bad} | passed)
+    if part == 0 and todo:
+        passed = {info.name: stamps[info.name] for info in todo if info.name not in mine_bad}
+        _write_record(shard_set.root, {name: stamp for name, stamp in record.items() if name not in mine_bad} | passed)
 
 
 def _stamp(root, info) -> dict:

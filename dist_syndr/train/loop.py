@@ -32,7 +32,7 @@ from dist_syndr.loader import make_loader, plan_epoch, upsampled_keys
 from dist_syndr.loader.checks import verify_shards_once
 from dist_syndr.reshape import drcdown
 from dist_syndr.sharding.shard_set import ShardSet
-from dist_syndr.train import deepspeed_engine
+from dist_syndr.train import deepspeed_engine, shard_digests
 from dist_syndr.train import state as train_state
 from dist_syndr.train.state import RankProgress, TrainState
 from dist_syndr.train.step_meter import StepMeter
@@ -72,6 +72,9 @@ def fit(
     if not cfg.reshape.ddcup.enabled:  # a baseline run: the set's DDCUp samples stay out of training
         upsampled = []
     results: dict[str, float] = {}
+    shard_digests.check_index_digests(
+        run.folder, {"train": run.train_set} | {f"target {n}": s for n, s in run.targets.items()}
+    )
     for shard_set in (run.train_set, *run.targets.values()):
         verify_shards_once(shard_set, cfg.data)  # data.verify_checksums=shards; members are checked on every read
     with open_loaders(cfg, run) as loaders:

@@ -79,10 +79,12 @@ def set_single_process_defaults(project_root: Path) -> None:
 
 
 def build_smoke_sets(cfg: config.Config, rank: int) -> None:
-    """``train.is_smoke_data``: tiny photo shard sets at ``train.shard_set`` and every target, built once by rank 0."""
+    """``train.is_smoke_data``: tiny photo shard sets at ``train.shard_set`` and every target, built once by rank 0
+    (by each node's first rank for ``data.shard_storage: node-local``)."""
     from dist_syndr.sharding.photos import photo_shard_set
 
-    if rank == 0:
+    is_builder = runtime.env_rank_world()[2] == 0 if cfg.data.shard_storage == "node-local" else rank == 0
+    if is_builder:  # the sets are deterministic, so every node-local copy is the same
         photo_shard_set(Path(cfg.train.shard_set), *SMOKE_TRAIN, size=64, seed=cfg.seed, num_workers=1)
         for folder in targets_of(cfg).values():
             photo_shard_set(Path(folder), *SMOKE_TEST, size=64, seed=cfg.seed + 1, num_workers=1)
