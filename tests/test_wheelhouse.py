@@ -80,3 +80,13 @@ def test_a_cpu_wheelhouse_installs_without_an_index_and_runs_drcdown(tmp_path):
     expected = drcdown.run(features, labels, cap=5, seed=11).kept
     assert 0 < len(expected) < len(labels)
     np.testing.assert_array_equal(np.asarray(result["kept"]), expected)
+
+    # That venv holds torch 2.13.0: installing the package into it (from the registry, no lock) keeps it.
+    report = tmp_path / "report.json"
+    again = [str(venv / "bin" / "pip"), "install", "--quiet", "--dry-run", "--report", str(report), str(PROJECT_ROOT)]
+    resolved = subprocess.run(again, capture_output=True, text=True, timeout=600)
+    assert resolved.returncode == 0, resolved.stderr[-3000:]
+    planned = {
+        item["metadata"]["name"]: item["metadata"]["version"] for item in json.loads(report.read_text())["install"]
+    }
+    assert "torch" not in planned, f"pip would replace torch 2.13.0 with {planned.get('torch')}"
