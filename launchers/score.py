@@ -5,7 +5,8 @@
     torchrun --nproc_per_node 2 launchers/score.py ...   # ranks split the files; rank 0 writes the output
 
 Rows: path, score (the training scale, [0, 10]), spread (std over crops), crops,
-resized. Unreadable files go to <out>.errors.csv with the reason; a rerun scores
+resized, score_original (the training labels' own scale, where the run knows it).
+Unreadable files go to <out>.errors.csv with the reason; a rerun scores
 only what the output lacks. Exit status: 0 all scored, 3 some inputs skipped,
 2 bad arguments, 1 a storage error (under a launcher rank 0 gives it; the others exit 0).
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from dist_syndr import cli, runtime
 from dist_syndr.scoring.crops import CROP_MODES
+from dist_syndr.scoring.dali_decode import DECODERS
 from dist_syndr.scoring.inputs import DEFAULT_MAX_PIXELS
 from dist_syndr.scoring.job import run_job
 from dist_syndr.scoring.scorer import Scorer
@@ -37,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="auto (the GPU when present), cpu or cuda")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="larger images are skipped")
+    parser.add_argument(
+        "--decoder", default="auto", choices=DECODERS, help="auto: DALI's mixed decoder on a GPU, PIL on a CPU"
+    )
     args = parser.parse_args(argv)
     runtime.setup_logging("INFO", runtime.env_rank_world()[0])
 
@@ -44,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         options = {"crops": args.crops, "crop_mode": args.crop_mode, "batch_size": args.batch_size}
         return Scorer.load(args.checkpoint, args.device, config_path=args.config, precision=args.precision, **options)
 
-    summary = run_job(scorer, args.paths, args.out, num_workers=args.workers, max_pixels=args.max_pixels)
+    options = {"num_workers": args.workers, "max_pixels": args.max_pixels, "decoder": args.decoder}
+    summary = run_job(scorer, args.paths, args.out, **options)
     if runtime.env_rank_world()[0] != 0:
         return 0  # rank 0 alone reports: a launcher stops every rank as soon as one exits non-zero
     print(summary.line(args.out))

@@ -282,3 +282,60 @@ def test_two_ranks_split_the_files_and_rank_0_writes_what_one_process_writes(tin
     assert [r["score"] for r in rows["two"]] == pytest.approx([r["score"] for r in rows["one"]], abs=1e-5)
     assert (tmp_path / "two.jsonl.errors.csv").read_text() == (tmp_path / "one.jsonl.errors.csv").read_text()
     assert two.stdout.count("images scored") == 1 and not list(tmp_path.glob("*.part-*"))
+
+
+@pytest.mark.timeout(300)
+def test_dali_decodes_what_pil_would_and_leaves_the_rest_to_pil(tiny_run, tmp_path):
+    """decoder=dali (DALI's CPU graph here, ``mixed`` on a GPU): PNG pixels bit-exact, JPEG within a few grey
+    levels, EXIF orientation applied; every other mode and every bad file takes PIL's path, same rows."""
+    pytest.importorskip("nvidia.dali")
+    from dist_syndr.scoring.dali_decode import DaliDecoder, is_complete_simple_image
+    from dist_syndr.scoring.inputs import decode_bytes
+
+    photos = tiny_run / "photos"
+    jpegs = tmp_path / "jpegs"
+    jpegs.mkdir()
+    for number, (path, _) in enumerate(_write_images(tmp_path / "pngs", count=3)):
+        Image.open(path).convert("RGB").save(jpegs / f"photo{number}.jpg", quality=90)
+    taken = {name: is_complete_simple_image((photos / name).read_bytes(), 32, 10**8) for name in
+             ("img00.png", "gray.png", "rotated.jpg", "rgba.png", "palette.png", "cmyk.jpg", "gray16.png",
+              "small.png", "truncated.png", "empty.png", "notes.jpg")}  # fmt: skip
+    assert {name for name, is_taken in taken.items() if is_taken} == {"img00.png", "gray.png", "rotated.jpg"}
+
+    decoder = DaliDecoder("cpu", batch_size=4)
+    names = ["img00.png", "gray.png", "rotated.jpg"]
+    encoded = [(photos / name).read_bytes() for name in names] + [p.read_bytes() for p in sorted(jpegs.iterdir())]
+    for data, image in zip(encoded, decoder.decode(encoded[:4]) + decoder.decode(encoded[4:]), strict=True):
+        reference = decode_bytes(data)
+        assert image.shape == reference.shape
+        is_png = data.startswith(b"\x89PNG")
+        assert np.abs(image.astype(int) - reference).max() <= (0 if is_png else 4)
+
+    scorer = Scorer.load(tiny_run / "runs" / "tiny", "cpu", crop_mode="centre")
+    outputs = {}
+    for way in ("pil", "dali"):
+        out = tmp_path / way / "scores.csv"
+        run_job(lambda: scorer, [str(photos), str(jpegs)], out, num_workers=1, max_pixels=10**8, decoder=way)
+        errors = (out.parent / "scores.csv.errors.csv").read_text()
+        outputs[way] = (_rows(out), errors)
+    (pil_rows, pil_errors), (dali_rows, dali_errors) = outputs["pil"], outputs["dali"]
+    assert dali_errors == pil_errors and set(dali_rows) == set(pil_rows) and len(pil_rows) == 14 + 3
+    for path, row in pil_rows.items():
+        tolerance = 1e-5 if path.endswith(".png") else 2e-2
+        assert float(dali_rows[path]["score"]) == pytest.approx(float(row["score"]), abs=tolerance), path
+        assert dali_rows[path]["resized"] == row["resized"] and dali_rows[path]["crops"] == row["crops"]
+
+
+@pytest.mark.gpu
+@pytest.mark.timeout(300)
+def test_dali_mixed_decoding_on_the_gpu_scores_as_pil_does(tiny_run, tmp_path):
+    pytest.importorskip("nvidia.dali")
+    scorer = Scorer.load(tiny_run / "runs" / "tiny", "cuda", crop_mode="centre", precision="fp32")
+    outputs = {}
+    for way in ("pil", "dali"):
+        out = tmp_path / way / "scores.csv"
+        run_job(lambda: scorer, [str(tiny_run / "photos")], out, num_workers=1, max_pixels=10**8, decoder=way)
+        outputs[way] = _rows(out)
+    assert set(outputs["dali"]) == set(outputs["pil"])
+    for path, row in outputs["pil"].items():
+        assert float(outputs["dali"][path]["score"]) == pytest.approx(float(row["score"]), abs=2e-2), path

@@ -60,7 +60,8 @@ def read_livec(root: str | Path, *, on_missing: str = "error") -> list[Sample]:
         )
     names, mos = names[LIVEC_NUM_TRAINING_ENTRIES:], mos[LIVEC_NUM_TRAINING_ENTRIES:]
     scores = normalise(mos, mos_file)
-    return _authentic_samples(list(zip(names, scores, strict=True)), "livec", root / "Images", names_file, on_missing)
+    named = list(zip(names, scores, mos, strict=True))
+    return _authentic_samples(named, "livec", root / "Images", names_file, on_missing)
 
 
 def read_koniq10k(root: str | Path, *, image_folder: str = "512x384", on_missing: str = "error") -> list[Sample]:
@@ -72,7 +73,7 @@ def read_koniq10k(root: str | Path, *, image_folder: str = "512x384", on_missing
     mos = np.array([parse_float(row["MOS"], f"{labels}:{line}") for line, row in rows])
     names = [row["image_name"].strip() for _, row in rows]
     return _authentic_samples(
-        list(zip(names, normalise(mos, labels), strict=True)), "koniq10k", root / image_folder, labels, on_missing
+        list(zip(names, normalise(mos, labels), mos, strict=True)), "koniq10k", root / image_folder, labels, on_missing
     )
 
 
@@ -84,8 +85,8 @@ def read_bid(root: str | Path, *, on_missing: str = "error") -> list[Sample]:
     grades = _read_bid_grades(grades_file)
     raw = np.array([grade for _, grade in grades])
     named = [
-        (f"DatabaseImage{number:04d}.JPG", score)
-        for (number, _), score in zip(grades, normalise(raw, grades_file), strict=True)
+        (f"DatabaseImage{number:04d}.JPG", score, grade)
+        for (number, grade), score in zip(grades, normalise(raw, grades_file), strict=True)
     ]
     return _authentic_samples(named, "bid", root, grades_file, on_missing, recursive=True)
 
@@ -128,7 +129,7 @@ def _cell(row: tuple, column: int):
 
 
 def _authentic_samples(
-    named_scores: list[tuple[str, float]],
+    named_scores: list[tuple[str, float, float]],
     source: str,
     folder: Path,
     labels: Path,
@@ -136,15 +137,19 @@ def _authentic_samples(
     *,
     recursive: bool = False,
 ) -> list[Sample]:
-    """One sample per ``(file name, score)`` found in ``folder``; absent ones follow ``on_missing``."""
+    """One sample per ``(file name, score, raw score)`` found in ``folder``; absent ones follow ``on_missing``."""
     images = image_index(folder, recursive=recursive)
     samples, missing = [], []
-    for name, score in named_scores:
+    for name, score, raw_score in named_scores:
         path = images.get(name.lower())
         if path is None:
             missing.append(name)
             continue
         key = f"{source}/{Path(name).stem}"
-        samples.append(Sample(key=key, path=path, score=float(score), origin="original", source=source))
+        samples.append(
+            Sample(
+                key=key, path=path, score=float(score), origin="original", source=source, raw_score=float(raw_score)
+            )
+        )
     report_missing(missing, on_missing=on_missing, labels=labels, folder=folder)
     return finish(samples)

@@ -67,7 +67,7 @@ def read_csv_pool(
     scores = _scores(raw, rows, labels, is_lower_better=is_lower_better, is_normalised=is_normalised)
     listings = _DirectoryListings()
     samples, missing, missing_refs = [], [], set()
-    for (line, row), score in zip(rows, scores, strict=True):
+    for (line, row), score, raw_score in zip(rows, scores, raw, strict=True):
         where = f"{labels}:{line}"
         image = _resolve(row["path"], folder, where)
         if not listings.exists(image):
@@ -85,6 +85,7 @@ def read_csv_pool(
                 level=_optional_int(row.get("level"), f"{where} (level)"),
                 origin="original",
                 source=source,
+                raw_score=float(raw_score),
             )
         )
     report_missing(missing, on_missing=on_missing, labels=labels, folder=folder)

@@ -150,6 +150,7 @@ def read_kadid10k(
                 level=record.level,
                 origin="original",
                 source="kadid10k",
+                raw_score=record.dmos,
             )
         )
     report_missing(missing, on_missing=on_missing, labels=labels, folder=root / "images")

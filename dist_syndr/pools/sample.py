@@ -23,7 +23,8 @@ class Sample:
     unlabelled pools; ``ref`` names the pristine reference (``<source>/<stem>``) and
     ``ref_path`` locates it when it is on disk; ``distortion_type`` (1-25 for
     KADID types, the dataset's own numbering elsewhere) and ``level`` are None for
-    authentic images.
+    authentic images. ``raw_score`` is the label on the dataset's own scale (its
+    MOS or DMOS before the min-max map), where the reader knows it.
     """
 
     key: str
@@ -35,6 +36,7 @@ class Sample:
     level: int | None = None
     origin: str = "original"
     source: str = ""
+    raw_score: float | None = None
 
     def __post_init__(self) -> None:
         if not self.key or self.key.startswith("/") or ".." in self.key.split("/"):

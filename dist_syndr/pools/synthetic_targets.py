@@ -57,11 +57,11 @@ def read_pipal(root: str | Path, *, on_missing: str = "error") -> list[Sample]:
         raise ValueError(f"{label_dir}: no name,score lines in any .txt file")
     scores = normalise(np.array([raw for _, _, raw in entries]), label_dir)
     named = []
-    for (name, where, _), score in zip(entries, scores, strict=True):
+    for (name, where, raw), score in zip(entries, scores, strict=True):
         match = _PIPAL_NAME.match(name)
         if match is None:
             raise ValueError(f"{where}: {name!r} is not named <ref>_<family>_<subtype>.<ext>")
-        named.append((name, score, match["ref"], int(match["type"]), int(match["level"])))
+        named.append((name, score, match["ref"], int(match["type"]), int(match["level"]), raw))
     return _reference_samples(named, "pipal", train / "Distortion", train / "Train_Ref", label_dir, on_missing)
 
 
@@ -97,8 +97,8 @@ def read_tid2013(root: str | Path, *, on_missing: str = "error") -> list[Sample]
         entries.append((parts[1], parse_float(parts[0], where), match))
     scores = normalise(np.array([raw for _, raw, _ in entries]), labels)
     named = [
-        (name, score, f"I{m['ref']}", int(m["type"]), int(m["level"]))
-        for (name, _, m), score in zip(entries, scores, strict=True)
+        (name, score, f"I{m['ref']}", int(m["type"]), int(m["level"]), raw)
+        for (name, raw, m), score in zip(entries, scores, strict=True)
     ]
     return _reference_samples(
         named, "tid2013", root / "distorted_images", root / "reference_images", labels, on_missing
@@ -108,11 +108,11 @@ def read_tid2013(root: str | Path, *, on_missing: str = "error") -> list[Sample]
 def _reference_samples(
     named, source: str, folder: Path, ref_folder: Path, labels: Path, on_missing: str
 ) -> list[Sample]:
-    """Samples of ``(name, score, ref stem, type, level)`` entries whose image is in ``folder``."""
+    """Samples of ``(name, score, ref stem, type, level, raw score)`` entries whose image is in ``folder``."""
     images = image_index(folder)
     refs = stem_index(image_index(ref_folder))
     samples, missing, missing_refs = [], [], set()
-    for name, score, ref, distortion_type, level in named:
+    for name, score, ref, distortion_type, level, raw_score in named:
         path = images.get(name.lower())
         if path is None:
             missing.append(name)
@@ -131,6 +131,7 @@ def _reference_samples(
                 level=level,
                 origin="original",
                 source=source,
+                raw_score=float(raw_score),
             )
         )
     report_missing(missing, on_missing=on_missing, labels=labels, folder=folder)
@@ -181,6 +182,7 @@ def read_live(root: str | Path, *, folders=LIVE_FOLDERS, on_missing: str = "erro
                     key=f"live/{folder}/img{number}",
                     path=path,
                     score=float(scores[entry]),
+                    raw_score=float(dmos[entry]),
                     ref=f"live/{Path(ref_name).stem}",
                     ref_path=ref_path,
                     distortion_type=folder_number,
@@ -211,7 +213,7 @@ def read_csiq(root: str | Path, *, labels: str | Path | None = None, on_missing:
     distorted = image_index(root, recursive=True, skip_dirs=[root / "src_imgs"])
     distorted_stems, refs = stem_index(distorted), stem_index(image_index(root / "src_imgs"))
     samples, missing, missing_refs = [], [], set()
-    for (line, row), score in zip(rows, scores, strict=True):
+    for (line, row), score, raw_score in zip(rows, scores, dmos, strict=True):
         where = f"{labels_file}:{line}"
         path = _find_image(row["dist_img"].strip(), distorted, distorted_stems, where)
         if path is None:
@@ -233,6 +235,7 @@ def read_csiq(root: str | Path, *, labels: str | Path | None = None, on_missing:
                 level=level,
                 origin="original",
                 source="csiq",
+                raw_score=float(raw_score),
             )
         )
     report_missing(missing, on_missing=on_missing, labels=labels_file, folder=root)

@@ -46,7 +46,9 @@ class JobSummary:
         )
 
 
-def run_job(scorer_factory, specs: list[str], out: Path, *, num_workers: int = 2, max_pixels: int) -> JobSummary:
+def run_job(
+    scorer_factory, specs: list[str], out: Path, *, num_workers: int = 2, max_pixels: int, decoder: str = "pil"
+) -> JobSummary:
     """Score every image ``specs`` name into ``out``; ``scorer_factory()`` builds the :class:`Scorer`."""
     output.check_output_path(out)
     paths = expand_paths(specs)
@@ -61,7 +63,7 @@ def run_job(scorer_factory, specs: list[str], out: Path, *, num_workers: int = 2
     log.info("scoring with %s on %s (%s)", scorer.protocol.describe(), scorer.device, scorer.precision)
     writer = output.PartWriter(out, rank)
     try:
-        results = scorer.score_files(mine, num_workers=num_workers, max_pixels=max_pixels)
+        results = scorer.score_files(mine, num_workers=num_workers, max_pixels=max_pixels, decoder=decoder)
         for count, result in enumerate(tqdm(results, total=len(mine), unit="img", disable=rank != 0), start=1):
             writer.add(result)
             if result.error is not None:

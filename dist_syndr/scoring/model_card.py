@@ -18,7 +18,9 @@ from dist_syndr import config as config_module
 from dist_syndr import files
 from dist_syndr.config import Config
 from dist_syndr.features.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from dist_syndr.pools.scores import LabelScale
 from dist_syndr.scoring.crops import CropProtocol
+from dist_syndr.sharding.shard_set import INDEX_NAME
 from dist_syndr.tracking.tracker import git_commit
 
 CARD_NAME = "model_card.json"
@@ -49,6 +51,7 @@ def training_card(cfg: Config, run_dir: Path, *, last: dict, best: dict, train_s
             "samples": len(train_set),
             "upsampled": int(train_set.is_upsampled().sum()),
             "kept_last_epoch": None if kept is None else int(kept),
+            "label_scale": train_set.config.get("label_scale"),
         }
     return card
 
@@ -73,6 +76,25 @@ def base_card(cfg: Config, config_path: Path | None) -> dict:
         "intended_use": INTENDED_USE,
         "limits": LIMITS,
     }
+
+
+def label_scale_of(cfg: Config, run_dir: Path | None) -> LabelScale | None:
+    """The training labels' own scale: from the run's card (``export/model_card.json``), else from the
+    training set's index when it is still where the config says; None when neither knows it."""
+    card = read(run_dir / "export" / CARD_NAME) if run_dir is not None else None
+    if card is not None and "label_scale" in card.get("training_set", {}):
+        return LabelScale.from_dict(card["training_set"]["label_scale"])
+    index = Path(cfg.train.shard_set) / INDEX_NAME if cfg.train.shard_set else None
+    if index is None or not index.is_file():
+        return None
+    return LabelScale.from_dict(json.loads(index.read_text()).get("config", {}).get("label_scale"))
+
+
+def _label_scale_text(training_set: dict) -> str:
+    scale = LabelScale.from_dict(training_set.get("label_scale"))
+    if scale is None:
+        return ""
+    return f"; on the training labels' own scale ({scale.name}) 0 is {scale.at_0:.6g} and 10 is {scale.at_10:.6g}"
 
 
 def write(card: dict, json_path: Path) -> tuple[Path, Path]:
@@ -100,7 +122,7 @@ def markdown_text(card: dict) -> str:
         f"- Input: {data['tensor']}; normalise with mean {data['normalisation']['mean']} and std "
         f"{data['normalisation']['std']} after dividing pixels by 255",
         f"- Crops: {data['crops']}; {data['output']}",
-        f"- Score scale: {card['score_scale']}",
+        f"- Score scale: {card['score_scale']}{_label_scale_text(card['training_set'])}",
         f"- Training set: {_training_set_line(card['training_set'])}",
         f"- Config sha256: `{card['config_sha256']}`; code commit: `{card['git_commit']}`",
         "",

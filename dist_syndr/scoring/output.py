@@ -6,7 +6,8 @@ every rank is done) writes the output in input order, atomically, and removes th
 parts. A rerun reads the output and any parts first and scores only the paths
 missing from them; files that failed are tried again.
 
-Shapes: none (rows of path, score, spread, crops, resized).
+Shapes: none (rows of path, score, spread, crops, resized, score_original: empty where the run does not
+know its training labels' own scale).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 from dist_syndr import files
 from dist_syndr.scoring.scorer import ScoredImage
 
-FIELDS = ("path", "score", "spread", "crops", "resized")
+FIELDS = ("path", "score", "spread", "crops", "resized", "score_original")
 ERROR_FIELDS = ("path", "reason")
 SUFFIXES = (".csv", ".jsonl")
 
@@ -54,7 +55,7 @@ class PartWriter:
         """Append one result (a score or an error)."""
         if result.error is None:
             row = {"path": result.name, "score": result.score, "spread": result.spread}
-            row |= {"crops": result.num_crops, "resized": result.is_resized}
+            row |= {"crops": result.num_crops, "resized": result.is_resized, "score_original": result.score_original}
             self._results.write(json.dumps(row) + "\n")
             self.num_scored += 1
         else:
@@ -141,6 +142,8 @@ def _typed(row: dict) -> dict:
     typed = dict(row)
     for field in ("score", "spread"):
         typed[field] = float(typed[field])
+    original = typed.get("score_original")
+    typed["score_original"] = None if original in (None, "") else float(original)
     typed["crops"] = int(typed["crops"])
     typed["resized"] = typed["resized"] in (True, "True", "true")
     return typed

@@ -28,11 +28,14 @@ import torch
 
 from dist_syndr import runtime
 from dist_syndr.config import Config
-from dist_syndr.evaluate.checkpoints import load_model
+from dist_syndr.evaluate.checkpoints import find_config, load_model, resolve_checkpoint
 from dist_syndr.features.embed import evaluating, forward_rows, input_dtype
 from dist_syndr.features.precision import Precision, resolve
 from dist_syndr.features.preprocess import normalise_batch
+from dist_syndr.pools.scores import LabelScale
+from dist_syndr.scoring import model_card
 from dist_syndr.scoring.crops import CropProtocol
+from dist_syndr.scoring.dali_decode import DaliDecoder, decoded_files, resolve_decoder
 from dist_syndr.scoring.inputs import DEFAULT_MAX_PIXELS, ImageError, as_rgb_array, decode_file
 
 
@@ -47,6 +50,7 @@ class ScoredImage:
     num_crops: int = 0
     is_resized: bool = False  # smaller than the crop: resized up before cropping
     error: str | None = None
+    score_original: float | None = None  # the score on the training labels' own scale, where the run knows it
 
 
 class Scorer:
@@ -61,6 +65,7 @@ class Scorer:
         precision: str = "auto",
         batch_size: int = 64,
         config: Config | None = None,
+        label_scale: LabelScale | None = None,
     ):
         self.device = torch.device(device)
         self.precision: Precision = resolve(precision, self.device.type)
@@ -68,6 +73,7 @@ class Scorer:
         self.protocol = protocol
         self.batch_size = int(batch_size)
         self.config = config
+        self.label_scale = label_scale  # maps scores back to the training labels' own scale (None: unknown)
 
     @classmethod
     def load(
@@ -84,12 +90,17 @@ class Scorer:
         """The scorer of a run folder, a DeepSpeed checkpoint (folder or tag) or a weights file, with the run's
         evaluation crops unless ``crops``/``crop_mode`` say otherwise; ``device="auto"``: the GPU when present."""
         cfg, model = load_model(Path(checkpoint), None if config_path is None else Path(config_path))
+        found = (
+            Path(config_path) if config_path is not None else find_config(resolve_checkpoint(Path(checkpoint)).folder)
+        )
+        label_scale = model_card.label_scale_of(cfg, found.parent if found is not None else None)
         data = cfg.data
         protocol = CropProtocol.of_run(
             data.crop, data.eval_crops, data.eval_crop_mode, cfg.seed, crops=crops, mode=crop_mode
         )
         resolved = runtime.torch_device() if device == "auto" else torch.device(device)
-        return cls(model, protocol, device=resolved, precision=precision, batch_size=batch_size, config=cfg)
+        options = {"precision": precision, "batch_size": batch_size, "config": cfg, "label_scale": label_scale}
+        return cls(model, protocol, device=resolved, **options)
 
     def score(self, items: Sequence) -> np.ndarray:
         """``(N,)`` float64 scores of paths, PIL images, uint8 arrays or tensors; ValueError naming the first
@@ -107,10 +118,24 @@ class Scorer:
         return list(self._run(prepared))
 
     def score_files(
-        self, paths: Sequence[Path], *, num_workers: int = 2, max_pixels: int = DEFAULT_MAX_PIXELS
+        self,
+        paths: Sequence[Path],
+        *,
+        num_workers: int = 2,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        decoder: str = "pil",
     ) -> Iterator[ScoredImage]:
-        """Results for ``paths`` as batches finish (not necessarily in order), decoded in ``num_workers``
-        DataLoader workers; unreadable files come back with their reason."""
+        """Results for ``paths`` as batches finish (not necessarily in order); unreadable files come back with
+        their reason. ``decoder``: ``pil`` in ``num_workers`` DataLoader workers, ``dali`` (``mixed`` on this
+        scorer's GPU, ``cpu`` otherwise; :mod:`dist_syndr.scoring.dali_decode`) or ``auto``."""
+        if resolve_decoder(decoder, self.device.type) == "dali":
+            dali = DaliDecoder(
+                "gpu" if self.device.type == "cuda" else "cpu",
+                num_threads=max(1, num_workers),
+                device_id=self.device.index or 0,
+            )
+            files = decoded_files(list(paths), dali, min_side=self.protocol.size, max_pixels=max_pixels)
+            return self._run(_prepare(index, str(path), decode, self.protocol) for index, path, decode in files)
         dataset = _FileWindows(list(paths), self.protocol, max_pixels)
         if num_workers == 0:
             return self._run(dataset[i] for i in range(len(dataset)))
@@ -161,8 +186,10 @@ class Scorer:
         for item, item_crops in zip(pending, crops, strict=True):
             values = outputs[start : start + len(item_crops)]
             start += len(item_crops)
+            score = float(values.mean())
+            original = None if self.label_scale is None else float(self.label_scale.to_original(score))
             yield dataclasses.replace(
-                item.result, score=float(values.mean()), spread=float(values.std()), num_crops=len(values)
+                item.result, score=score, spread=float(values.std()), num_crops=len(values), score_original=original
             )
 
 

@@ -24,7 +24,7 @@ from dist_syndr.pools import kadid, readers
 from dist_syndr.pools.candidates import read_kadid_add81, read_reference_images
 from dist_syndr.pools.generic import read_folder
 from dist_syndr.pools.sample import Sample
-from dist_syndr.pools.scores import minmax_to_ten
+from dist_syndr.pools.scores import fit_label_scale, minmax_to_ten
 from dist_syndr.reshape import ddcup
 from dist_syndr.sharding.shard_set import ShardSet
 from dist_syndr.sharding.writer import WorkItem, WriteOptions, item_seed
@@ -43,6 +43,7 @@ class Plan:
     is_upsampling_deferred: bool = (
         False  # weak labels: DDCUp runs once the originals are written (upsample_weakly_labelled)
     )
+    label_scale: dict | None = None  # the dataset's own label scale (LabelScale.as_dict) where one map gives it
 
 
 def build_plan(config: Config) -> Plan:
@@ -50,11 +51,14 @@ def build_plan(config: Config) -> Plan:
     pool = config.shard.pool
     samples = _read(pool.kind, pool.root, pool.on_missing)
     types = tuple(pool.types) or config.reshape.ddcup.distortion_types
+    label_scale = None
     if pool.distort:
         originals = _engine_items(samples, types, pool.levels, config.seed, pool.labels == "weak", "distorted")
     else:
         kept = _filter(samples, pool.kind, types, pool.levels, pool.training_refs_only)
         originals = [_file_item(s, pool.labels) for s in kept]
+        if pool.labels == "dataset":
+            label_scale = _label_scale(kept)
     originals.sort(key=lambda item: item.key)
     upsampled, selected, is_deferred = [], [], False
     if config.shard.candidates.kind:
@@ -76,7 +80,7 @@ def build_plan(config: Config) -> Plan:
         len(upsampled),
         len(selected),
     )
-    return Plan(originals + upsampled, len(originals), len(upsampled), selected, is_deferred)
+    return Plan(originals + upsampled, len(originals), len(upsampled), selected, is_deferred, label_scale)
 
 
 def upsample_weakly_labelled(
@@ -98,6 +102,14 @@ def upsample_weakly_labelled(
     ]
     types = tuple(config.shard.pool.types) or config.reshape.ddcup.distortion_types
     return _upsample(config, refs, rows, types)
+
+
+def _label_scale(samples: list[Sample]) -> dict | None:
+    """The pool's own label scale, when its labelled samples all come from one min-max map."""
+    labelled = [s for s in samples if s.score is not None]
+    name = ",".join(sorted({s.source for s in labelled}))
+    scale = fit_label_scale(name, [s.score for s in labelled], [s.raw_score for s in labelled])
+    return None if scale is None else scale.as_dict()
 
 
 def _read(kind: str, root: str, on_missing: str) -> list[Sample]:
@@ -287,6 +299,8 @@ def run_shard_step(
 
     plan = build_plan(config)
     recorded = recorded_config(config)
+    if plan.label_scale is not None:  # scoring maps predictions back to it (dist_syndr.scoring)
+        recorded["label_scale"] = plan.label_scale
     if not plan.is_upsampling_deferred:
         writer.write_shard_set(plan.items, out_dir, options, recorded, rank=rank, world_size=world_size)
         return plan
