@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -90,11 +89,7 @@ def straddling_pool(seed: int, num_groups: int = 12, group_size: int = 8, dim: i
     return features[order].astype(np.float32), labels[order]
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+free_port = runtime.free_port  # a TCP port on 127.0.0.1 that nothing listens on right now
 
 
 def run_ranks(

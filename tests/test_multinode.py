@@ -71,8 +71,7 @@ def test_two_nodes_train_to_the_weights_of_one_node_with_two_ranks(tmp_path, cap
     assert not namespaces_left(tag), "a namespace survived the test"
     with capsys.disabled():
         print(f"\ntwo-node test ran over: {hosts.kind}")
-    for rank, (process, output) in enumerate(zip(processes, outputs, strict=True)):
-        assert process.returncode == 0, f"node {rank}:\n{output[-3000:]}"
+    _assert_every_node_succeeded(processes, outputs)
 
     two_dir, one_dir = tmp_path / "two-nodes" / "cpu-smoke", tmp_path / "one-node" / "cpu-smoke"
     tag_two, weights_two = _final_weights(two_dir)
@@ -128,7 +127,7 @@ def test_two_nodes_shard_through_the_slurm_node_script_byte_identical_to_one_pro
             hostlist = "localhost,127.0.0.1"  # two names for this machine: the fallback path
         port = free_port()
         tasks = [
-            subprocess.Popen(
+            _start_node(
                 [
                     *node.prefix,
                     "bash",
@@ -138,11 +137,8 @@ def test_two_nodes_shard_through_the_slurm_node_script_byte_identical_to_one_pro
                     *common,
                     f"shard.output_root={tmp_path / 'two'}",
                 ],
-                cwd=tmp_path,
-                env=_slurm_task_env(node, node_id, hostlist, port, tmp_path / "job"),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
+                tmp_path,
+                _slurm_task_env(node, node_id, hostlist, port, tmp_path / "job"),
             )
             for node_id, node in enumerate(hosts.nodes)
         ]
@@ -150,8 +146,8 @@ def test_two_nodes_shard_through_the_slurm_node_script_byte_identical_to_one_pro
     assert not namespaces_left(tag), "a namespace survived the test"
     with capsys.disabled():
         print(f"\ntwo-node sharding ran over: {hosts.kind}")
-    for node_id, (task, output) in enumerate(zip(tasks, outputs, strict=True)):
-        assert task.returncode == 0, f"node {node_id}:\n{output[-3000:]}"
+    _assert_every_node_succeeded(tasks, outputs)
+    for node_id, output in enumerate(outputs):
         assert f"node {node_id} of 2: 1 rank(s), rendezvous at {hostlist.split(',')[0]}" in output
     one, two = tmp_path / "one" / "folder-weak", tmp_path / "two" / "folder-weak"
     assert {p.name: p.read_bytes() for p in one.iterdir()} == {p.name: p.read_bytes() for p in two.iterdir()}
@@ -178,18 +174,20 @@ def _start_nodes(hosts, hostfile, root, out, port, env, *, disks=None, **overrid
     for rank, node in enumerate(hosts.nodes):
         command = _node_command(node, rank, master, port, hostfile, root, out)
         command += [f"{key}={value}" for key, value in overrides.items()]
-        processes.append(
-            subprocess.Popen(
-                command,
-                cwd=disks[rank] if disks else root,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                start_new_session=True,
-            )
-        )
+        processes.append(_start_node(command, disks[rank] if disks else root, env))
     return processes
+
+
+def _start_node(command, cwd, env) -> subprocess.Popen:
+    """One node's command in its own session (a SIGKILL to its group takes the whole node), output captured."""
+    return subprocess.Popen(
+        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+
+
+def _assert_every_node_succeeded(processes, outputs) -> None:
+    for rank, (process, output) in enumerate(zip(processes, outputs, strict=True)):
+        assert process.returncode == 0, f"node {rank}:\n{output[-3000:]}"
 
 
 @pytest.mark.dist
@@ -238,8 +236,7 @@ def test_a_node_killed_mid_epoch_stops_the_other_then_both_resume_to_the_same_we
     with capsys.disabled():
         print(f"\nnode death over {hosts.kind}: the survivor stopped {stopped_after:.1f} s after the SIGKILL")
     assert stopped_after < 90
-    for rank, (process, output) in enumerate(zip(restarted, outputs, strict=True)):
-        assert process.returncode == 0, f"node {rank}:\n{output[-3000:]}"
+    _assert_every_node_succeeded(restarted, outputs)
     assert "resumed from epoch0001-step" in outputs[0]
     tag_resumed, resumed = _final_weights(out / "cpu-smoke")
     tag_straight, reference = _final_weights(tmp_path / "straight" / "cpu-smoke")

@@ -81,6 +81,23 @@ def find_config(folder: Path, levels: int = CONFIG_SEARCH_LEVELS) -> Path | None
     return None
 
 
+def config_path_of(checkpoint: Path, config_path: Path | None = None) -> Path:
+    """``config_path``, or the run's ``config.yaml`` found beside ``checkpoint`` (ValueError when there is none)."""
+    if config_path is not None:
+        return Path(config_path)
+    return _found_config(resolve_checkpoint(Path(checkpoint)), checkpoint)
+
+
+def _found_config(source: CheckpointSource, checkpoint: Path) -> Path:
+    found = find_config(source.folder)
+    if found is None:
+        raise ValueError(
+            f"{checkpoint}: no {CONFIG_NAME} in its folder or the {CONFIG_SEARCH_LEVELS} above it;"
+            " pass the run's config with --config"
+        )
+    return found
+
+
 def load_model(
     checkpoint: Path, config_path: Path | None = None, overrides: Sequence[str] = ()
 ) -> tuple[Config, IQAModel]:
@@ -92,14 +109,8 @@ def load_model(
     read from ``model.weights`` and nothing is downloaded.
     """
     source = resolve_checkpoint(Path(checkpoint))
-    if config_path is None:
-        config_path = find_config(source.folder)
-        if config_path is None:
-            raise ValueError(
-                f"{checkpoint}: no {CONFIG_NAME} in its folder or the {CONFIG_SEARCH_LEVELS} above it;"
-                " pass the run's config with --config"
-            )
-    cfg = config_module.load(Path(config_path), list(overrides))
+    config_path = Path(config_path) if config_path is not None else _found_config(source, checkpoint)
+    cfg = config_module.load(config_path, list(overrides))
     model_cfg = dataclasses.replace(cfg.model, weights="", is_random_init=True, is_grad_checkpointing=False)
     # Built on the meta device the model skips its random initialisation (minutes for the large
     # ViTs on a CPU) and takes the checkpoint's tensors as they are.

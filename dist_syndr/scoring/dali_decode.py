@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dist_syndr.scoring.inputs import ImageError, decode_bytes
+
 log = logging.getLogger(__name__)
 
 DALI_MODES = {"JPEG": ("RGB", "L"), "PNG": ("RGB", "L")}  # format -> the PIL modes DALI decodes alike
@@ -107,8 +109,6 @@ def decoded_files(
     """``(index, path, decode)`` per file, in order, a batch at a time: ``decode()`` returns what DALI decoded,
     or decodes with PIL (raising :class:`~dist_syndr.scoring.inputs.ImageError` with the reason) for files
     DALI does not take or failed on."""
-    from dist_syndr.scoring.inputs import ImageError, decode_bytes
-
     for start in range(0, len(paths), decoder.batch_size):
         batch = list(enumerate(paths[start : start + decoder.batch_size], start=start))
         encoded: dict[int, bytes | ImageError] = {}
@@ -129,10 +129,10 @@ def decoded_files(
             except RuntimeError as error:
                 log.info("DALI failed on a batch of %d files (%s); PIL decodes them one by one", len(simple), error)
         for index, path in batch:
-            yield index, path, _decode_function(images.get(index), encoded[index], max_pixels, decode_bytes)
+            yield index, path, _decode_function(images.get(index), encoded[index], max_pixels)
 
 
-def _decode_function(image, data, max_pixels, decode_bytes) -> Callable[[], np.ndarray]:
+def _decode_function(image, data, max_pixels) -> Callable[[], np.ndarray]:
     if image is not None:
         return lambda: image
     if not isinstance(data, bytes):

@@ -20,7 +20,7 @@ from dist_syndr.config import Config
 from dist_syndr.features.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from dist_syndr.pools.scores import LabelScale
 from dist_syndr.scoring.crops import CropProtocol
-from dist_syndr.sharding.shard_set import INDEX_NAME
+from dist_syndr.sharding.shard_set import INDEX_NAME, ShardSet
 from dist_syndr.tracking.tracker import git_commit
 
 CARD_NAME = "model_card.json"
@@ -78,16 +78,15 @@ def base_card(cfg: Config, config_path: Path | None) -> dict:
     }
 
 
-def label_scale_of(cfg: Config, run_dir: Path | None) -> LabelScale | None:
+def label_scale_of(cfg: Config, run_dir: Path) -> LabelScale | None:
     """The training labels' own scale: from the run's card (``export/model_card.json``), else from the
     training set's index when it is still where the config says; None when neither knows it."""
-    card = read(run_dir / "export" / CARD_NAME) if run_dir is not None else None
+    card = read(run_dir / "export" / CARD_NAME)
     if card is not None and "label_scale" in card.get("training_set", {}):
         return LabelScale.from_dict(card["training_set"]["label_scale"])
-    index = Path(cfg.train.shard_set) / INDEX_NAME if cfg.train.shard_set else None
-    if index is None or not index.is_file():
+    if not cfg.train.shard_set or not (Path(cfg.train.shard_set) / INDEX_NAME).is_file():
         return None
-    return LabelScale.from_dict(json.loads(index.read_text()).get("config", {}).get("label_scale"))
+    return LabelScale.from_dict(ShardSet(cfg.train.shard_set).config.get("label_scale"))
 
 
 def _label_scale_text(training_set: dict) -> str:

@@ -28,7 +28,7 @@ import torch
 
 from dist_syndr import runtime
 from dist_syndr.config import Config
-from dist_syndr.evaluate.checkpoints import find_config, load_model, resolve_checkpoint
+from dist_syndr.evaluate.checkpoints import config_path_of, load_model
 from dist_syndr.features.embed import evaluating, forward_rows, input_dtype
 from dist_syndr.features.precision import Precision, resolve
 from dist_syndr.features.preprocess import normalise_batch
@@ -89,11 +89,9 @@ class Scorer:
     ) -> Scorer:
         """The scorer of a run folder, a DeepSpeed checkpoint (folder or tag) or a weights file, with the run's
         evaluation crops unless ``crops``/``crop_mode`` say otherwise; ``device="auto"``: the GPU when present."""
-        cfg, model = load_model(Path(checkpoint), None if config_path is None else Path(config_path))
-        found = (
-            Path(config_path) if config_path is not None else find_config(resolve_checkpoint(Path(checkpoint)).folder)
-        )
-        label_scale = model_card.label_scale_of(cfg, found.parent if found is not None else None)
+        config_path = config_path_of(Path(checkpoint), config_path)
+        cfg, model = load_model(Path(checkpoint), config_path)
+        label_scale = model_card.label_scale_of(cfg, config_path.parent)
         data = cfg.data
         protocol = CropProtocol.of_run(
             data.crop, data.eval_crops, data.eval_crop_mode, cfg.seed, crops=crops, mode=crop_mode
