@@ -17,6 +17,7 @@ import argparse
 from pathlib import Path
 
 from dist_syndr import cli, runtime
+from dist_syndr.scoring.compiled import COMPILE_MIN_IMAGES, COMPILE_MODES
 from dist_syndr.scoring.crops import CROP_MODES
 from dist_syndr.scoring.dali_decode import DECODERS
 from dist_syndr.scoring.inputs import DEFAULT_MAX_PIXELS
@@ -35,13 +36,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--crops", type=int, help="crops per image (default: the run's data.eval_crops)")
     parser.add_argument("--crop-mode", choices=CROP_MODES, help="default: the run's data.eval_crop_mode")
     parser.add_argument("--batch-size", type=int, default=64, help="crops per forward pass")
-    parser.add_argument("--workers", type=int, default=2, help="decoding processes (0: decode in this one)")
+    parser.add_argument(
+        "--workers", type=int, help="decoding processes (0: decode in this one; default: 0 on a CPU, up to 4 on a GPU)"
+    )
     parser.add_argument("--device", default="auto", help="auto (the GPU when present), cpu or cuda")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="larger images are skipped")
     parser.add_argument(
         "--decoder", default="auto", choices=DECODERS, help="auto: DALI's mixed decoder on a GPU, PIL on a CPU"
     )
+    parser.add_argument(
+        "--compile", default="auto", choices=COMPILE_MODES,
+        help=f"torch.compile the model (auto: for jobs of {COMPILE_MIN_IMAGES}+ images, where it pays back)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     runtime.setup_logging("INFO", runtime.env_rank_world()[0])
 
@@ -50,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         return Scorer.load(args.checkpoint, args.device, config_path=args.config, precision=args.precision, **options)
 
     options = {"num_workers": args.workers, "max_pixels": args.max_pixels, "decoder": args.decoder}
+    options["compile_mode"] = args.compile
     summary = run_job(scorer, args.paths, args.out, **options)
     if runtime.env_rank_world()[0] != 0:
         return 0  # rank 0 alone reports: a launcher stops every rank as soon as one exits non-zero

@@ -72,6 +72,17 @@ def test_a_labelled_pool_records_its_scale_in_the_index_and_scoring_maps_back(tm
     rows = list(csv.DictReader((tmp_path / "scores.csv").open()))
     for row in rows:
         assert float(row["score_original"]) == pytest.approx(1.2 + 3.4 * float(row["score"]) / 10, abs=1e-9)
+    # the MLflow model takes the scale from the card it carries
+    import mlflow.pyfunc
+    import pandas as pd
+
+    from dist_syndr.scoring import mlflow_model
+
+    card_path = run_dir / "export" / model_card.CARD_NAME
+    weights = run_dir / "export" / "model_fp32.pt"
+    folder = mlflow_model.save(weights, run_dir / "config.yaml", card_path, tmp_path / "mlflow_model")
+    predicted = mlflow.pyfunc.load_model(str(folder)).predict(pd.DataFrame({"path": [str(p) for p in photos]}))
+    np.testing.assert_allclose(predicted["score_original"], 1.2 + 3.4 * predicted["score"] / 10, atol=1e-9)
 
 
 def test_without_a_known_scale_the_column_stays_empty(tmp_path):

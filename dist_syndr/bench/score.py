@@ -6,11 +6,14 @@ with a randomly initialised ``vit_tiny_patch16_224`` at 224 pixels:
 - baseline: how a per-image command-line tool scores a folder: for each file,
   PIL decode, the crops, one forward pass of that image's crops, the mean;
 - ours: :func:`dist_syndr.scoring.job.run_job` (what ``launchers/score.py``
-  runs): decoding in worker processes, crops of many images in one batch,
-  rows appended as they finish.
+  runs, with its default decoding workers: none on a CPU): crops of many
+  images in full batches, rows appended as they finish; in fp32 and bf16,
+  eager and compiled (``--compile on``).
 
-Both use the same crop protocol and give the same scores (checked to 1e-4);
-``images/s`` excludes model loading. One case per crop protocol.
+Both use the same crop protocol and give the same scores (checked to 1e-4 in
+fp32 eager); ``images/s`` excludes model loading and compiling, which the
+report gives apart with the number of images after which compiling pays back.
+One row per crop protocol, precision and compile setting.
 """
 
 from __future__ import annotations
@@ -35,16 +38,18 @@ class ScorePlan:
     height: int = 384
     crop: int = 224
     protocols: tuple[tuple[str, int], ...] = (("centre", 1), ("random", 5))
-    precisions: tuple[str, ...] = ("fp32", "bf16")  # bf16 only where the CPU has bf16 matrix instructions
+    # (precision, compiled); bf16 only where the CPU has bf16 matrix instructions
+    cases: tuple[tuple[str, bool], ...] = (("fp32", False), ("bf16", False), ("bf16", True))
     batch_size: int = 64
-    num_workers: int = 2
-    repeats: int = 2
+    num_workers: int | None = None  # decoding processes (None: the job's default)
+    repeats: int = 3
 
     @staticmethod
     def quick() -> ScorePlan:
         return ScorePlan(
-            num_images=12, width=320, height=256, crop=64, protocols=(("centre", 1),), precisions=("fp32",), repeats=1
-        )
+            num_images=12, width=320, height=256, crop=64, protocols=(("centre", 1),),
+            cases=(("fp32", False), ("fp32", True)), batch_size=8, repeats=1,
+        )  # fmt: skip
 
 
 def make_run(folder: Path, plan: ScorePlan) -> tuple[Path, list[Path]]:
@@ -102,50 +107,74 @@ def ours(scorer, paths: list[Path], out: Path, plan: ScorePlan) -> np.ndarray:
 
 
 def run(plan: ScorePlan) -> Report:
-    """Measure both ways for each crop protocol and precision; the Markdown report and one summary row per case."""
+    """Measure both ways for each crop protocol and case; the Markdown report and one summary row per case."""
     from dist_syndr import runtime
 
-    precisions = [p for p in plan.precisions if p == "fp32" or runtime.has_fast_cpu_bf16()]
+    cases = [case for case in plan.cases if case[0] == "fp32" or runtime.has_fast_cpu_bf16()]
     rows, summary = [], []
     with tempfile.TemporaryDirectory(prefix="bench-score-") as scratch:
         run_dir, paths = make_run(Path(scratch), plan)
         for mode, crops in plan.protocols:
-            fp32 = {}
-            for precision in precisions:
-                measured = _measure(run_dir, paths, Path(scratch) / "scores.csv", plan, (mode, crops, precision))
-                fp32 = fp32 or measured
-                baseline, best = measured["baseline"], measured["ours"]
-                difference = float(np.abs(measured["scores"] - fp32["scores"]).max())
-                case = f"{crops} {mode} crop{'s' if crops > 1 else ''} of {plan.crop}, {precision}"
-                rows.append([case, f"{baseline:.2f}", f"{best:.2f}", f"{best / baseline:.2f}x",
-                             f"{best / fp32['baseline']:.2f}x", f"{difference:.2g}"])  # fmt: skip
+            measured = {case: _measure(run_dir, paths, Path(scratch) / "scores.csv", plan, (mode, crops, *case))
+                        for case in cases}  # fmt: skip
+            fp32 = measured[cases[0]]
+            for (precision, compiled), result in measured.items():
+                eager = measured.get((precision, False), result)
+                case = f"{crops} {mode} crop{'s' if crops > 1 else ''} of {plan.crop}, {precision}" + (
+                    ", compiled" if compiled else ""
+                )
+                rows.append(_row(case, result, fp32, eager))
                 summary.append(
                     SummaryRow(
                         "score",
                         f"score.py, {case}",
-                        f"{best:.2f} images/s",
+                        f"{result['ours']:.2f} images/s",
                         "one image at a time, fp32 (PIL + model)",
                         f"{fp32['baseline']:.2f} images/s",
-                        best / fp32["baseline"],
-                    )  # fmt: skip
+                        result["ours"] / fp32["baseline"],
+                    )
                 )
     header = ["crops, precision", "one at a time (images/s)", "score.py job (images/s)", "speed-up",
-              "vs fp32 one at a time", "max |score - fp32 score|"]  # fmt: skip
+              "vs fp32 one at a time", "max |score - fp32 score|", "compiling (s)",
+              "pays back after (images)"]  # fmt: skip
     text = (
         f"### Scoring {plan.num_images} JPEGs of {plan.width}x{plan.height} with vit_tiny_patch16_224 on the CPU "
-        f"({torch.get_num_threads()} torch threads, {plan.num_workers} decoding workers, batches of "
+        f"({torch.get_num_threads()} torch threads, {_workers(plan)} decoding workers, batches of "
         f"{plan.batch_size} crops, best of {plan.repeats})\n\n{markdown_table(header, rows)}\n\n"
-        "In each row both ways give the same scores (1e-4); the last column is what bf16 changes."
+        "One at a time runs eager in the row's precision; the job's images/s exclude compiling, which the last "
+        "two columns give: the seconds once per job and the images after which the compiled job is ahead of the "
+        "eager one. Both ways agree to 1e-4 in fp32 eager; the sixth column is what bf16 and compiling change."
     )
     return Report(text, tuple(summary))
 
 
-def _measure(run_dir: Path, paths: list[Path], out: Path, plan: ScorePlan, case: tuple[str, int, str]) -> dict:
+def _row(case: str, result: dict, fp32: dict, eager: dict) -> list[str]:
+    baseline, best = result["baseline"], result["ours"]
+    difference = float(np.abs(result["scores"] - fp32["scores"]).max())
+    compile_s, pays_back = "", ""
+    if result["compile_s"] is not None:
+        compile_s = f"{result['compile_s']:.1f}"
+        saved_per_image = 1 / eager["ours"] - 1 / best
+        pays_back = f"{result['compile_s'] / saved_per_image:,.0f}" if saved_per_image > 0 else "never"
+    return [case, f"{baseline:.2f}", f"{best:.2f}", f"{best / baseline:.2f}x", f"{best / fp32['baseline']:.2f}x",
+            f"{difference:.2g}", compile_s, pays_back]  # fmt: skip
+
+
+def _workers(plan: ScorePlan) -> int:
+    from dist_syndr.scoring.job import decoding_workers
+
+    return decoding_workers(torch.device("cpu")) if plan.num_workers is None else plan.num_workers
+
+
+def _measure(run_dir: Path, paths: list[Path], out: Path, plan: ScorePlan, case: tuple) -> dict:
     from dist_syndr.scoring.scorer import Scorer
 
-    mode, crops, precision = case
+    mode, crops, precision, compiled = case
     scorer = Scorer.load(run_dir, "cpu", crops=crops, crop_mode=mode, batch_size=plan.batch_size, precision=precision)
     one_at_a_time(scorer, paths[:2])  # first-use costs outside the timing
+    if compiled:
+        scorer.compile()
+        ours(scorer, paths[:2], out, plan)  # compiles
     times: dict[str, list[float]] = {"baseline": [], "ours": []}
     for _ in range(plan.repeats):
         started = time.perf_counter()
@@ -154,7 +183,12 @@ def _measure(run_dir: Path, paths: list[Path], out: Path, plan: ScorePlan, case:
         started = time.perf_counter()
         actual = ours(scorer, paths, out, plan)
         times["ours"].append(time.perf_counter() - started)
-    tolerance = 1e-4 if precision == "fp32" else 5e-2  # bf16: batch composition moves the last bits more
+    tolerance = 1e-4 if precision == "fp32" and not compiled else 5e-2  # bf16: batch composition moves the last bits
     if not np.allclose(actual, expected, atol=tolerance):
         raise RuntimeError(f"{case}: the scoring job and the loop disagree by {np.abs(actual - expected).max()}")
-    return {"baseline": len(paths) / min(times["baseline"]), "ours": len(paths) / min(times["ours"]), "scores": actual}
+    return {
+        "baseline": len(paths) / min(times["baseline"]),
+        "ours": len(paths) / min(times["ours"]),
+        "scores": actual,
+        "compile_s": scorer.compiled.compile_seconds if compiled else None,
+    }

@@ -11,13 +11,16 @@ Shapes: none (paths and rows).
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from tqdm.auto import tqdm
 
 from dist_syndr import runtime
 from dist_syndr.scoring import output
+from dist_syndr.scoring.compiled import should_compile
 from dist_syndr.scoring.inputs import expand_paths
 from dist_syndr.scoring.scorer import Scorer
 
@@ -47,9 +50,18 @@ class JobSummary:
 
 
 def run_job(
-    scorer_factory, specs: list[str], out: Path, *, num_workers: int = 2, max_pixels: int, decoder: str = "pil"
+    scorer_factory,
+    specs: list[str],
+    out: Path,
+    *,
+    max_pixels: int,
+    num_workers: int | None = None,
+    decoder: str = "pil",
+    compile_mode: str = "off",
 ) -> JobSummary:
-    """Score every image ``specs`` name into ``out``; ``scorer_factory()`` builds the :class:`Scorer`."""
+    """Score every image ``specs`` name into ``out``; ``scorer_factory()`` builds the :class:`Scorer`.
+    ``num_workers``: decoding processes (None: :func:`decoding_workers`); ``compile_mode``: ``auto|on|off``
+    (:func:`dist_syndr.scoring.compiled.should_compile`)."""
     output.check_output_path(out)
     paths = expand_paths(specs)
     rank, world_size, _ = runtime.env_rank_world()
@@ -60,7 +72,13 @@ def run_job(
     mine = todo[rank::world_size]
     log.info("%d inputs, %d scored before, %d to score (%d on this rank)", len(paths), len(done), len(todo), len(mine))
     scorer: Scorer = scorer_factory()
-    log.info("scoring with %s on %s (%s)", scorer.protocol.describe(), scorer.device, scorer.precision)
+    if should_compile(compile_mode, len(mine), scorer.device):
+        scorer.compile(strict=compile_mode == "on")
+    num_workers = decoding_workers(scorer.device) if num_workers is None else num_workers
+    log.info(
+        "scoring with %s on %s (%s%s), %d decoding workers", scorer.protocol.describe(), scorer.device,
+        scorer.precision, ", compiled" if scorer.compiled else "", num_workers,
+    )  # fmt: skip
     writer = output.PartWriter(out, rank)
     try:
         results = scorer.score_files(mine, num_workers=num_workers, max_pixels=max_pixels, decoder=decoder)
@@ -81,3 +99,12 @@ def run_job(
         runtime.barrier()
         runtime.shutdown()
     return JobSummary(len(paths), len(paths) - len(todo), scored, failed, rows)
+
+
+def decoding_workers(device: torch.device) -> int:
+    """Decoding processes by default: none on a CPU, where the forward pass already takes every core (decoding
+    between batches in this process measured faster than two workers on two cores, ``bench.py score``), and up
+    to four beside a GPU, one per core this rank's share of the machine has."""
+    if device.type != "cuda":
+        return 0
+    return max(1, min(4, (os.cpu_count() or 1) // runtime.local_world_size() - 1))

@@ -1,7 +1,9 @@
 """The run's model as an MLflow model: ``mlflow.pyfunc.load_model(uri).predict(frame)`` scores images.
 
 The input is a table with a ``path`` column (image files the loading process can
-read); the output a table with a ``score`` column on the training scale [0, 10].
+read); the output a table with a ``score`` column on the training scale [0, 10]
+and ``score_original`` on the training labels' own scale (NaN where the model card
+does not know it).
 The model folder holds the fp32 weights with their sha256 sidecar, the run's
 config and its model card; loading builds a :class:`Scorer` (this package must be
 installed where it loads). Training writes it as ``export/mlflow_model`` and logs
@@ -19,15 +21,20 @@ import tempfile
 from pathlib import Path
 
 import mlflow.pyfunc
+import numpy as np
 import pandas as pd
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 
 from dist_syndr import files
 from dist_syndr.evaluate.export import checksum_path
+from dist_syndr.pools.scores import LabelScale
 
 MODEL_DIR_NAME = "mlflow_model"
-SIGNATURE = ModelSignature(inputs=Schema([ColSpec("string", "path")]), outputs=Schema([ColSpec("double", "score")]))
+SIGNATURE = ModelSignature(
+    inputs=Schema([ColSpec("string", "path")]),
+    outputs=Schema([ColSpec("double", "score"), ColSpec("double", "score_original", required=False)]),
+)
 _MODEL_CODE = (
     "import mlflow.models\n"
     "from dist_syndr.scoring.mlflow_model import ImageScorerModel\n\n"
@@ -44,6 +51,8 @@ class ImageScorerModel(mlflow.pyfunc.PythonModel):
 
         artifacts = context.artifacts
         self._scorer = Scorer.load(artifacts["weights"], "auto", config_path=artifacts["config"])
+        card = json.loads(Path(artifacts["model_card"]).read_text())  # the card knows the labels' scale
+        self._scorer.label_scale = LabelScale.from_dict(card.get("training_set", {}).get("label_scale"))
 
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
         """Scores of the images in ``model_input['path']`` (a DataFrame, a dict of lists or a list of paths)."""
@@ -53,7 +62,10 @@ class ImageScorerModel(mlflow.pyfunc.PythonModel):
             paths = [str(p) for p in model_input["path"]]
         else:
             paths = [str(p) for p in model_input]
-        return pd.DataFrame({"score": self._scorer.score(paths)})
+        scores = self._scorer.score(paths)
+        scale = self._scorer.label_scale
+        original = scale.to_original(scores) if scale is not None else np.full(len(scores), np.nan)
+        return pd.DataFrame({"score": scores, "score_original": original})
 
 
 def save(weights: Path, config_path: Path, card_path: Path, out_dir: Path) -> Path:

@@ -19,6 +19,7 @@ Shapes: ``N`` images; crops ``(B, 3, C, C)`` float32; scores ``(N,)`` float64.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -34,6 +35,7 @@ from dist_syndr.features.precision import Precision, resolve
 from dist_syndr.features.preprocess import normalise_batch
 from dist_syndr.pools.scores import LabelScale
 from dist_syndr.scoring import model_card
+from dist_syndr.scoring.compiled import CompiledForward
 from dist_syndr.scoring.crops import CropProtocol
 from dist_syndr.scoring.dali_decode import DaliDecoder, decoded_files, resolve_decoder
 from dist_syndr.scoring.inputs import DEFAULT_MAX_PIXELS, ImageError, as_rgb_array, decode_file
@@ -74,6 +76,15 @@ class Scorer:
         self.batch_size = int(batch_size)
         self.config = config
         self.label_scale = label_scale  # maps scores back to the training labels' own scale (None: unknown)
+        self.compiled: CompiledForward | None = None  # set by :meth:`compile`
+
+    def compile(self, *, strict: bool = True) -> Scorer:
+        """Run uint8 windows through the model compiled by ``torch.compile`` from now on (compiled at the first
+        batch; :mod:`dist_syndr.scoring.compiled`); ``strict=False``: if compiling fails, warn and go on without.
+        Returns this scorer."""
+        eager = None if strict else self._eager_forward
+        self.compiled = CompiledForward(self.model, self.device, self.precision, self.batch_size, eager=eager)
+        return self
 
     @classmethod
     def load(
@@ -149,7 +160,15 @@ class Scorer:
 
     def forward(self, crops: np.ndarray) -> np.ndarray:
         """``(B,)`` float32 model outputs of ``(B, 3, C, C)`` normalised float32 crops, or of ``(B, C, C, 3)`` uint8
-        windows (normalised here), in batches of ``batch_size``."""
+        windows (normalised here), in batches of ``batch_size``; uint8 windows go through the compiled model
+        after :meth:`compile`."""
+        if self.compiled is not None and crops.dtype == np.uint8:
+            starts = range(0, len(crops), self.batch_size)
+            parts = [self.compiled(crops[start : start + self.batch_size]) for start in starts]
+            return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+        return self._eager_forward(crops)
+
+    def _eager_forward(self, crops: np.ndarray) -> np.ndarray:
         outputs = []
         with evaluating(self.model):
             dtype = input_dtype(self.model)
@@ -163,32 +182,56 @@ class Scorer:
         return np.concatenate(outputs) if outputs else np.zeros(0, np.float32)
 
     def _run(self, prepared) -> Iterator[ScoredImage]:
-        """Gather prepared images until a batch of crops is full, score it, yield each image's result."""
-        pending, crops, num_crops = [], [], 0
+        """Stream the images' crops through the model in full batches of ``batch_size`` (one image's crops may
+        span two batches); yield each image's result as soon as all its crops are scored."""
+        waiting: collections.deque[_Prepared] = collections.deque()  # images not yet fully scored, in order
+        queued, outputs = _CropQueue(), np.zeros(0, np.float64)  # crops to forward; outputs of waiting images
         for item in prepared:
             if item.error is not None:
                 yield item.result
                 continue
-            pending.append(item)
-            crops.append(item.crops)
-            num_crops += len(item.crops)
-            if num_crops >= self.batch_size:
-                yield from self._flush(pending, crops)
-                pending, crops, num_crops = [], [], 0
-        if pending:
-            yield from self._flush(pending, crops)
+            waiting.append(item)
+            queued.add(item.crops)
+            while len(queued) >= self.batch_size:
+                outputs = np.concatenate([outputs, self.forward(queued.take(self.batch_size))])
+                outputs = yield from self._finished(waiting, outputs)
+        if len(queued):
+            outputs = np.concatenate([outputs, self.forward(queued.take(len(queued)))])
+            yield from self._finished(waiting, outputs)
 
-    def _flush(self, pending: list, crops: list[np.ndarray]) -> Iterator[ScoredImage]:
-        outputs = self.forward(np.concatenate(crops)).astype(np.float64)
-        start = 0
-        for item, item_crops in zip(pending, crops, strict=True):
-            values = outputs[start : start + len(item_crops)]
-            start += len(item_crops)
+    def _finished(self, waiting: collections.deque, outputs: np.ndarray):
+        """Yield the result of every waiting image whose crops all have outputs; return the outputs left."""
+        while waiting and len(outputs) >= len(waiting[0].crops):
+            item = waiting.popleft()
+            values, outputs = outputs[: len(item.crops)], outputs[len(item.crops) :]
             score = float(values.mean())
             original = None if self.label_scale is None else float(self.label_scale.to_original(score))
             yield dataclasses.replace(
                 item.result, score=score, spread=float(values.std()), num_crops=len(values), score_original=original
             )
+        return outputs
+
+
+class _CropQueue:
+    """Crops waiting for the model, taken in batches in the order they came."""
+
+    def __init__(self):
+        self.parts: list[np.ndarray] = []
+        self.count = 0
+
+    def __len__(self) -> int:
+        return self.count
+
+    def add(self, crops: np.ndarray) -> None:
+        self.parts.append(crops)
+        self.count += len(crops)
+
+    def take(self, count: int) -> np.ndarray:
+        """The first ``count`` crops, removed from the queue."""
+        joined = np.concatenate(self.parts) if len(self.parts) > 1 else self.parts[0]
+        self.parts = [joined[count:]] if count < len(joined) else []
+        self.count = len(joined) - count
+        return joined[:count]
 
 
 @dataclasses.dataclass(frozen=True)
