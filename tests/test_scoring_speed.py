@@ -38,6 +38,8 @@ def test_crops_of_one_image_may_span_two_batches_and_score_as_alone(tiny_run):
     batched.forward = lambda crops: sizes.append(len(crops)) or forward(crops)
     results = batched.score_items(_photos(tiny_run))
     assert sizes == [4, 4, 4, 4, 4, 1]  # 7 images x 3 crops: full batches, the rest at the end
+    with_failure = batched.score_items([*_photos(tiny_run)[:2], np.zeros((4, 4), np.float32)])
+    assert [r.index for r in with_failure] == [0, 1, 2] and with_failure[2].error is not None  # the items' order
     alone = Scorer.load(tiny_run / "runs" / "tiny", "cpu", batch_size=3)
     expected = [alone.score_items([path])[0] for path in _photos(tiny_run)]
     assert [r.num_crops for r in results] == [3] * 7

@@ -121,10 +121,11 @@ class Scorer:
         return np.array([r.score for r in results], dtype=np.float64)
 
     def score_items(self, items: Sequence) -> list[ScoredImage]:
-        """One :class:`ScoredImage` per item, failures included (decoded here, in this process)."""
+        """One :class:`ScoredImage` per item in the items' order, failures included (decoded here, in this
+        process)."""
         prepared = (_prepare(index, _name(item, index), lambda item=item: as_rgb_array(item), self.protocol)
                     for index, item in enumerate(items))  # fmt: skip
-        return list(self._run(prepared))
+        return sorted(self._run(prepared), key=lambda result: result.index)
 
     def score_files(
         self,
