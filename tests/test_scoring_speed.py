@@ -51,6 +51,7 @@ def test_crops_of_one_image_may_span_two_batches_and_score_as_alone(tiny_run):
 @pytest.mark.timeout(300)
 def test_a_compiled_job_scores_as_the_eager_one_and_compiles_once(tiny_run, tmp_path):
     torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
     photos = _photos(tiny_run)
     eager = Scorer.load(tiny_run / "runs" / "tiny", "cpu", batch_size=4)
     run_job(lambda: eager, photos, tmp_path / "eager.jsonl", max_pixels=10**8, compile_mode="off")
@@ -81,7 +82,8 @@ def test_a_failed_compile_raises_when_asked_for_and_falls_back_under_auto(tiny_r
     with caplog.at_level(logging.WARNING, logger=compiled_module.__name__):
         np.testing.assert_array_equal(lenient.score(path), expected)
         np.testing.assert_array_equal(lenient.score(path), expected)
-    assert [r.message for r in caplog.records] == ["torch.compile failed, scoring without it: no C++ compiler"]
+    warnings = [r.message for r in caplog.records if r.name == compiled_module.__name__]
+    assert warnings == ["torch.compile failed, scoring without it: no C++ compiler"]  # once, not per batch
 
 
 def test_auto_compiles_long_jobs_where_a_compiler_exists(monkeypatch):
