@@ -78,9 +78,9 @@ class CompiledForward:
 
     def _compiled_outputs(self, windows: np.ndarray) -> np.ndarray:
         count = len(windows)
-        padded = np.zeros((self.batch_size, *windows.shape[1:]), np.uint8)
-        padded[:count] = windows
-        batch = torch.from_numpy(padded).to(self.device, non_blocking=True)
+        if count < self.batch_size:  # only the last batch: full ones go as they are, without a copy
+            windows = np.concatenate([windows, np.zeros((self.batch_size - count, *windows.shape[1:]), np.uint8)])
+        batch = torch.from_numpy(np.ascontiguousarray(windows)).to(self.device, non_blocking=True)
         started = time.perf_counter()
         with torch.no_grad(), torch._inductor.config.patch(freezing=True), autocast(self.device, self.precision):
             outputs = self.compiled(batch)
