@@ -20,8 +20,6 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
-
 from dist_syndr.config import RuntimeConfig
 
 log = logging.getLogger(__name__)
@@ -376,74 +374,8 @@ def cuda_device_count() -> int:
     return torch.cuda.device_count() if has_cuda() else 0
 
 
-# ---------------------------------------------------------------------------
-# collectives over numpy arrays (identity without a process group)
-
-
-def all_gather_array(array: np.ndarray) -> list[np.ndarray]:
-    """Every rank's 1-D-or-more ``array`` (lengths may differ along axis 0), in rank order."""
-    if not is_distributed():
-        return [array]
-    import torch
-    import torch.distributed as dist
-
-    device = _collective_device()
-    world_size = dist.get_world_size()
-    length = torch.tensor([array.shape[0]], dtype=torch.int64, device=device)
-    lengths = [torch.zeros_like(length) for _ in range(world_size)]
-    dist.all_gather(lengths, length)
-    longest = int(max(int(n) for n in lengths))
-    padded = np.zeros((longest, *array.shape[1:]), dtype=array.dtype)
-    padded[: array.shape[0]] = array
-    local = torch.from_numpy(padded).to(device)
-    gathered = [torch.empty_like(local) for _ in range(world_size)]
-    dist.all_gather(gathered, local)
-    return [g[: int(n)].cpu().numpy() for g, n in zip(gathered, lengths, strict=True)]
-
-
-def all_gather_objects(value: object) -> list:
-    """Every rank's picklable ``value``, in rank order (``[value]`` without a process group)."""
-    if not is_distributed():
-        return [value]
-    import torch.distributed as dist
-
-    gathered: list = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, value)
-    return gathered
-
-
-def broadcast_buffers(module, src: int = 0) -> None:
-    """Give every rank rank ``src``'s module buffers (BatchNorm running statistics drift apart per rank)."""
-    if not is_distributed():
-        return
-    import torch.distributed as dist
-
-    for buffer in module.buffers():
-        dist.broadcast(buffer.data, src=src)
-
-
-def barrier() -> None:
-    """Wait for every rank (nothing to wait for without a process group)."""
-    if is_distributed():
-        import torch.distributed as dist
-
-        dist.barrier()
-
-
-def broadcast_array(array: np.ndarray | None, src: int = 0) -> np.ndarray:
-    """Rank ``src``'s array on every rank (other ranks pass None)."""
-    if not is_distributed():
-        if array is None:
-            raise ValueError("broadcast_array without a process group needs the array itself")
-        return array
-    import torch.distributed as dist
-
-    box = [array if dist.get_rank() == src else None]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
-
-
-def _collective_device():
+def collective_device():
+    """The device a collective's tensors live on: this process's CUDA device under NCCL, else the CPU."""
     import torch
     import torch.distributed as dist
 

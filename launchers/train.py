@@ -11,7 +11,7 @@ import gc
 import os
 from pathlib import Path
 
-from dist_syndr import cli, config, runtime
+from dist_syndr import cli, collectives, config, runtime
 from dist_syndr.features.model import build_model
 from dist_syndr.scoring import model_card
 from dist_syndr.sharding.shard_set import ShardSet
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     run = loop.Run(model_engine, train_set, target_sets, tracker, checkpoints, backends.rank, world_size, run_dir)
     try:
         results, state = loop.fit(cfg, run, state, progress)
-        runtime.barrier()
+        collectives.barrier()
         if backends.rank == 0:
             card = model_card.training_card(cfg, run_dir, last=results, best=state.best, train_set=train_set,
                                             kept=results.get("kept"))  # fmt: skip

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dist_syndr import runtime
+from dist_syndr import collectives, runtime
 from dist_syndr.config import NeighborsConfig, RuntimeConfig
 from dist_syndr.reshape import drcdown
 from tests.conftest import straddling_pool
@@ -17,9 +17,9 @@ def main(out_dir: str) -> None:
     backends = runtime.init(RuntimeConfig(device="cpu", faiss="cpu"), timeout_s=60)
     rank, world_size = runtime.rank_world()
     assert runtime.is_distributed() and backends.dist_backend == "gloo"
-    gathered = runtime.all_gather_array(np.arange(rank + 2, dtype=np.int64) * (rank + 1))
+    gathered = collectives.all_gather_array(np.arange(rank + 2, dtype=np.int64) * (rank + 1))
     assert [g.tolist() for g in gathered] == [[0, 1], [0, 2, 4]][:world_size]
-    shared = runtime.broadcast_array(np.array([3.5, 1.5]) if rank == 0 else None)
+    shared = collectives.broadcast_array(np.array([3.5, 1.5]) if rank == 0 else None)
     assert shared.tolist() == [3.5, 1.5]
     features, labels = straddling_pool(3)
     result = drcdown.run(features, labels, cap=5, seed=11, search=NeighborsConfig(database_block=23))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from dist_syndr import runtime
+from dist_syndr import collectives, runtime
 from dist_syndr.config import RuntimeConfig, load
 from dist_syndr.features.model import IQAModel
 from dist_syndr.train import deepspeed_engine
@@ -60,10 +60,10 @@ def main(out_dir: str) -> None:
     _train(plain, rank)
     trained = _weights(overlapped)
     gap = max(float((trained[name] - tensor).abs().max()) for name, tensor in _weights(plain).items())
-    on_ranks = runtime.all_gather_objects({name: float(tensor.double().sum()) for name, tensor in trained.items()})
+    on_ranks = collectives.all_gather_objects({name: float(tensor.double().sum()) for name, tensor in trained.items()})
 
     overlapped.save_checkpoint(str(out / "checkpoints"), tag="step3")
-    runtime.barrier()
+    collectives.barrier()
     fresh_model = copy.deepcopy(model)
     fresh, *_ = deepspeed.initialize(
         model=fresh_model, optimizer=deepspeed_engine.build_optimizer(fresh_model, cfg.train), config=ds_config

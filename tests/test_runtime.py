@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from dist_syndr import runtime
+from dist_syndr import collectives, runtime
 from dist_syndr.config import RuntimeConfig
 from dist_syndr.reshape import drcdown
 from tests.conftest import has_gpu, run_ranks, straddling_pool
@@ -50,10 +50,10 @@ def test_launcher_environment(monkeypatch):
 
 def test_collectives_are_identity_without_a_group():
     array = np.arange(5)
-    assert [a.tolist() for a in runtime.all_gather_array(array)] == [array.tolist()]
-    assert runtime.broadcast_array(array) is array
+    assert [a.tolist() for a in collectives.all_gather_array(array)] == [array.tolist()]
+    assert collectives.broadcast_array(array) is array
     with pytest.raises(ValueError, match="needs the array"):
-        runtime.broadcast_array(None)
+        collectives.broadcast_array(None)
 
 
 @pytest.mark.dist

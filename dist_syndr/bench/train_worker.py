@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dist_syndr import files, runtime
+from dist_syndr import collectives, files, runtime
 from dist_syndr.bench.train import BASELINE, TRAINER, TrainPlan, step_case
 from dist_syndr.config import Config, DataConfig, ModelConfig, RuntimeConfig, TrainConfig
 from dist_syndr.features import precision as precision_policy
@@ -200,7 +200,7 @@ def _report(case: dict, setup: Setup, epochs: Epochs, best: dict[str, Clock], fl
     in_loop = trainer_clock.images / trainer_clock.loop_seconds if trainer_clock.loop_seconds else float("nan")
     loader_rate = epochs.loader_clock.images_per_second
     rates = np.array([best[name].images_per_second for name in names] + [loader_rate, in_loop])
-    per_rank = np.concatenate(runtime.all_gather_array(rates[None, :]))  # (ranks, cases + loader + trainer loop)
+    per_rank = np.concatenate(collectives.all_gather_array(rates[None, :]))  # (ranks, cases + loader + trainer loop)
     if backends.rank != 0:
         return
     report = {
@@ -302,7 +302,7 @@ def _engine_epoch(model_engine, batches: Batches) -> dict:
 def _timed(epoch_fn: Callable[[int], dict], epochs: list[int], batch_size: int, device: torch.device) -> Clock:
     clock = Clock()
     for epoch in epochs:
-        runtime.barrier()
+        collectives.barrier()
         started = time.perf_counter()
         stats = epoch_fn(epoch)
         runtime.synchronize(device)

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from dist_syndr import files, runtime
+from dist_syndr import collectives, files, runtime
 from dist_syndr.config import DataConfig
 from dist_syndr.evaluate import metrics
 from dist_syndr.features.embed import evaluating, forward_rows, gather_rows, input_dtype
@@ -203,7 +203,7 @@ def _gathered_pass(
             rows.append(batch.mean_over_crops(outputs).cpu().numpy())
             positions.extend(position[key] for key in batch.keys)
     gathered_rows = gather_rows(rows, empty)
-    gathered_positions = np.concatenate(runtime.all_gather_array(np.asarray(positions, dtype=np.int64)))
+    gathered_positions = np.concatenate(collectives.all_gather_array(np.asarray(positions, dtype=np.int64)))
     # Padding repeats a few samples; their rows are the same computation, so the first one stands.
     unique, first = np.unique(gathered_positions, return_index=True)
     return unique, gathered_rows[first]

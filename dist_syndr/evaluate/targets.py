@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from dist_syndr import runtime
+from dist_syndr import collectives, runtime
 from dist_syndr.config import Config
 from dist_syndr.sharding.shard_set import INDEX_NAME, ShardSet
 
@@ -83,7 +83,7 @@ def _shard_raw_target(kind: str, root: Path, out_dir: Path, recorded: dict, *, n
     rank, world_size = runtime.rank_world()
     options = writer.WriteOptions(num_workers=num_workers)
     writer.write_shard_set(plan.items, out_dir, options, recorded, rank=rank, world_size=world_size)
-    runtime.barrier()  # rank 0 writes index.json after the others finished their shards
+    collectives.barrier()  # rank 0 writes index.json after the others finished their shards
 
 
 def parse_targets(entries: list[str]) -> dict[str, str]:

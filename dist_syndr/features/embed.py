@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm.auto import tqdm
 
-from dist_syndr import runtime
+from dist_syndr import collectives, runtime
 from dist_syndr.config import FeaturesConfig
 from dist_syndr.features.backbone import build_backbone
 from dist_syndr.features.precision import Precision, autocast
@@ -68,7 +68,7 @@ def forward_rows(forward: Callable, images_batch, *, device, dtype, precision: P
 def gather_rows(parts: list[np.ndarray], empty_shape: tuple[int, ...]) -> np.ndarray:
     """This rank's rows joined, then every rank's in rank order (the local rows without a process group)."""
     local = np.concatenate(parts) if parts else np.zeros(empty_shape, np.float32)
-    return np.concatenate(runtime.all_gather_array(local))
+    return np.concatenate(collectives.all_gather_array(local))
 
 
 def embed_paths(paths: list[Path], config: FeaturesConfig, model=None) -> np.ndarray:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 
-from dist_syndr import files, runtime
+from dist_syndr import collectives, files, runtime
 from dist_syndr.config import DataConfig
 from dist_syndr.files import sha256_file
 from dist_syndr.loader.members import MemberReader, SampleError, SampleTable, decodes_fully
@@ -76,7 +76,7 @@ def verify_shards_once(shard_set: ShardSet, config: DataConfig) -> None:
         info.name: _shard_problem(shard_set, info.name, info.bytes, info.sha256, by_shard.get(info.name, []))
         for info in todo[part::parts]
     }
-    everyone = runtime.all_gather_objects((node_rank, label, found))
+    everyone = collectives.all_gather_objects((node_rank, label, found))
     bad = {
         (their_node, name): f"{their_label}: {problem}" if is_node_local else problem
         for their_node, their_label, part_found in everyone

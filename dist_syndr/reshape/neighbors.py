@@ -28,7 +28,7 @@ import time
 import numpy as np
 from tqdm.auto import tqdm
 
-from dist_syndr import runtime
+from dist_syndr import collectives, runtime
 from dist_syndr.config import NeighborsConfig
 from dist_syndr.reshape._inputs import check_features, check_threshold
 from dist_syndr.reshape.banded_search import BandedSearch, LabelBand, balanced_assignment
@@ -163,9 +163,9 @@ def search_backend(settings: NeighborsConfig) -> str:
 
 def gather_pairs(pairs: Pairs) -> Pairs:
     """All ranks' edges on every rank, in canonical order (identity without a process group)."""
-    rows = runtime.all_gather_array(pairs.rows)
-    cols = runtime.all_gather_array(pairs.cols)
-    distance = runtime.all_gather_array(pairs.distance)
+    rows = collectives.all_gather_array(pairs.rows)
+    cols = collectives.all_gather_array(pairs.cols)
+    distance = collectives.all_gather_array(pairs.distance)
     parts = [Pairs(r, c, d, pairs.is_exact) for r, c, d in zip(rows, cols, distance, strict=True)]
     return canonical_order(Pairs.concatenate(parts, pairs.stats, pairs.is_exact))
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from dist_syndr import runtime
+from dist_syndr import collectives, runtime
 from dist_syndr.scoring import output
 from dist_syndr.scoring.compiled import should_compile
 from dist_syndr.scoring.inputs import expand_paths
@@ -90,13 +90,13 @@ def run_job(
                 writer.flush()
     finally:
         writer.close()
-    counts = runtime.all_gather_objects((writer.num_scored, writer.num_failed)) if world_size > 1 else None
+    counts = collectives.all_gather_objects((writer.num_scored, writer.num_failed)) if world_size > 1 else None
     scored, failed = map(sum, zip(*counts, strict=True)) if counts else (writer.num_scored, writer.num_failed)
     rows = 0
     if rank == 0:
         rows, failed = output.merge(out, paths)
     if world_size > 1:
-        runtime.barrier()
+        collectives.barrier()
         runtime.shutdown()
     return JobSummary(len(paths), len(paths) - len(todo), scored, failed, rows)
 

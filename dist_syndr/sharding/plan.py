@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dist_syndr import collectives
 from dist_syndr import config as config_module
-from dist_syndr import runtime
 from dist_syndr.config import NUM_DISTORTION_TYPES, NUM_LEVELS, Config, label_column
 from dist_syndr.features.embed import embed_paths, load_named_features
 from dist_syndr.pools import kadid, readers
@@ -306,7 +306,7 @@ def run_shard_step(
         return plan
     num_original_shards = writer.write_shards(plan.items, out_dir, options, rank=rank, world_size=world_size)
     if world_size > 1:
-        runtime.barrier()
+        collectives.barrier()
     qualities = writer.weak_qualities(out_dir, range(num_original_shards))
     upsampled, selected = upsample_weakly_labelled(config, plan.items, qualities)
     num_upsampled_shards = writer.write_shards(

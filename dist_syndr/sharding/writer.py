@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from dist_syndr import files, runtime
+from dist_syndr import collectives, files, runtime
 from dist_syndr.config import ShardConfig
 from dist_syndr.pools.scores import minmax_to_ten
 from dist_syndr.sharding.index_columns import CHECKSUM_FIELD, member_base
@@ -123,7 +123,7 @@ def write_shards(
 def finish_index(out_dir: Path, num_shards: int, config: dict, *, rank: int = 0, world_size: int = 1) -> Path | None:
     """After every rank's shards: rank 0 writes ``index.json`` over shards ``0 .. num_shards - 1``."""
     if world_size > 1:  # a single-writer call inside a distributed job must not meet other ranks' barriers
-        runtime.barrier()
+        collectives.barrier()
     if rank != 0:
         return None
     return _write_index(out_dir, num_shards, config)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dist_syndr import files, runtime
+from dist_syndr import collectives, files
 from dist_syndr.config import Config
 from dist_syndr.evaluate.diagnostics.measures import cheap_measures
 from dist_syndr.evaluate.predict import embed, evaluate_targets, feature_data_config
@@ -157,7 +157,7 @@ def _drcdown(
             measures = cheap_measures(features, ref_of, type_of, seed=epoch)
             stats |= {f"diag/{name}": value for name, value in measures.items()}
         # Rank 0's list is the one every rank trains on, whatever floating-point noise might do.
-        positions = runtime.broadcast_array(positions if run.rank == 0 else None)
+        positions = collectives.broadcast_array(positions if run.rank == 0 else None)
     _check_same_on_all_ranks(run, epoch, "keep_list_sha256", hashlib.sha256(positions.tobytes()).hexdigest())
     if run.rank == 0:
         _write_keep_list(run, epoch, [original[i] for i in positions.tolist()])
@@ -170,7 +170,7 @@ def _check_same_on_all_ranks(run: Run, epoch: int, name: str, value: object) -> 
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / f"rank-{run.rank:04d}.jsonl", "a") as record:
         record.write(json.dumps({"epoch": epoch, name: value}) + "\n")
-    values = runtime.all_gather_objects(value)
+    values = collectives.all_gather_objects(value)
     if len(set(map(str, values))) != 1:
         raise RuntimeError(f"epoch {epoch}: ranks disagree on {name}: {values}")
 
@@ -237,10 +237,10 @@ def train_epoch(
                 train_state.save(model, run.checkpoint_dir, state, progress, keep=cfg.train.keep_checkpoints)
     _settle_losses(meter, progress)
     _check_same_on_all_ranks(run, epoch, "steps", state.batches_done)
-    runtime.broadcast_buffers(
+    collectives.broadcast_buffers(
         deepspeed_engine.bare_module(model)
     )  # evaluation, features and the checkpoint all see rank 0's BatchNorm statistics
-    loss_sums = [p[0] for p in runtime.all_gather_objects((progress.loss_sum, progress.images))]
+    loss_sums = [p[0] for p in collectives.all_gather_objects((progress.loss_sum, progress.images))]
     mean_loss = sum(loss_sums) / (state.batches_done * run.world_size) if state.batches_done else float("nan")
     return {"loss": mean_loss, **meter.epoch_rates(), "steps": float(state.batches_done)}
 

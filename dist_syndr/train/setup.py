@@ -14,7 +14,7 @@ import os
 import time
 from pathlib import Path
 
-from dist_syndr import config, files, runtime
+from dist_syndr import collectives, config, files, runtime
 from dist_syndr.evaluate import export
 from dist_syndr.sharding.shard_set import INDEX_NAME
 from dist_syndr.tracking.tracker import LOCAL_DIR_NAME, NullTracker, git_commit, journal_run_id, make_tracker
@@ -88,7 +88,7 @@ def build_smoke_sets(cfg: config.Config, rank: int) -> None:
         photo_shard_set(Path(cfg.train.shard_set), *SMOKE_TRAIN, size=64, seed=cfg.seed, num_workers=1)
         for folder in targets_of(cfg).values():
             photo_shard_set(Path(folder), *SMOKE_TEST, size=64, seed=cfg.seed + 1, num_workers=1)
-    runtime.barrier()
+    collectives.barrier()
 
 
 def open_tracker(

@@ -17,7 +17,7 @@ import json
 import logging
 from pathlib import Path
 
-from dist_syndr import files, runtime
+from dist_syndr import collectives, files, runtime
 from dist_syndr.sharding.shard_set import INDEX_NAME, ShardSet
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ def check_index_digests(run_dir: Path, sets: dict[str, ShardSet]) -> dict[str, s
     seen = {role: index_digest(shard_set) for role, shard_set in sets.items()}
     recorded = _read_record(run_dir) if rank == 0 else None
     shared = (_expected(recorded, seen, sets), recorded is not None) if rank == 0 else None
-    expected, is_recorded = runtime.all_gather_objects(shared)[0]
+    expected, is_recorded = collectives.all_gather_objects(shared)[0]
     against = f"the run's record ({run_dir / RECORD_NAME})" if is_recorded else "node 0's copy"
     problems = [
         f"{label}: {shard_set.root} ({role}): index.json sha256 {seen[role][:16]}... differs from {against}, "
@@ -49,7 +49,7 @@ def check_index_digests(run_dir: Path, sets: dict[str, ShardSet]) -> dict[str, s
         for role, shard_set in sets.items()
         if seen[role] != expected[role]["index_sha256"]
     ]
-    everyone = [problem for part in runtime.all_gather_objects(problems) for problem in part]
+    everyone = [problem for part in collectives.all_gather_objects(problems) for problem in part]
     if everyone:
         cause = (
             "the set changed since the run started, or a node holds another copy"

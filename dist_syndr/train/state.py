@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dist_syndr import files, runtime
+from dist_syndr import collectives, files, runtime
 
 log = logging.getLogger(__name__)
 
@@ -111,14 +111,14 @@ def checkpoint_tag(state: TrainState) -> str:
 def save(model_engine, checkpoint_dir: Path, state: TrainState, progress: RankProgress, *, keep: int) -> str:
     """Checkpoint on every rank, then (rank 0) mark the tag complete and prune old tags; returns the tag."""
     progress.rng = capture_rng()
-    state.ranks = runtime.all_gather_objects(progress) if state.is_mid_epoch else []
+    state.ranks = collectives.all_gather_objects(progress) if state.is_mid_epoch else []
     tag = checkpoint_tag(state)
     model_engine.save_checkpoint(str(checkpoint_dir), tag=tag, client_state={"train_state": asdict(state)})
-    runtime.barrier()  # every rank's files are on disk before the tag counts
+    collectives.barrier()  # every rank's files are on disk before the tag counts
     if runtime.rank_world()[0] == 0:
         files.write_text(checkpoint_dir / POINTER_NAME, json.dumps({"tag": tag}))
         _prune(checkpoint_dir, keep=keep, current=tag)
-    runtime.barrier()
+    collectives.barrier()
     return tag
 
 
