@@ -7,15 +7,25 @@ removes the temporary file; a killed writer leaves at most a hidden
 ``.<name>.tmp-<pid>-<tag>`` file behind. Temporary names are unique per process
 and thread, so concurrent writers of one file never share one.
 
+:func:`exclusive_lock` is the one advisory lock (``fcntl.flock`` on a lock file)
+that a job holds for its whole run over what it writes (a shard set, a run
+folder, a scoring output): a second job asking for it ends with one line naming
+the path and the holder's host and pid. The kernel drops the lock when the
+holder exits, however it exits, so a killed job never leaves a stale lock.
+
 Shapes: none.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
+import json
 import os
 import shutil
+import socket
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -90,3 +100,44 @@ def sha256_file(path: str | Path) -> str:
         while chunk := handle.read(HASH_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+class LockedError(ValueError):
+    """Another job holds the lock; the message names the locked path and the holder."""
+
+
+@contextlib.contextmanager
+def exclusive_lock(lock_file: str | Path, what: str) -> Iterator[Path]:
+    """Hold the advisory lock ``lock_file`` for the block; :class:`LockedError` when another process holds it.
+
+    ``what`` names the guarded thing in the message (``"shard set /data/shards/kadid"``).
+    The holder's host, pid and start time are written into the lock file for
+    that message. Locks are per open file, so a second ``exclusive_lock`` on
+    the same file in the same process is refused too. The lock file stays
+    behind (a later job takes it over); removing it while held would let a
+    second job lock a new file of the same name.
+    """
+    lock_file = Path(lock_file)
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    handle = lock_file.open("a+")
+    try:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LockedError(f"{what} is in use by another job ({_holder(lock_file)}; lock {lock_file})") from None
+        holder = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps(holder) + "\n")
+        handle.flush()
+        yield lock_file
+    finally:
+        handle.close()  # closing the last descriptor releases the lock
+
+
+def _holder(lock_file: Path) -> str:
+    try:
+        holder = json.loads(lock_file.read_text())
+        return f"pid {holder['pid']} on {holder['host']}, since {holder['since']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "holder unknown"
