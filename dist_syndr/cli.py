@@ -65,3 +65,14 @@ def lost_peer_message(error: BaseException) -> str:
         f"a collective lost its peer: {detail}; the job stops here. Restart every node with the same command "
         "(resume=auto continues from the last complete checkpoint)"
     )
+
+
+def add_trust_checkpoint(parser) -> None:
+    """``--trust-checkpoint`` on a launcher that reads checkpoints (``args.trust_checkpoint``)."""
+    parser.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="unpickle DeepSpeed checkpoint files fully, whatever they hold: only for checkpoints from a source you "
+        "trust (by default nothing beyond tensors and DeepSpeed's own types is loaded, so a received file cannot "
+        "run code)",
+    )

@@ -10,9 +10,13 @@ Shapes: arrays ``(n_r, ...)`` per rank ``r``, the trailing shape the same on eve
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
 import numpy as np
 
-from dist_syndr import runtime
+from dist_syndr import files, runtime
 
 
 def all_gather_array(array: np.ndarray) -> list[np.ndarray]:
@@ -67,12 +71,39 @@ def barrier() -> None:
 
 def broadcast_array(array: np.ndarray | None, src: int = 0) -> np.ndarray:
     """Rank ``src``'s array on every rank (other ranks pass None)."""
+    if array is None and not runtime.is_distributed():
+        raise ValueError("broadcast_array without a process group needs the array itself")
+    return broadcast_object(array, src)
+
+
+@contextlib.contextmanager
+def rank_zero_lock(lock_file: Path, what: str, check: Callable[[], None] | None = None) -> Iterator[None]:
+    """Rank 0 holds :func:`dist_syndr.files.exclusive_lock` on ``lock_file`` for the block and runs ``check``
+    under it; when either fails, every rank raises the same ValueError (so no rank of a second job writes)."""
+    lock = contextlib.ExitStack()
+    failure: tuple[bool, str] | None = None  # (is it the lock, message)
+    if runtime.rank_world()[0] == 0:
+        try:
+            lock.enter_context(files.exclusive_lock(lock_file, what))
+            if check is not None:
+                check()
+        except ValueError as error:
+            lock.close()
+            failure = (isinstance(error, files.LockedError), str(error))
+    failure = broadcast_object(failure)
+    if failure is not None:
+        is_lock, message = failure
+        raise files.LockedError(message) if is_lock else ValueError(message)
+    with lock:
+        yield
+
+
+def broadcast_object(value: object, src: int = 0) -> object:
+    """Rank ``src``'s picklable ``value`` on every rank (``value`` itself without a process group)."""
     if not runtime.is_distributed():
-        if array is None:
-            raise ValueError("broadcast_array without a process group needs the array itself")
-        return array
+        return value
     import torch.distributed as dist
 
-    box = [array if dist.get_rank() == src else None]
+    box = [value if dist.get_rank() == src else None]
     dist.broadcast_object_list(box, src=src)
     return box[0]

@@ -33,9 +33,11 @@ from pathlib import Path
 
 import numpy as np
 
+from dist_syndr import source
 from dist_syndr.config import Config
 from dist_syndr.pools import embedded, kadid, synthetic
 from dist_syndr.reshape import ddcup, drcdown
+from dist_syndr.runs.folder import RunFolder
 from dist_syndr.sharding import writer
 from dist_syndr.sharding.photos import composite_items
 from dist_syndr.sharding.plan import recorded_config, run_shard_step
@@ -44,7 +46,7 @@ from dist_syndr.tracking.tracker import tracking_uri
 
 log = logging.getLogger(__name__)
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = source.PROJECT_ROOT
 PHOTO_SIZE = 96  # pristine side in pixels; training crops are 64
 TEST_IMAGES_PER_CONTENT = 12
 RUNS = {
@@ -219,7 +221,8 @@ def _train_stage(
                     "2",
                     "--master_port",
                     str(port),
-                    str(PROJECT_ROOT / "launchers" / "train.py"),
+                    "--module",
+                    "dist_syndr.train",
                     "--config",
                     str(paths.train_preset),
                     *overrides,
@@ -228,7 +231,7 @@ def _train_stage(
                 log_path,
             )
             state = f"trained in {time.perf_counter() - started:.0f} s (log {log_path})"
-        run_ids[name] = (run_dir / "mlflow_run_id").read_text().strip()
+        run_ids[name] = RunFolder(run_dir).run_id_path.read_text().strip()
         lines.append(f"{name}: {state}; MLflow run {run_ids[name]}")
     return run_ids, "\n".join(lines)
 
@@ -238,10 +241,11 @@ def _evaluate_stage(paths: DemoPaths, test_set: ShardSet) -> str:
     for name in RUNS:
         run_dir = paths.runs / name
         out = paths.work_dir / "evaluation" / name
-        run_id = (run_dir / "mlflow_run_id").read_text().strip()
+        run_id = RunFolder(run_dir).run_id_path.read_text().strip()
         command = [
             sys.executable,
-            str(PROJECT_ROOT / "launchers" / "evaluate.py"),
+            "-m",
+            "dist_syndr.evaluate",
             "--checkpoint",
             str(run_dir),
             "--target",
@@ -268,7 +272,7 @@ def _compare_stage(paths: DemoPaths, run_ids: dict[str, str]) -> str:
     from dist_syndr.tracking import compare
 
     out = paths.work_dir / "compare"
-    command = [sys.executable, str(PROJECT_ROOT / "launchers" / "compare.py"), *run_ids.values(), "--out", str(out)]
+    command = [sys.executable, "-m", "dist_syndr.tracking", *run_ids.values(), "--out", str(out)]
     _launch(command, paths, paths.work_dir / "logs" / "compare.log")
     uri = _tracking_uri(paths)
     records = compare.fetch_runs(mlflow.MlflowClient(tracking_uri=uri), list(run_ids.values()))
@@ -303,8 +307,8 @@ def _compare_stage(paths: DemoPaths, run_ids: dict[str, str]) -> str:
 
 
 def _is_finished(run_dir: Path) -> bool:
-    """A run whose exported weights exist has finished every epoch."""
-    return (run_dir / "export" / "model_fp32.pt").is_file() and (run_dir / "mlflow_run_id").is_file()
+    """A run whose export holds its last complete checkpoint has finished every epoch."""
+    return RunFolder(run_dir).is_finished()
 
 
 def _deepspeed() -> list[str]:

@@ -16,10 +16,8 @@ import argparse
 import os
 from pathlib import Path
 
-from dist_syndr import cli, files, runtime
+from dist_syndr import cli, files, runtime, source
 from dist_syndr.bench import harness, index, loader, reshape, reshape_scale, score, shard, train
-
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 BENCHMARKS = {
     "reshape": lambda quick: reshape.run(reshape.ReshapePlan.quick() if quick else reshape.ReshapePlan()),
@@ -48,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.scale == "million" and args.benchmark != "reshape":
         parser.error("--scale million applies to the reshape benchmark only")
     runtime.setup_logging("INFO")
-    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(PROJECT_ROOT / ".cache" / "torch_extensions"))
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(source.PROJECT_ROOT / ".cache" / "torch_extensions"))
 
     names = list(BENCHMARKS) if args.benchmark == "all" else [args.benchmark]
     benchmarks = dict(BENCHMARKS)

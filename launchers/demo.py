@@ -8,9 +8,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dist_syndr import cli, config, demo, runtime
+from dist_syndr import cli, config, demo, runtime, source
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = source.PROJECT_ROOT
 
 
 def main(argv: list[str] | None = None) -> int:

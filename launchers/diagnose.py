@@ -23,15 +23,14 @@ from pathlib import Path
 
 import torch
 
-from dist_syndr import cli, config, runtime
-from dist_syndr.evaluate.checkpoints import load_model
+from dist_syndr import cli, config, runtime, source
 from dist_syndr.evaluate.diagnostics.clusters import format_table
 from dist_syndr.evaluate.diagnostics.report import diagnose, log_diagnosis
 from dist_syndr.features.model import build_model
+from dist_syndr.runs.checkpoints import load_model
 from dist_syndr.sharding.shard_set import ShardSet
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "train" / "cpu-smoke.yaml"
+DEFAULT_CONFIG = source.PROJECT_ROOT / "configs" / "train" / "cpu-smoke.yaml"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError("launchers/diagnose.py runs as one process; start it without a distributed launcher")
     shard_set = ShardSet(args.shard_set)
     if args.checkpoint is not None:
-        cfg, model = load_model(args.checkpoint, args.config, args.overrides)
+        cfg, model = load_model(args.checkpoint, args.config, args.overrides, is_trusted=args.trust_checkpoint)
     else:
         cfg = config.load(
             args.config or DEFAULT_CONFIG, [*args.overrides, "model.is_random_init=true", "model.weights="]
@@ -80,12 +79,13 @@ def _parser() -> argparse.ArgumentParser:
     add(
         "--config",
         type=Path,
-        help=f"training config (default with --random-init: {DEFAULT_CONFIG.relative_to(PROJECT_ROOT)})",
+        help=f"training config (default with --random-init: {DEFAULT_CONFIG.relative_to(source.PROJECT_ROOT)})",
     )
     add("--out", type=Path, help="output folder (default: <train.output_dir>/diagnostics/<shard set name>)")
     add("--method", choices=("pca", "tsne"), default="pca", help="2-D embedding of the plots")
     add("--max-points", type=int, default=3000, help="points drawn per embedding plot")
     add("--epoch", type=int, default=0, help="DRCDown epoch seed and MLflow step")
+    cli.add_trust_checkpoint(parser)
     tracking_target = parser.add_mutually_exclusive_group()
     tracking_target.add_argument("--run-id", help="log into this existing MLflow run (e.g. the training run)")
     tracking_target.add_argument(

@@ -15,7 +15,7 @@ import argparse
 from pathlib import Path
 
 from dist_syndr import cli, runtime
-from dist_syndr.scoring import formats
+from dist_syndr.export import formats
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,9 +24,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--format", choices=formats.FORMATS, required=True)
     parser.add_argument("--out", type=Path, help="output file (default: <run>/export/model.<format suffix>)")
     parser.add_argument("--config", type=Path, help="the run's config.yaml (found beside the checkpoint otherwise)")
+    cli.add_trust_checkpoint(parser)
     args = parser.parse_args(argv)
     runtime.setup_logging("INFO")
-    check, card = formats.export_checkpoint(args.checkpoint, args.format, args.out, config_path=args.config)
+    options = {"config_path": args.config, "is_trusted": args.trust_checkpoint}
+    check, card = formats.export_checkpoint(args.checkpoint, args.format, args.out, **options)
     print(
         f"{check.path}: {check.format}, max |difference| {check.max_abs_difference:.2g} against PyTorch on a "
         f"batch of {check.batch_size}; model card {card}"

@@ -49,12 +49,14 @@ def main(argv: list[str] | None = None) -> int:
         "--compile", default="auto", choices=COMPILE_MODES,
         help=f"torch.compile the model (auto: for jobs of {COMPILE_MIN_IMAGES}+ images, where it pays back)",
     )  # fmt: skip
+    cli.add_trust_checkpoint(parser)
     args = parser.parse_args(argv)
     runtime.setup_logging("INFO", runtime.env_rank_world()[0])
 
     def scorer() -> Scorer:
         options = {"crops": args.crops, "crop_mode": args.crop_mode, "batch_size": args.batch_size}
-        return Scorer.load(args.checkpoint, args.device, config_path=args.config, precision=args.precision, **options)
+        options |= {"precision": args.precision, "is_trusted": args.trust_checkpoint}
+        return Scorer.load(args.checkpoint, args.device, config_path=args.config, **options)
 
     options = {"num_workers": args.workers, "max_pixels": args.max_pixels, "decoder": args.decoder}
     options["compile_mode"] = args.compile

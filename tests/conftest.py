@@ -43,6 +43,17 @@ def _single_process_env(monkeypatch):
     yield
 
 
+@pytest.fixture(scope="session")
+def zero2_bf16_two_rank_run(tmp_path_factory) -> Path:
+    """One smoke training of two ranks under ``deepspeed --num_gpus 2`` (gloo), ZeRO-2, bf16 autocast, ViT-tiny:
+    its run folder (read-only: tests that change it copy it first)."""
+    from tests.training_runs import two_rank_run
+
+    root = tmp_path_factory.mktemp("zero2-bf16")
+    extra = {"train.precision": "bf16", "model.backbone": "vit_tiny_patch16_224", "train.zero_stage": 2}
+    return two_rank_run(root, 29593, **extra)
+
+
 def has_gpu() -> bool:
     try:
         import torch

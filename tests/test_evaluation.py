@@ -17,8 +17,6 @@ import torch
 
 from dist_syndr import config
 from dist_syndr.config import DataConfig, ModelConfig
-from dist_syndr.evaluate import export
-from dist_syndr.evaluate.checkpoints import load_model
 from dist_syndr.evaluate.predict import (
     Predictions,
     embed,
@@ -31,6 +29,8 @@ from dist_syndr.evaluate.targets import parse_target, target_shard_set
 from dist_syndr.features.model import build_model
 from dist_syndr.features.preprocess import normalise
 from dist_syndr.loader.crops import crop_anchors, cut
+from dist_syndr.runs import consolidate, weights
+from dist_syndr.runs.checkpoints import load_model
 from dist_syndr.sharding import writer
 from dist_syndr.sharding.shard_set import ShardSet
 from tests.conftest import PROJECT_ROOT
@@ -263,7 +263,7 @@ def _run_dir(root: Path, model, *, with_export: bool = True) -> Path:
     run_dir = root / "runs" / "tiny"
     config.dump(config.load(None, ["run_name=tiny", *TINY_MODEL, *TINY_DATA]), run_dir / "config.yaml")
     if with_export:
-        export.save_state_dict(model.state_dict(), run_dir / "export" / "model_fp32.pt")
+        weights.save_state_dict(model.state_dict(), run_dir / "export" / "model_fp32.pt")
     return run_dir
 
 
@@ -272,7 +272,7 @@ def _fake_stage0_tag(checkpoints: Path, tag: str, model) -> None:
     (checkpoints / tag).mkdir(parents=True)
     torch.save(
         {"module": model.state_dict(), "buffer_names": [], "optimizer": None},
-        checkpoints / tag / export.STAGE0_MODEL_STATES,
+        checkpoints / tag / consolidate.STAGE0_MODEL_STATES,
     )
     (checkpoints / "latest").write_text(tag)
 
@@ -304,7 +304,7 @@ def test_load_model_errors_name_the_problem(tmp_path):
     model = _tiny_model()
     with pytest.raises(ValueError, match="checkpoint does not exist"):
         load_model(tmp_path / "nowhere")
-    loose = export.save_state_dict(model.state_dict(), tmp_path / "deep" / "a" / "b" / "c" / "d" / "model.pt")
+    loose = weights.save_state_dict(model.state_dict(), tmp_path / "deep" / "a" / "b" / "c" / "d" / "model.pt")
     with pytest.raises(ValueError, match=r"no config.yaml .* pass the run's config with --config"):
         load_model(loose)
     run_dir = _run_dir(tmp_path, model)

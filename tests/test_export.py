@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from dist_syndr.evaluate import export
+from dist_syndr.runs import consolidate, weights
 from dist_syndr.sharding.shard_set import sha256_file
 from tests.conftest import PROJECT_ROOT, TORCH_EXTENSIONS_DIR, free_port
 
@@ -49,7 +49,7 @@ def test_fp32_checkpoint_of_every_stage_consolidates_to_the_true_weights(checkpo
     """fp32 runs, and bf16 runs (autocast over fp32 weights: the module's weights are the masters)."""
     true_state = torch.load(checkpoints / f"{stage}-true.pt")
     initial = torch.load(checkpoints / f"{stage}-init.pt")
-    state = export.consolidated_state_dict(checkpoints / stage)  # tag from DeepSpeed's `latest`
+    state = consolidate.consolidated_state_dict(checkpoints / stage)  # tag from DeepSpeed's `latest`
     assert list(state) == list(initial) == list(true_state)  # exactly the module's keys, in its order
     for name, tensor in true_state.items():
         assert state[name].dtype == tensor.dtype and torch.equal(state[name], tensor), name
@@ -58,7 +58,7 @@ def test_fp32_checkpoint_of_every_stage_consolidates_to_the_true_weights(checkpo
     assert torch.equal(state["backbone.patch_embed.proj.bias"], initial["backbone.patch_embed.proj.bias"])
     assert state["head.calibration"].tolist() == [0.5, 0.5, 0.5] and int(state["head.num_updates"]) == 2
     assert torch.equal(
-        export.consolidated_state_dict(checkpoints / stage, tag="epoch0000")["head.weight"], state["head.weight"]
+        consolidate.consolidated_state_dict(checkpoints / stage, tag="epoch0000")["head.weight"], state["head.weight"]
     )
 
 
@@ -66,7 +66,7 @@ def test_fp32_checkpoint_of_every_stage_consolidates_to_the_true_weights(checkpo
 @pytest.mark.timeout(300)
 def test_deepspeed_bf16_stage0_exports_the_fp32_master_weights(checkpoints):
     module = torch.load(checkpoints / "0-dsbf16-true.pt")  # the engine's bf16 module
-    state = export.consolidated_state_dict(checkpoints / "0-dsbf16")
+    state = consolidate.consolidated_state_dict(checkpoints / "0-dsbf16")
     assert list(state) == list(module)
     assert all(t.dtype in (torch.float32, torch.int64) for t in state.values())
     for name, tensor in module.items():
@@ -82,30 +82,30 @@ def test_deepspeed_bf16_stage0_exports_the_fp32_master_weights(checkpoints):
 @pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
 def test_saved_state_dict_round_trips_and_detects_corruption(tmp_path, suffix):
     state = {"a.weight": torch.randn(4, 3), "a.count": torch.tensor(5, dtype=torch.int64)}
-    path = export.save_state_dict(state, tmp_path / "export" / f"model_fp32{suffix}")
-    assert export.checksum_path(path).read_text().split() == [sha256_file(path), path.name]
+    path = weights.save_state_dict(state, tmp_path / "export" / f"model_fp32{suffix}")
+    assert weights.checksum_path(path).read_text().split() == [sha256_file(path), path.name]
     assert [p.name for p in path.parent.iterdir() if p.name.startswith(".")] == []  # no temporary left behind
-    loaded = export.load_state_dict(path)
+    loaded = weights.load_state_dict(path)
     assert set(loaded) == set(state) and all(torch.equal(loaded[k], state[k]) for k in state)
     data = bytearray(path.read_bytes())
     data[-20] ^= 0xFF
     path.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="sha256 does not match"):
-        export.load_state_dict(path)
+        weights.load_state_dict(path)
 
 
 @pytest.mark.timeout(60)
 def test_bad_checkpoint_folders_give_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
-        export.consolidated_state_dict(tmp_path / "missing")
+        consolidate.consolidated_state_dict(tmp_path / "missing")
     (tmp_path / "ckpt" / "epoch0001").mkdir(parents=True)
-    with pytest.raises(ValueError, match="no 'latest' file.*epoch0001"):
-        export.consolidated_state_dict(tmp_path / "ckpt")
+    with pytest.raises(ValueError, match="no 'complete' or 'latest' pointer.*epoch0001"):
+        consolidate.consolidated_state_dict(tmp_path / "ckpt")
     with pytest.raises(ValueError, match="tag 'epoch0009' not found"):
-        export.consolidated_state_dict(tmp_path / "ckpt", tag="epoch0009")
+        consolidate.consolidated_state_dict(tmp_path / "ckpt", tag="epoch0009")
     with pytest.raises(ValueError, match="not a complete DeepSpeed checkpoint"):
-        export.consolidated_state_dict(tmp_path / "ckpt", tag="epoch0001")
+        consolidate.consolidated_state_dict(tmp_path / "ckpt", tag="epoch0001")
     with pytest.raises(ValueError, match="end in"):
-        export.save_state_dict({}, tmp_path / "model.bin")
+        weights.save_state_dict({}, tmp_path / "model.bin")
     with pytest.raises(ValueError, match="does not exist"):
-        export.load_state_dict(tmp_path / "nothing.pt")
+        weights.load_state_dict(tmp_path / "nothing.pt")

@@ -13,7 +13,7 @@ from PIL import Image
 from dist_syndr import config
 from dist_syndr.pools.generic import read_csv_pool
 from dist_syndr.pools.scores import LabelScale, fit_label_scale, minmax_to_ten
-from dist_syndr.scoring import model_card
+from dist_syndr.runs import card as model_card
 from dist_syndr.scoring.scorer import Scorer
 from dist_syndr.sharding.plan import build_plan, run_shard_step
 from dist_syndr.sharding.shard_set import ShardSet
@@ -76,7 +76,7 @@ def test_a_labelled_pool_records_its_scale_in_the_index_and_scoring_maps_back(tm
     import mlflow.pyfunc
     import pandas as pd
 
-    from dist_syndr.scoring import mlflow_model
+    from dist_syndr.export import mlflow_model
 
     card_path = run_dir / "export" / model_card.CARD_NAME
     weights = run_dir / "export" / "model_fp32.pt"

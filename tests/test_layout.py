@@ -15,7 +15,7 @@ import pytest
 from tests.conftest import PROJECT_ROOT
 
 PACKAGE = PROJECT_ROOT / "dist_syndr"
-TOP_LEVEL_MODULES = {"__init__", "cli", "collectives", "demo", "files", "runtime"}
+TOP_LEVEL_MODULES = {"__init__", "cli", "collectives", "demo", "files", "runtime", "source"}
 BASE_PACKAGES = {"config"}  # the schema and its typed-tree loader: below every stage
 STAGES = {
     "pools",
@@ -23,6 +23,8 @@ STAGES = {
     "reshape",
     "sharding",
     "loader",
+    "runs",
+    "export",
     "train",
     "evaluate",
     "scoring",

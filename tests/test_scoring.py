@@ -16,7 +16,8 @@ import torch
 from PIL import Image
 
 from dist_syndr.evaluate.predict import predict
-from dist_syndr.scoring import formats, inputs, output
+from dist_syndr.export import formats
+from dist_syndr.scoring import inputs, output
 from dist_syndr.scoring.crops import CropProtocol, tile_anchors
 from dist_syndr.scoring.job import run_job
 from dist_syndr.scoring.scorer import Scorer
@@ -219,11 +220,12 @@ def test_the_mlflow_model_loads_with_pyfunc_and_predicts_the_scorer_scores(tiny_
     import pandas as pd
 
     from dist_syndr import config
-    from dist_syndr.scoring import mlflow_model, model_card
+    from dist_syndr.export import cards, mlflow_model
+    from dist_syndr.runs import card as model_card
     from dist_syndr.tracking.tracker import tracking_uri
 
     run = tiny_run / "runs" / "tiny"
-    card = model_card.base_card(config.load(run / "config.yaml"), run / "config.yaml")
+    card = cards.base_card(config.load(run / "config.yaml"), run / "config.yaml")
     card_path, _ = model_card.write(card, tmp_path / "model_card.json")
     folder = mlflow_model.save(run / "export" / "model_fp32.pt", run / "config.yaml", card_path, tmp_path / "model")
     client = mlflow.MlflowClient(tracking_uri=tracking_uri(tmp_path / "mlruns"))

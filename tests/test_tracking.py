@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from dist_syndr import config
+from dist_syndr import config, source
 from dist_syndr.tracking import tracker as tracking
 
 
@@ -17,7 +17,7 @@ def test_params_metrics_artifacts_and_resume(tmp_path, monkeypatch):
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg = config.load(None, ["run_name=tracked", "reshape.drcdown.cap=7"])
-    tags = {"git_commit": tracking.git_commit(tmp_path), "world_size": "1"}
+    tags = {"git_commit": source.git_commit(), "world_size": "1"}
     tracker = tracking.make_tracker(cfg, rank=0, experiment="tests", root=tmp_path / "mlruns", tags=tags)
     tracker.log_metrics({"loss": 0.5, "srcc": float("nan")}, step=1)
     tracker.log_metrics({"loss": 0.25}, step=2)

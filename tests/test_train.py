@@ -13,61 +13,16 @@ import numpy as np
 import pytest
 
 from dist_syndr.tracking.tracker import tracking_uri
-from tests.conftest import PROJECT_ROOT, TORCH_EXTENSIONS_DIR, VENV_BIN, mlflow_tracking_at
-
-PRESET = PROJECT_ROOT / "configs" / "train" / "cpu-smoke.yaml"
-
-
-def _overrides(root, **extra):
-    values = {
-        "train.shard_set": root / "shards" / "smoke-train",
-        "train.targets": f"[smoke-test={root / 'shards' / 'smoke-test'}]",
-        "train.output_dir": root / "runs",
-    } | extra
-    return [f"{key}={value}" for key, value in values.items()]
-
-
-def _env():
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT", "MLFLOW_TRACKING_URI")
-    }
-    env["TORCH_EXTENSIONS_DIR"] = TORCH_EXTENSIONS_DIR
-    env["PYTHONPATH"] = str(PROJECT_ROOT)
-    return env
-
-
-def _metric_history(root, name, runs="runs"):
-    import mlflow
-
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri(root / "mlruns"))
-    run_id = (root / runs / "cpu-smoke" / "mlflow_run_id").read_text().strip()
-    return [m.value for m in sorted(client.get_metric_history(run_id, name), key=lambda m: (m.step, m.timestamp))]
-
-
-def _deepspeed_command(root, port, **overrides):
-    deepspeed = VENV_BIN / "deepspeed"
-    if not deepspeed.is_file():
-        pytest.skip(f"{deepspeed} not found (run through make test)")
-    launcher = [
-        str(deepspeed),
-        "--num_gpus",
-        "2",
-        "--master_port",
-        str(port),
-        str(PROJECT_ROOT / "launchers" / "train.py"),
-    ]
-    return [*launcher, "--config", str(PRESET), *_overrides(root, **overrides)]
-
-
-def _final_weights(run_dir):
-    import torch
-
-    tag = json.loads((run_dir / "checkpoints" / "complete").read_text())["tag"]
-    return tag, torch.load(
-        run_dir / "checkpoints" / tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False
-    )["module"]
+from tests.conftest import PROJECT_ROOT, mlflow_tracking_at
+from tests.training_runs import (
+    PRESET,
+    deepspeed_command,
+    env,
+    final_weights,
+    metric_history,
+    overrides,
+    two_rank_run,
+)
 
 
 @pytest.mark.slow
@@ -78,24 +33,22 @@ def test_single_process_trains_reshapes_evaluates_checkpoints_and_resumes(tmp_pa
         str(PROJECT_ROOT / "launchers" / "train.py"),
         "--config",
         str(PRESET),
-        *_overrides(tmp_path),
+        *overrides(tmp_path),
     ]
-    subprocess.run(command, cwd=tmp_path, env=_env(), check=True, timeout=400, capture_output=True)
+    subprocess.run(command, cwd=tmp_path, env=env(), check=True, timeout=400, capture_output=True)
     run_dir = tmp_path / "runs" / "cpu-smoke"
     assert {p.name for p in (run_dir / "checkpoints").iterdir()} >= {"epoch0000", "epoch0001", "latest"}
     assert (run_dir / "config.yaml").is_file() and '"stage": 0' in (
         run_dir / "deepspeed.json"
     ).read_text()  # the preset's
-    assert len(_metric_history(tmp_path, "loss")) == 2
-    kept = _metric_history(tmp_path, "kept")
+    assert len(metric_history(tmp_path, "loss")) == 2
+    kept = metric_history(tmp_path, "kept")
     assert len(kept) == 2 and all(0 < k < 60 for k in kept)  # DRCDown thinned the 60 samples every epoch
-    assert len(_metric_history(tmp_path, "smoke-test/srcc")) == 2
+    assert len(metric_history(tmp_path, "smoke-test/srcc")) == 2
     _check_model_card_and_mlflow_model(tmp_path, run_dir, kept[-1])
     # resume=auto: a third epoch continues the same run from the latest checkpoint
-    subprocess.run(
-        [*command, "train.epochs=3"], cwd=tmp_path, env=_env(), check=True, timeout=400, capture_output=True
-    )
-    assert len(_metric_history(tmp_path, "loss")) == 3
+    subprocess.run([*command, "train.epochs=3"], cwd=tmp_path, env=env(), check=True, timeout=400, capture_output=True)
+    assert len(metric_history(tmp_path, "loss")) == 3
     assert (run_dir / "checkpoints" / "epoch0002").is_dir()
 
 
@@ -108,7 +61,7 @@ def _check_model_card_and_mlflow_model(root, run_dir, kept):
     from dist_syndr.scoring.scorer import Scorer
 
     card = json.loads((run_dir / "export" / "model_card.json").read_text())
-    assert card["metrics"]["last"]["smoke-test/srcc"] == pytest.approx(_metric_history(root, "smoke-test/srcc")[-1])
+    assert card["metrics"]["last"]["smoke-test/srcc"] == pytest.approx(metric_history(root, "smoke-test/srcc")[-1])
     assert (
         card["metrics"]["best"]["smoke-test"]["epoch"] in (0, 1)
         and "chosen on that test set" in card["metrics"]["note"]
@@ -134,24 +87,24 @@ def test_bad_config_stops_before_any_process_group(tmp_path):
         "--config",
         str(PRESET),
         "train.is_smoke_data=false",
-        *_overrides(tmp_path),
+        *overrides(tmp_path),
     ]
-    completed = subprocess.run(command, cwd=tmp_path, env=_env(), timeout=120, capture_output=True, text=True)
+    completed = subprocess.run(command, cwd=tmp_path, env=env(), timeout=120, capture_output=True, text=True)
     assert (
         completed.returncode == 2 and "error: " in completed.stderr and "not a finished shard set" in completed.stderr
     )
     assert "Traceback" not in completed.stderr
     missing_weights = [
         *command[:4],
-        *_overrides(tmp_path),
+        *overrides(tmp_path),
         "model.is_random_init=false",
         "model.weights=/nonexistent.pth",
     ]
-    completed = subprocess.run(missing_weights, cwd=tmp_path, env=_env(), timeout=120, capture_output=True, text=True)
+    completed = subprocess.run(missing_weights, cwd=tmp_path, env=env(), timeout=120, capture_output=True, text=True)
     assert completed.returncode == 2 and "model.weights: /nonexistent.pth does not exist" in completed.stderr
-    uneven = {**os.environ, **_env(), "WORLD_SIZE": "3"}
+    uneven = {**os.environ, **env(), "WORLD_SIZE": "3"}
     completed = subprocess.run(
-        [*command[:4], *_overrides(tmp_path), "train.global_batch_size=20"],
+        [*command[:4], *overrides(tmp_path), "train.global_batch_size=20"],
         cwd=tmp_path,
         env=uneven,
         timeout=120,
@@ -180,20 +133,20 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path, pr
         "train.precision": precision,
     }
     port = 29571 if precision == "fp32" else 29581
-    straight = _deepspeed_command(tmp_path, port, **common, **{"train.output_dir": tmp_path / "straight"})
-    completed = subprocess.run(straight, cwd=tmp_path, env=_env(), timeout=400, capture_output=True, text=True)
+    straight = deepspeed_command(tmp_path, port, **common, **{"train.output_dir": tmp_path / "straight"})
+    completed = subprocess.run(straight, cwd=tmp_path, env=env(), timeout=400, capture_output=True, text=True)
     assert completed.returncode == 0 and "exits successfully" in completed.stdout + completed.stderr, completed.stderr[
         -3000:
     ]
     assert (
-        len(_metric_history(tmp_path, "loss", "straight")) == 2
-        and len(_metric_history(tmp_path, "kept", "straight")) == 2
+        len(metric_history(tmp_path, "loss", "straight")) == 2
+        and len(metric_history(tmp_path, "kept", "straight")) == 2
     )
 
-    killed = _deepspeed_command(tmp_path, port + 1, **common, **{"train.output_dir": tmp_path / "killed"})
+    killed = deepspeed_command(tmp_path, port + 1, **common, **{"train.output_dir": tmp_path / "killed"})
     pointer = tmp_path / "killed" / "cpu-smoke" / "checkpoints" / "complete"
     process = subprocess.Popen(
-        killed, cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        killed, cwd=tmp_path, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
     try:
         deadline = time.monotonic() + 300
@@ -208,21 +161,21 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path, pr
     assert not (tmp_path / "killed" / "cpu-smoke" / "checkpoints" / "epoch0001").exists(), (
         "killed too late: epoch 1 had finished"
     )
-    resumed = _deepspeed_command(tmp_path, port + 2, **common, **{"train.output_dir": tmp_path / "killed"})
-    completed = subprocess.run(resumed, cwd=tmp_path, env=_env(), timeout=400, capture_output=True, text=True)
+    resumed = deepspeed_command(tmp_path, port + 2, **common, **{"train.output_dir": tmp_path / "killed"})
+    completed = subprocess.run(resumed, cwd=tmp_path, env=env(), timeout=400, capture_output=True, text=True)
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "resumed from epoch0001-step" in completed.stdout + completed.stderr
 
     import torch
 
     (tag_a, weights_a), (tag_b, weights_b) = (
-        _final_weights(tmp_path / "straight" / "cpu-smoke"),
-        _final_weights(tmp_path / "killed" / "cpu-smoke"),
+        final_weights(tmp_path / "straight" / "cpu-smoke"),
+        final_weights(tmp_path / "killed" / "cpu-smoke"),
     )
     assert tag_a == tag_b == "epoch0001" and weights_a.keys() == weights_b.keys()
     assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
     for name in ("loss", "kept", "smoke-test/srcc", "smoke-test/plcc", "best/smoke-test/srcc"):
-        assert _metric_history(tmp_path, name, "straight")[-1] == _metric_history(tmp_path, name, "killed")[-1], name
+        assert metric_history(tmp_path, name, "straight")[-1] == metric_history(tmp_path, name, "killed")[-1], name
     for root in ("straight", "killed"):  # every rank recorded the same keep-list and step count in every epoch
         records = [
             [
@@ -244,55 +197,45 @@ def test_zero_stage_trains_checkpoints_and_resumes(tmp_path, stage):
         str(PROJECT_ROOT / "launchers" / "train.py"),
         "--config",
         str(PRESET),
-        *_overrides(tmp_path),
+        *overrides(tmp_path),
         f"train.zero_stage={stage}",
         "train.log_every_steps=2",
     ]
-    subprocess.run(
-        [*command, "train.epochs=1"], cwd=tmp_path, env=_env(), check=True, timeout=400, capture_output=True
-    )
+    subprocess.run([*command, "train.epochs=1"], cwd=tmp_path, env=env(), check=True, timeout=400, capture_output=True)
     checkpoint = tmp_path / "runs" / "cpu-smoke" / "checkpoints" / "epoch0000"
     assert (
         any(checkpoint.glob("*optim_states.pt"))
         and f'"stage": {stage}' in (tmp_path / "runs" / "cpu-smoke" / "deepspeed.json").read_text()
     )
     completed = subprocess.run(
-        [*command, "train.epochs=2"], cwd=tmp_path, env=_env(), timeout=400, capture_output=True, text=True
+        [*command, "train.epochs=2"], cwd=tmp_path, env=env(), timeout=400, capture_output=True, text=True
     )
     assert completed.returncode == 0 and "resumed from epoch0000" in completed.stdout + completed.stderr, (
         completed.stderr[-3000:]
     )
-    assert len(_metric_history(tmp_path, "loss")) == 2 and len(_metric_history(tmp_path, "train/loss")) >= 2
+    assert len(metric_history(tmp_path, "loss")) == 2 and len(metric_history(tmp_path, "train/loss")) >= 2
 
 
 @pytest.mark.dist
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize(("backbone", "stage"), [("vit_tiny_patch16_224", 2), ("resnet18", 0)])
-def test_bf16_trains_evaluates_and_exports_on_two_ranks(tmp_path, backbone, stage):
+def test_bf16_trains_evaluates_and_exports_on_two_ranks(request, tmp_path, backbone, stage):
     """What every GPU run uses, on the CPU: bf16 autocast over fp32 weights through the DRCDown feature pass
     (BatchNorm included), training, evaluation and the fp32 export, under `deepspeed --num_gpus 2`."""
     import torch
 
-    overrides = {"train.precision": "bf16", "model.backbone": backbone, "train.zero_stage": stage}
-    port = 29591 + stage
-    completed = subprocess.run(
-        _deepspeed_command(tmp_path, port, **overrides),
-        cwd=tmp_path,
-        env=_env(),
-        timeout=500,
-        capture_output=True,
-        text=True,
-    )
-    assert completed.returncode == 0 and "exits successfully" in completed.stdout + completed.stderr, completed.stderr[
-        -3000:
-    ]
+    if stage == 2:  # the shared run (tests/conftest.py), which tests/test_runs.py also reads
+        tmp_path = request.getfixturevalue("zero2_bf16_two_rank_run").parents[1]
+    else:
+        extra = {"train.precision": "bf16", "model.backbone": backbone, "train.zero_stage": stage}
+        two_rank_run(tmp_path, 29591 + stage, **extra)
     run_dir = tmp_path / "runs" / "cpu-smoke"
     generated = json.loads((run_dir / "deepspeed.json").read_text())
     assert generated["torch_autocast"] == {"enabled": True, "dtype": "bf16"} and not generated["bf16"]["enabled"]
-    assert len(_metric_history(tmp_path, "loss")) == 2 and len(_metric_history(tmp_path, "smoke-test/srcc")) == 2
+    assert len(metric_history(tmp_path, "loss")) == 2 and len(metric_history(tmp_path, "smoke-test/srcc")) == 2
     exported = torch.load(run_dir / "export" / "model_fp32.pt", map_location="cpu")
-    _, final = _final_weights(run_dir) if stage == 0 else (None, None)
+    _, final = final_weights(run_dir) if stage == 0 else (None, None)
     assert all(t.dtype in (torch.float32, torch.int64) for t in exported.values())
     if final is not None:  # stage 0: the module in the checkpoint is the fp32 master itself
         assert all(torch.equal(exported[k], final[k]) for k in final)
@@ -307,10 +250,10 @@ def straight_run(tmp_path_factory):
         str(PROJECT_ROOT / "launchers" / "train.py"),
         "--config",
         str(PRESET),
-        *_overrides(root),
+        *overrides(root),
     ]
-    subprocess.run(command, cwd=root, env=_env(), check=True, timeout=400, capture_output=True)
-    return _final_weights(root / "runs" / "cpu-smoke")
+    subprocess.run(command, cwd=root, env=env(), check=True, timeout=400, capture_output=True)
+    return final_weights(root / "runs" / "cpu-smoke")
 
 
 @pytest.mark.slow
@@ -333,9 +276,9 @@ def test_a_full_disk_names_the_path_and_a_rerun_ends_as_an_uninterrupted_run(tmp
         str(PROJECT_ROOT / "launchers" / "train.py"),
         "--config",
         str(PRESET),
-        *_overrides(tmp_path),
+        *overrides(tmp_path),
     ]
-    faulted = _env() | {
+    faulted = env() | {
         "PYTHONPATH": f"{PROJECT_ROOT / 'tests' / 'faults'}:{PROJECT_ROOT}",
         "DIST_SYNDR_FAIL_WRITE": where,
     }
@@ -348,9 +291,9 @@ def test_a_full_disk_names_the_path_and_a_rerun_ends_as_an_uninterrupted_run(tmp
     pointer = json.loads((run_dir / "checkpoints" / "complete").read_text())["tag"]
     assert pointer == ("epoch0001" if where.startswith("export") else "epoch0000")
     assert not list(run_dir.rglob(".*.tmp-*"))  # no temporary file left behind
-    rerun = subprocess.run(command, cwd=tmp_path, env=_env(), timeout=400, capture_output=True, text=True)
+    rerun = subprocess.run(command, cwd=tmp_path, env=env(), timeout=400, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    tag, weights = _final_weights(run_dir)
+    tag, weights = final_weights(run_dir)
     straight_tag, straight_weights = straight_run
     assert tag == straight_tag == "epoch0001" and weights.keys() == straight_weights.keys()
     assert all(torch.equal(weights[k], straight_weights[k]) for k in weights)
@@ -374,13 +317,13 @@ def test_one_gpu_bf16_zero2_with_dali_mixed_decoder(tmp_path):
         str(PROJECT_ROOT / "launchers" / "train.py"),
         "--config",
         str(PRESET),
-        *_overrides(tmp_path),
+        *overrides(tmp_path),
         *extra,
     ]
-    completed = subprocess.run(command, cwd=tmp_path, env=_env(), timeout=800, capture_output=True, text=True)
+    completed = subprocess.run(command, cwd=tmp_path, env=env(), timeout=800, capture_output=True, text=True)
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "DALI loader on gpu" in completed.stdout + completed.stderr
     assert (
-        len(_metric_history(tmp_path, "loss")) == 2
+        len(metric_history(tmp_path, "loss")) == 2
         and (tmp_path / "runs" / "cpu-smoke" / "export" / "model_fp32.pt").is_file()
     )

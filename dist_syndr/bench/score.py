@@ -57,9 +57,9 @@ def make_run(folder: Path, plan: ScorePlan) -> tuple[Path, list[Path]]:
     from PIL import Image
 
     from dist_syndr import config
-    from dist_syndr.evaluate.export import save_state_dict
     from dist_syndr.features.model import build_model
     from dist_syndr.pools.embedded import photo_crops
+    from dist_syndr.runs.weights import save_state_dict
 
     overrides = ["model.backbone=vit_tiny_patch16_224", "model.is_random_init=true", f"model.image_size={plan.crop}"]
     cfg = config.load(None, [*overrides, f"data.crop={plan.crop}", "run_name=bench-score"])

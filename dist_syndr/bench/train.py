@@ -45,11 +45,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from dist_syndr import source
 from dist_syndr.bench.harness import Report, SummaryRow, format_ratio, markdown_table
 
 log = logging.getLogger(__name__)
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_ROOT = source.PROJECT_ROOT
 WORKER = "dist_syndr.bench.train_worker"
 
 H200_BF16_PEAK_FLOPS = 989e12
@@ -341,7 +342,7 @@ def launch(model: str, shard_root: Path, plan: TrainPlan, folder: Path) -> Model
         "shard_root": str(shard_root),
         "plan": dataclasses.asdict(plan),
         "result": str(result_path),
-        "checkpoints": str(folder / model / "checkpoints"),  # the trainer keeps per-rank records beside them
+        "run_dir": str(folder / model),  # the trainer's checkpoints and per-rank records
     }
     port = runtime.free_port()
     log.info("train benchmark: %s on %d ranks (port %d)", model, world_size, port)

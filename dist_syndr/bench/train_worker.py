@@ -32,6 +32,7 @@ from dist_syndr.config import Config, DataConfig, ModelConfig, RuntimeConfig, Tr
 from dist_syndr.features import precision as precision_policy
 from dist_syndr.features.model import build_model
 from dist_syndr.loader import make_loader, plan_epoch, upsampled_keys
+from dist_syndr.runs.folder import RunFolder
 from dist_syndr.sharding.shard_set import ShardSet
 from dist_syndr.tracking.tracker import NullTracker
 from dist_syndr.train import deepspeed_engine, loop
@@ -163,7 +164,7 @@ def _build_cases(setup: Setup, case: dict, epochs: Epochs):
     }
     gc.freeze()  # as launchers/train.py does
     trainer = engines[plan.trainer_zero_stage]
-    run = loop.Run(trainer, epochs.train_set, {}, NullTracker(), Path(case["checkpoints"]), rank, world_size)
+    run = loop.Run(trainer, epochs.train_set, {}, NullTracker(), RunFolder(Path(case["run_dir"])), rank, world_size)
     train_loader = make_loader(epochs.train_set, cfg.data, is_training=True, dali=cfg.runtime.dali)
     cases: dict[str, Callable[[int], dict]] = {
         BASELINE: lambda epoch: _ddp_epoch(ddp, optimizer, autocast, decoded[epoch])

@@ -70,6 +70,13 @@ def _require(condition: bool, key: str, message: str) -> None:
         raise ValueError(f"{key}: {message}")
 
 
+def check_plain_name(name: str, key: str) -> None:
+    """ValueError naming ``key`` unless ``name`` is a plain folder name (no separator, not hidden, not ``..``):
+    a run or shard set named so stays inside the folder its config gives."""
+    is_plain = bool(name) and "/" not in name and "\\" not in name and not name.startswith(".") and "\0" not in name
+    _require(is_plain, key, f"must be a plain folder name (no '/', not starting with '.'), got {name!r}")
+
+
 @functools.cache
 def _choice_fields(cls: type) -> dict[str, tuple]:
     """The ``Literal`` fields of a section and their allowed values."""
@@ -277,8 +284,7 @@ class ShardConfig(_Section):
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
 
     def check(self) -> None:
-        is_plain = bool(self.name) and "/" not in self.name and not self.name.startswith(".")
-        _require(is_plain, "name", f"must be a plain folder name, got {self.name!r}")
+        check_plain_name(self.name, "name")
         self._at_least(1, "samples_per_shard", "num_workers")
         level = self.png_compress_level
         _require(0 <= level <= 9, "png_compress_level", f"must lie in 0..9, got {level}")
@@ -375,6 +381,9 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        check_plain_name(self.run_name, "run_name")
 
 
 # ---------------------------------------------------------------------------

@@ -9,7 +9,7 @@ reference embeddings use.
 
 ::
 
-    cfg, model = load_model(Path("runs/vit-b"))             # dist_syndr.evaluate.checkpoints
+    cfg, model = load_model(Path("runs/vit-b"))             # dist_syndr.runs.checkpoints
     target = target_shard_set("livec", "/data/ChallengeDB_release", Path("shards/targets"))
     metrics, predictions = evaluate_targets(model, {"livec": target}, cfg.data, device="cuda", dali="auto")
     write_predictions_csv(Path("eval/livec_predictions.csv"), predictions["livec"])

@@ -14,10 +14,10 @@ import os
 import time
 from pathlib import Path
 
-from dist_syndr import files, runtime
+from dist_syndr import files, runtime, source
 from dist_syndr.config import Config
 from dist_syndr.evaluate.predict import Predictions, write_predictions_csv
-from dist_syndr.tracking.tracker import LOCAL_DIR_NAME, git_commit, make_tracker, tracking_uri
+from dist_syndr.tracking.tracker import LOCAL_DIR_NAME, make_tracker, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def log_evaluation(
     """Log ``eval/<target>/<metric>`` and the written files; returns the MLflow run id (None before delivery)."""
     _, world_size = runtime.rank_world()
     tags = {
-        "git_commit": git_commit(Path(__file__).resolve().parents[2]),
+        "git_commit": source.git_commit(),
         "world_size": str(world_size),
         "device": device,
         "checkpoint": str(checkpoint.resolve()),

@@ -29,12 +29,12 @@ import torch
 
 from dist_syndr import runtime
 from dist_syndr.config import Config
-from dist_syndr.evaluate.checkpoints import config_path_of, load_model
 from dist_syndr.features.embed import evaluating, forward_rows, input_dtype
 from dist_syndr.features.precision import Precision, resolve
 from dist_syndr.features.preprocess import normalise_batch
 from dist_syndr.pools.scores import LabelScale
-from dist_syndr.scoring import model_card
+from dist_syndr.runs import card as card_file
+from dist_syndr.runs.checkpoints import config_path_of, load_model
 from dist_syndr.scoring.compiled import CompiledForward
 from dist_syndr.scoring.crops import CropProtocol
 from dist_syndr.scoring.dali_decode import DaliDecoder, decoded_files, resolve_decoder
@@ -97,12 +97,15 @@ class Scorer:
         crop_mode: str | None = None,
         batch_size: int = 64,
         precision: str = "auto",
+        is_trusted: bool = False,
     ) -> Scorer:
         """The scorer of a run folder, a DeepSpeed checkpoint (folder or tag) or a weights file, with the run's
-        evaluation crops unless ``crops``/``crop_mode`` say otherwise; ``device="auto"``: the GPU when present."""
+        evaluation crops unless ``crops``/``crop_mode`` say otherwise; ``device="auto"``: the GPU when present.
+        Nothing in the checkpoint is unpickled beyond tensors and DeepSpeed's own types unless ``is_trusted``
+        (:mod:`dist_syndr.runs.model_states`)."""
         config_path = config_path_of(Path(checkpoint), config_path)
-        cfg, model = load_model(Path(checkpoint), config_path)
-        label_scale = model_card.label_scale_of(cfg, config_path.parent)
+        cfg, model = load_model(Path(checkpoint), config_path, is_trusted=is_trusted)
+        label_scale = card_file.label_scale_of(cfg, config_path.parent)
         data = cfg.data
         protocol = CropProtocol.of_run(
             data.crop, data.eval_crops, data.eval_crop_mode, cfg.seed, crops=crops, mode=crop_mode

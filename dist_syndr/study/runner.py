@@ -1,4 +1,4 @@
-"""Running a study's trainings: each through ``launchers/train.py``, finished ones reused, several at once if asked.
+"""Running a study's trainings: each as ``python -m dist_syndr.train``, finished ones reused, several at once.
 
 A run is reused when its folder holds exported weights, an MLflow run id and a
 ``config.yaml`` equal to the config the study would give it now; any other run
@@ -21,13 +21,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from dist_syndr import config, runtime
+from dist_syndr import config, runtime, source
+from dist_syndr.runs.folder import RunFolder
 from dist_syndr.study.plan import StudyRun
 
 log = logging.getLogger(__name__)
-
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-TRAIN_LAUNCHER = PROJECT_ROOT / "launchers" / "train.py"
 
 
 @dataclass(frozen=True)
@@ -43,10 +41,8 @@ class RunOutcome:
 
 def _is_finished(folder: Path, expected_config: str) -> bool:
     """True when ``folder`` holds a finished run whose ``config.yaml`` is ``expected_config``."""
-    if not ((folder / "export" / "model_fp32.pt").is_file() and (folder / "mlflow_run_id").is_file()):
-        return False
-    recorded = folder / "config.yaml"
-    return recorded.is_file() and recorded.read_text() == expected_config
+    run = RunFolder(folder)
+    return run.is_finished() and run.config_path.read_text() == expected_config
 
 
 def run_all(preset: Path, runs: list[StudyRun], logs: Path, *, parallel: int = 1) -> list[RunOutcome]:
@@ -70,17 +66,17 @@ def _one(preset: Path, run: StudyRun, logs: Path, threads: int | None) -> RunOut
         _train(preset, run, logs / f"{run.run_name}.log", threads)
         if not _is_finished(folder, expected):
             raise RuntimeError(f"{run.run_name}: training ended without its export; see {logs / run.run_name}.log")
-    run_id = (folder / "mlflow_run_id").read_text().strip()
+    run_id = RunFolder(folder).run_id_path.read_text().strip()
     return RunOutcome(run, run_id, folder, reused, time.perf_counter() - started)
 
 
 def _train(preset: Path, run: StudyRun, log_path: Path, threads: int | None) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
     env["MASTER_PORT"] = str(runtime.free_port())
-    env.setdefault("PYTHONPATH", str(PROJECT_ROOT))
+    env.setdefault("PYTHONPATH", str(source.PROJECT_ROOT))
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
-    command = [sys.executable, str(TRAIN_LAUNCHER), "--config", str(preset), *run.overrides]
+    command = [sys.executable, "-m", "dist_syndr.train", "--config", str(preset), *run.overrides]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("w") as output:
         completed = subprocess.run(command, env=env, stdout=output, stderr=subprocess.STDOUT)

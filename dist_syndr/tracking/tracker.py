@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import subprocess
 import tempfile
 import threading
 import time
@@ -331,15 +330,6 @@ def tracking_uri(root: Path) -> str:
         return uri
     root.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{(root / 'mlflow.db').resolve()}"
-
-
-def git_commit(folder: Path) -> str:
-    """The checkout's commit hash, or ``unknown`` outside git."""
-    try:
-        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    return result.stdout.strip() if result.returncode == 0 else "unknown"
 
 
 def make_tracker(

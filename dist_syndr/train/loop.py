@@ -20,7 +20,6 @@ import hashlib
 import json
 import logging
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 
@@ -31,6 +30,7 @@ from dist_syndr.evaluate.predict import embed, evaluate_targets, feature_data_co
 from dist_syndr.loader import make_loader, plan_epoch, upsampled_keys
 from dist_syndr.loader.checks import verify_shards_once
 from dist_syndr.reshape import drcdown
+from dist_syndr.runs.folder import RunFolder
 from dist_syndr.sharding.shard_set import ShardSet
 from dist_syndr.train import deepspeed_engine, shard_digests
 from dist_syndr.train import state as train_state
@@ -48,14 +48,9 @@ class Run:
     train_set: ShardSet
     targets: dict[str, ShardSet]
     tracker: object
-    checkpoint_dir: Path
+    folder: RunFolder  # checkpoints, keep-lists and per-rank records
     rank: int
     world_size: int
-    run_dir: Path | None = None  # keep-lists and per-rank records; default: checkpoint_dir's parent
-
-    @property
-    def folder(self) -> Path:
-        return Path(self.run_dir) if self.run_dir is not None else Path(self.checkpoint_dir).parent
 
 
 def fit(
@@ -73,7 +68,7 @@ def fit(
         upsampled = []
     results: dict[str, float] = {}
     shard_digests.check_index_digests(
-        run.folder, {"train": run.train_set} | {f"target {n}": s for n, s in run.targets.items()}
+        run.folder.root, {"train": run.train_set} | {f"target {n}": s for n, s in run.targets.items()}
     )
     for shard_set in (run.train_set, *run.targets.values()):
         verify_shards_once(shard_set, cfg.data)  # data.verify_checksums=shards; members are checked on every read
@@ -93,7 +88,7 @@ def fit(
             )  # before the checkpoint: a kill in between repeats, never loses
             state.finish_epoch()
             progress = RankProgress()
-            train_state.save(run.model_engine, run.checkpoint_dir, state, progress, keep=cfg.train.keep_checkpoints)
+            train_state.save(run.model_engine, run.folder, state, progress, keep=cfg.train.keep_checkpoints)
             log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in results.items()})
     return results, state
 
@@ -166,7 +161,7 @@ def _drcdown(
 
 def _check_same_on_all_ranks(run: Run, epoch: int, name: str, value: object) -> None:
     """Record ``value`` in this rank's file and stop the run if any rank disagrees."""
-    folder = run.folder / "ranks"
+    folder = run.folder.root / "ranks"
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / f"rank-{run.rank:04d}.jsonl", "a") as record:
         record.write(json.dumps({"epoch": epoch, name: value}) + "\n")
@@ -176,7 +171,7 @@ def _check_same_on_all_ranks(run: Run, epoch: int, name: str, value: object) -> 
 
 
 def _write_keep_list(run: Run, epoch: int, keys: list[str]) -> None:
-    path = run.folder / "keep_lists" / f"epoch{epoch:04d}.txt.gz"
+    path = run.folder.root / "keep_lists" / f"epoch{epoch:04d}.txt.gz"
     files.write_bytes(path, gzip.compress(("\n".join(keys) + "\n").encode(), mtime=0))
     run.tracker.log_artifact(path, "keep_lists")
 
@@ -234,7 +229,7 @@ def train_epoch(
         if every and state.batches_done % every == 0 and state.batches_done < last_batch:
             _settle_losses(meter, progress)
             with meter.pause():
-                train_state.save(model, run.checkpoint_dir, state, progress, keep=cfg.train.keep_checkpoints)
+                train_state.save(model, run.folder, state, progress, keep=cfg.train.keep_checkpoints)
     _settle_losses(meter, progress)
     _check_same_on_all_ranks(run, epoch, "steps", state.batches_done)
     collectives.broadcast_buffers(

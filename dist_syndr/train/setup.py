@@ -1,9 +1,9 @@
 """What ``launchers/train.py`` does around the epoch loop: checks made before any process group,
-the smoke-test shard sets, the run folder with its tracker, and the consolidated fp32 export.
+the smoke-test shard sets, the run folder claimed (locked, fresh or resumable) with its tracker,
+and the hand-over at the end.
 
-A run folder ``<train.output_dir>/<run_name>`` holds ``config.yaml``, ``deepspeed.json``,
-``checkpoints/``, ``keep_lists/``, ``ranks/``, ``tracking/`` (the journal every record goes
-to first), ``export/model_fp32.pt`` and, once MLflow has the run, ``mlflow_run_id``.
+The run folder's layout is :mod:`dist_syndr.runs.folder`'s; the export is
+:mod:`dist_syndr.export.run_export`'s.
 
 Shapes: none.
 """
@@ -14,16 +14,16 @@ import os
 import time
 from pathlib import Path
 
-from dist_syndr import collectives, config, files, runtime
-from dist_syndr.evaluate import export
+from dist_syndr import collectives, config, files, runtime, source
+from dist_syndr.export import run_export
+from dist_syndr.runs import folder as run_folder
+from dist_syndr.runs.folder import RunFolder
 from dist_syndr.sharding.shard_set import INDEX_NAME
-from dist_syndr.tracking.tracker import LOCAL_DIR_NAME, NullTracker, git_commit, journal_run_id, make_tracker
+from dist_syndr.tracking.tracker import NullTracker, journal_run_id, make_tracker
 from dist_syndr.train import deepspeed_engine
-from dist_syndr.train import state as train_state
 
 SMOKE_TRAIN = (("astronaut", "coffee", "chelsea", "rocket"), (1, 11, 16))
 SMOKE_TEST = (("immunohistochemistry", "hubble_deep_field"), (3, 10, 17))
-EXPORT_NAME = Path("export") / "model_fp32.pt"
 SINGLE_PROCESS_ENV = {
     "RANK": "0",
     "WORLD_SIZE": "1",
@@ -71,11 +71,11 @@ def _check_global_batch(cfg: config.Config, world_size: int) -> None:
     )
 
 
-def set_single_process_defaults(project_root: Path) -> None:
+def set_single_process_defaults() -> None:
     """One process without a launcher: the rank variables DeepSpeed would otherwise look for in MPI."""
     for name, default in SINGLE_PROCESS_ENV.items():
         os.environ.setdefault(name, default)
-    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(project_root / ".cache" / "torch_extensions"))
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(source.PROJECT_ROOT / ".cache" / "torch_extensions"))
 
 
 def build_smoke_sets(cfg: config.Config, rank: int) -> None:
@@ -91,15 +91,13 @@ def build_smoke_sets(cfg: config.Config, rank: int) -> None:
     collectives.barrier()
 
 
-def open_tracker(
-    cfg: config.Config, run_dir: Path, backends: runtime.Backends, *, is_resumed: bool, project_root: Path
-):
-    """The run's tracker, journalled in ``<run_dir>/tracking`` (a fresh run moves an old journal aside)."""
-    journal = run_dir / LOCAL_DIR_NAME
+def open_tracker(cfg: config.Config, run: RunFolder, backends: runtime.Backends, *, is_resumed: bool):
+    """The run's tracker, journalled in ``<run>/tracking`` (a fresh run moves an old journal aside)."""
+    journal = run.journal_dir
     if backends.rank == 0 and not is_resumed and journal.exists():
-        journal.rename(run_dir / f"{LOCAL_DIR_NAME}-before-{time.strftime('%Y%m%d-%H%M%S')}")
+        journal.rename(run.root / f"{journal.name}-before-{time.strftime('%Y%m%d-%H%M%S')}")
     tags = {
-        "git_commit": git_commit(project_root),
+        "git_commit": source.git_commit(),
         "world_size": str(backends.world_size),
         "device": backends.device,
         "dali": backends.dali,
@@ -109,40 +107,30 @@ def open_tracker(
     )
 
 
-def save_run_files(cfg: config.Config, ds_config: dict, run_dir: Path, tracker) -> None:
+def save_run_files(cfg: config.Config, ds_config: dict, run: RunFolder, tracker) -> None:
     """``config.yaml`` (the resolved config) and ``deepspeed.json`` (the generated one), also as artifacts."""
-    config.dump(cfg, run_dir / "config.yaml")
-    deepspeed_engine.save_deepspeed_config(ds_config, run_dir / "deepspeed.json")
-    tracker.log_artifact(run_dir / "config.yaml")
-    tracker.log_artifact(run_dir / "deepspeed.json")
+    config.dump(cfg, run.config_path)
+    deepspeed_engine.save_deepspeed_config(ds_config, run.root / "deepspeed.json")
+    tracker.log_artifact(run.config_path)
+    tracker.log_artifact(run.root / "deepspeed.json")
 
 
-def export_weights(run_dir: Path, tracker, card: dict | None = None) -> Path:
-    """The last complete checkpoint as consolidated fp32 weights (any ZeRO stage), logged as the run's model;
-    with ``card`` (:func:`dist_syndr.scoring.model_card.training_card`) also the model card beside them and,
-    when the run is tracked, the MLflow model (``export/mlflow_model``, logged as ``mlflow_model``)."""
-    checkpoints = run_dir / "checkpoints"
-    weights = export.export_checkpoint(checkpoints, run_dir / EXPORT_NAME, tag=train_state.completed_tag(checkpoints))
-    tracker.log_artifact(weights, "model")
-    if card is None:
-        return weights
-    from dist_syndr.scoring import model_card
-
-    card_json, card_markdown = model_card.write(card, weights.parent / model_card.CARD_NAME)
-    tracker.log_artifact(card_json, "model")
-    tracker.log_artifact(card_markdown, "model")
-    if not isinstance(tracker, NullTracker):
-        from dist_syndr.scoring import mlflow_model
-
-        folder = mlflow_model.save(
-            weights, run_dir / "config.yaml", card_json, weights.parent / mlflow_model.MODEL_DIR_NAME
-        )
-        tracker.log_artifact(folder)
-    return weights
+def claimed(run: RunFolder, resume: str):
+    """Hold ``run``'s lock for the block (rank 0 holds it; every rank of a second job stops with one line naming
+    the holder); ``train.resume=never`` also refuses a folder an earlier training wrote."""
+    check = (lambda: run_folder.check_fresh_start(run)) if resume == "never" else None
+    return collectives.rank_zero_lock(run.lock_path, f"run folder {run.root}", check)
 
 
-def record_run_id(run_dir: Path) -> None:
-    """``<run_dir>/mlflow_run_id`` once the tracking store knows the run."""
-    run_id = journal_run_id(run_dir / LOCAL_DIR_NAME)
+def export_weights(run: RunFolder, tracker, card: dict | None, *, global_step: int) -> Path:
+    """The last complete checkpoint handed over (:func:`dist_syndr.export.run_export.export_run`); rank 0 only."""
+    return run_export.export_run(
+        run, tracker, card, global_step=global_step, is_tracked=not isinstance(tracker, NullTracker)
+    )
+
+
+def record_run_id(run: RunFolder) -> None:
+    """``<run>/mlflow_run_id`` once the tracking store knows the run."""
+    run_id = journal_run_id(run.journal_dir)
     if run_id is not None:
-        files.write_text(run_dir / "mlflow_run_id", run_id)
+        files.write_text(run.run_id_path, run_id)

@@ -9,30 +9,27 @@ states, and the best epoch per target so far. It travels in DeepSpeed's
 
 Checkpoints are tagged ``epochNNNN`` (an epoch finished and evaluated) or
 ``epochNNNN-stepSSSSSS`` (mid-epoch). A tag counts only once every rank has
-written it: rank 0 then records it in ``<checkpoints>/complete`` (temp name,
-then rename), and :func:`resume` loads that tag, never a half-written one.
-Older tags beyond ``keep`` are removed after the pointer moves.
+written it: rank 0 then records it in ``<checkpoints>/complete``
+(:meth:`dist_syndr.runs.folder.RunFolder.mark_complete`), and :func:`resume`
+loads that tag, never a half-written one. Older tags beyond ``keep`` are
+removed after the pointer moves.
 
 Shapes: ``kept_positions`` ``(K,)`` int64 positions into the epoch's original keys.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import random
-import shutil
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from dist_syndr import collectives, files, runtime
+from dist_syndr import collectives, runtime
+from dist_syndr.runs.folder import RunFolder
 
 log = logging.getLogger(__name__)
-
-POINTER_NAME = "complete"
 
 
 @dataclass
@@ -108,28 +105,29 @@ def checkpoint_tag(state: TrainState) -> str:
     return f"epoch{state.epoch - 1:04d}"
 
 
-def save(model_engine, checkpoint_dir: Path, state: TrainState, progress: RankProgress, *, keep: int) -> str:
+def save(model_engine, run: RunFolder, state: TrainState, progress: RankProgress, *, keep: int) -> str:
     """Checkpoint on every rank, then (rank 0) mark the tag complete and prune old tags; returns the tag."""
     progress.rng = capture_rng()
     state.ranks = collectives.all_gather_objects(progress) if state.is_mid_epoch else []
     tag = checkpoint_tag(state)
-    model_engine.save_checkpoint(str(checkpoint_dir), tag=tag, client_state={"train_state": asdict(state)})
+    model_engine.save_checkpoint(str(run.checkpoints), tag=tag, client_state={"train_state": asdict(state)})
     collectives.barrier()  # every rank's files are on disk before the tag counts
     if runtime.rank_world()[0] == 0:
-        files.write_text(checkpoint_dir / POINTER_NAME, json.dumps({"tag": tag}))
-        _prune(checkpoint_dir, keep=keep, current=tag)
+        run.mark_complete(tag)
+        run.prune(keep=keep, current=tag)
     collectives.barrier()
     return tag
 
 
-def resume(model_engine, checkpoint_dir: Path) -> tuple[TrainState, RankProgress] | None:
-    """Load the last complete checkpoint into the engine; None when there is none."""
-    tag = completed_tag(checkpoint_dir)
+def resume(model_engine, run: RunFolder) -> tuple[TrainState, RankProgress] | None:
+    """Load the last complete checkpoint into the engine (DeepSpeed's loader: this run's own files); None when
+    there is none."""
+    tag = run.complete_tag()
     if tag is None:
         return None
-    path, client_state = model_engine.load_checkpoint(str(checkpoint_dir), tag=tag)
+    path, client_state = model_engine.load_checkpoint(str(run.checkpoints), tag=tag)
     if path is None or "train_state" not in (client_state or {}):
-        raise ValueError(f"{checkpoint_dir / tag}: checkpoint could not be loaded or carries no train state")
+        raise ValueError(f"{run.checkpoints / tag}: checkpoint could not be loaded or carries no train state")
     state = _state_from_dict(client_state["train_state"])
     rank = runtime.rank_world()[0]
     progress = state.ranks[rank] if state.ranks else RankProgress()
@@ -140,32 +138,6 @@ def resume(model_engine, checkpoint_dir: Path) -> tuple[TrainState, RankProgress
     return state, progress
 
 
-def completed_tag(checkpoint_dir: Path) -> str | None:
-    """The tag recorded in ``<checkpoints>/complete``, if any."""
-    pointer = checkpoint_dir / POINTER_NAME
-    if not pointer.is_file():
-        return None
-    tag = json.loads(pointer.read_text())["tag"]
-    if not (checkpoint_dir / tag).is_dir():
-        raise ValueError(f"{pointer}: names checkpoint {tag}, which is missing")
-    return tag
-
-
 def _state_from_dict(values: dict) -> TrainState:
     ranks = [RankProgress(**r) if isinstance(r, dict) else r for r in values.get("ranks", [])]
     return TrainState(**{**values, "ranks": ranks})
-
-
-def _chronological(tag: str) -> tuple[int, int]:
-    """Mid-epoch tags of epoch e come before ``epoch e`` itself (its end)."""
-    epoch, _, step = tag.removeprefix("epoch").partition("-step")
-    return int(epoch), int(step) if step else 10**9
-
-
-def _prune(checkpoint_dir: Path, *, keep: int, current: str) -> None:
-    tags = sorted(
-        (p.name for p in checkpoint_dir.iterdir() if p.is_dir() and p.name.startswith("epoch")), key=_chronological
-    )
-    for tag in tags[: max(0, len(tags) - keep)]:
-        if tag != current:
-            shutil.rmtree(checkpoint_dir / tag, ignore_errors=True)

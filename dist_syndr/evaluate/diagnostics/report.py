@@ -15,15 +15,16 @@ from pathlib import Path
 
 import numpy as np
 
-from dist_syndr import files
+from dist_syndr import files, source
 from dist_syndr.config import Config
 from dist_syndr.evaluate.diagnostics import clusters, measures, plots
 from dist_syndr.evaluate.predict import embed
 from dist_syndr.loader import upsampled_keys
 from dist_syndr.reshape import drcdown
+from dist_syndr.runs.folder import RunFolder
 from dist_syndr.sharding.shard_set import ShardSet
 from dist_syndr.tracking.journal import Journal
-from dist_syndr.tracking.tracker import LOCAL_DIR_NAME, git_commit, make_tracker
+from dist_syndr.tracking.tracker import LOCAL_DIR_NAME, make_tracker
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,15 @@ def original_samples(shard_set: ShardSet) -> Originals:
     )
 
 
+def check_out_dir(out_dir: Path) -> None:
+    """ValueError when ``out_dir`` is a training run's folder (diagnostics would replace its journal)."""
+    if RunFolder.is_run_folder(out_dir):
+        raise ValueError(
+            f"--out {out_dir} is a training run's folder; diagnostics would replace its tracking journal. "
+            f"Use a folder of its own, e.g. {Path(out_dir) / 'diagnostics'}"
+        )
+
+
 def diagnose(
     model,
     shard_set: ShardSet,
@@ -98,7 +108,11 @@ def diagnose(
     method: str = "pca",
     max_points: int = 3000,
 ) -> Diagnosis:
-    """Embed, run DRCDown (always, whatever ``reshape.drcdown.enabled`` says), measure, plot and write the report."""
+    """Embed, run DRCDown (always, whatever ``reshape.drcdown.enabled`` says), measure, plot and write the report.
+
+    ValueError when ``out_dir`` is a training run's folder: its files (the tracking journal above all) are the
+    run's own and must not be replaced."""
+    check_out_dir(out_dir)
     samples = original_samples(shard_set)
     features = embed(model, shard_set, cfg.data, samples.keys, device=device, dali=cfg.runtime.dali)
     drcdown_cfg = dataclasses.replace(cfg.reshape.drcdown, enabled=True)
@@ -176,9 +190,8 @@ def log_diagnosis(
     ``python launchers/compare.py --sync <out_dir>/tracking``.
     """
     cfg = dataclasses.replace(cfg, run_name=f"{cfg.run_name}-diagnose-{out_dir.name}")
-    project_root = Path(__file__).resolve().parents[3]
     tags = {
-        "git_commit": git_commit(project_root),
+        "git_commit": source.git_commit(),
         "dist_syndr.kind": "diagnostics",
         "shard_set": diagnosis.report["shard_set"],
     }

@@ -27,8 +27,8 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 
 from dist_syndr import files
-from dist_syndr.evaluate.export import checksum_path
 from dist_syndr.pools.scores import LabelScale
+from dist_syndr.runs.weights import checksum_path
 
 MODEL_DIR_NAME = "mlflow_model"
 SIGNATURE = ModelSignature(
@@ -37,7 +37,7 @@ SIGNATURE = ModelSignature(
 )
 _MODEL_CODE = (
     "import mlflow.models\n"
-    "from dist_syndr.scoring.mlflow_model import ImageScorerModel\n\n"
+    "from dist_syndr.export.mlflow_model import ImageScorerModel\n\n"
     "mlflow.models.set_model(ImageScorerModel())\n"
 )
 _REQUIREMENTS = ("torch", "timm", "numpy", "pillow", "safetensors", "pandas")

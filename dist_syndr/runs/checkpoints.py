@@ -1,9 +1,14 @@
 """A trained model from any checkpoint: a run folder, a DeepSpeed checkpoint folder or tag, or a weights file.
 
-:func:`load_model` finds the run's ``config.yaml`` beside the checkpoint,
-builds the model without downloading anything and loads the weights strictly.
-Importing this module needs no DeepSpeed; only consolidating a ZeRO checkpoint
-(:mod:`dist_syndr.evaluate.export`) does.
+:func:`resolve_checkpoint` says where the weights come from, by the rules of
+:mod:`dist_syndr.runs.folder`: a run folder's export while it holds the tag
+``checkpoints/complete`` names, else that tag; a checkpoint folder's ``complete``
+tag (DeepSpeed's ``latest`` only without one). :func:`load_model` finds the
+run's ``config.yaml`` beside the checkpoint, builds the model without
+downloading anything and loads the weights strictly. Nothing is unpickled
+beyond tensors and the allow-listed types unless ``is_trusted``
+(:mod:`dist_syndr.runs.model_states`). Importing this module needs no
+DeepSpeed; only consolidating a ZeRO checkpoint (:mod:`dist_syndr.runs.consolidate`) does.
 
 Shapes: none (named tensors of the model's own shapes).
 """
@@ -20,13 +25,12 @@ import torch
 
 from dist_syndr import config as config_module
 from dist_syndr.config import Config
-from dist_syndr.evaluate import export
 from dist_syndr.features.model import IQAModel, build_model
+from dist_syndr.runs import consolidate, weights
+from dist_syndr.runs.folder import CONFIG_NAME, EXPORT_WEIGHTS, LATEST_NAME, POINTER_NAME, RunFolder
 
 log = logging.getLogger(__name__)
 
-CONFIG_NAME = "config.yaml"
-EXPORT_PATH = Path("export") / "model_fp32.pt"
 CONFIG_SEARCH_LEVELS = 3
 
 
@@ -39,37 +43,53 @@ class CheckpointSource:
     tag: str | None = None
     folder: Path = Path(".")  # where the search for config.yaml starts
 
-    def load(self) -> dict[str, torch.Tensor]:
-        """The fp32 state dict."""
+    def load(self, *, is_trusted: bool = False) -> dict[str, torch.Tensor]:
+        """The fp32 state dict (``is_trusted``: DeepSpeed's pickles are unpickled fully)."""
         if self.state_dict_file is not None:
-            return export.load_state_dict(self.state_dict_file)
-        return export.consolidated_state_dict(self.deepspeed_dir, self.tag)
+            return weights.load_state_dict(self.state_dict_file)
+        return consolidate.consolidated_state_dict(self.deepspeed_dir, self.tag, is_trusted=is_trusted)
+
+    def describe(self) -> str:
+        """The file or tag the weights come from, for logs and provenance."""
+        if self.state_dict_file is not None:
+            return str(self.state_dict_file)
+        return str(self.deepspeed_dir / self.tag) if self.tag else str(self.deepspeed_dir)
 
 
 def resolve_checkpoint(checkpoint: Path) -> CheckpointSource:
-    """Read ``checkpoint`` as a run dir (its export, else its latest checkpoint), a DeepSpeed checkpoint
-    folder (with ``latest``), one tag folder, or a ``.pt``/``.pth``/``.safetensors`` state dict."""
+    """Read ``checkpoint`` as a run folder (its current export, else its last complete checkpoint), a DeepSpeed
+    checkpoint folder (``complete``, else ``latest``), one tag folder, or a ``.pt``/``.pth``/``.safetensors`` state
+    dict."""
     checkpoint = Path(checkpoint)
     if checkpoint.is_file():
-        if checkpoint.suffix not in export.STATE_DICT_SUFFIXES:
+        if checkpoint.suffix not in weights.STATE_DICT_SUFFIXES:
             raise ValueError(
-                f"{checkpoint}: a checkpoint file must be a state dict ({', '.join(export.STATE_DICT_SUFFIXES)})"
+                f"{checkpoint}: a checkpoint file must be a state dict ({', '.join(weights.STATE_DICT_SUFFIXES)})"
             )
         return CheckpointSource(state_dict_file=checkpoint, folder=checkpoint.parent)
     if not checkpoint.is_dir():
         raise ValueError(f"{checkpoint}: checkpoint does not exist")
-    if (checkpoint / EXPORT_PATH).is_file():
-        return CheckpointSource(state_dict_file=checkpoint / EXPORT_PATH, folder=checkpoint)
-    if (checkpoint / "checkpoints" / "latest").is_file():
-        return CheckpointSource(deepspeed_dir=checkpoint / "checkpoints", folder=checkpoint)
-    if (checkpoint / "latest").is_file():
-        return CheckpointSource(deepspeed_dir=checkpoint, folder=checkpoint)
-    if export.is_tag_folder(checkpoint):
+    run = RunFolder(checkpoint)
+    if (checkpoint / "checkpoints").is_dir() or run.weights_path.is_file():
+        export = run.current_export()
+        if export is not None:
+            return CheckpointSource(state_dict_file=export, folder=checkpoint)
+        if _has_pointer(run.checkpoints):
+            tag = consolidate.resolve_tag(run.checkpoints)
+            return CheckpointSource(deepspeed_dir=run.checkpoints, tag=tag, folder=checkpoint)
+    if _has_pointer(checkpoint):
+        return CheckpointSource(deepspeed_dir=checkpoint, tag=consolidate.resolve_tag(checkpoint), folder=checkpoint)
+    if consolidate.is_tag_folder(checkpoint):
         return CheckpointSource(deepspeed_dir=checkpoint.parent, tag=checkpoint.name, folder=checkpoint)
     raise ValueError(
-        f"{checkpoint}: not a checkpoint (expected a run folder with {EXPORT_PATH} or checkpoints/latest, "
-        "a DeepSpeed checkpoint folder with 'latest', one of its tag folders, or a .pt/.safetensors file)"
+        f"{checkpoint}: not a checkpoint (expected a run folder with {EXPORT_WEIGHTS} or checkpoints/{POINTER_NAME}, "
+        f"a DeepSpeed checkpoint folder with '{POINTER_NAME}' or '{LATEST_NAME}', one of its tag folders, "
+        "or a .pt/.safetensors file)"
     )
+
+
+def _has_pointer(checkpoints: Path) -> bool:
+    return (checkpoints / POINTER_NAME).is_file() or (checkpoints / LATEST_NAME).is_file()
 
 
 def find_config(folder: Path, levels: int = CONFIG_SEARCH_LEVELS) -> Path | None:
@@ -99,14 +119,15 @@ def _found_config(source: CheckpointSource, checkpoint: Path) -> Path:
 
 
 def load_model(
-    checkpoint: Path, config_path: Path | None = None, overrides: Sequence[str] = ()
+    checkpoint: Path, config_path: Path | None = None, overrides: Sequence[str] = (), *, is_trusted: bool = False
 ) -> tuple[Config, IQAModel]:
     """The run's config and its model (CPU, eval mode) with the checkpoint's weights loaded strictly.
 
     The config is ``config_path`` or the run's ``config.yaml`` found beside the
     checkpoint (up to three folders up), with ``overrides`` applied. The
     model is built without weights and takes the checkpoint's: nothing is
-    read from ``model.weights`` and nothing is downloaded.
+    read from ``model.weights`` and nothing is downloaded. ``is_trusted``:
+    DeepSpeed's files are unpickled fully (``--trust-checkpoint``).
     """
     source = resolve_checkpoint(Path(checkpoint))
     config_path = Path(config_path) if config_path is not None else _found_config(source, checkpoint)
@@ -116,7 +137,7 @@ def load_model(
     # ViTs on a CPU) and takes the checkpoint's tensors as they are.
     with torch.device("meta"):
         model = build_model(model_cfg)
-    state = source.load()
+    state = source.load(is_trusted=is_trusted)
     expected = model.state_dict()
     missing = [name for name in expected if name not in state]
     unexpected = [name for name in state if name not in expected]
@@ -133,5 +154,5 @@ def load_model(
         # A backbone with non-persistent buffers computes them at construction: build it for real.
         model = build_model(model_cfg)
         model.load_state_dict(state, strict=True)
-    log.info("loaded %s (%s) with config %s", checkpoint, cfg.model.backbone, config_path)
+    log.info("loaded %s (%s) with config %s", source.describe(), cfg.model.backbone, config_path)
     return cfg, model.eval()

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from dist_syndr import files
-from dist_syndr.evaluate import export as weights_export
+from dist_syndr.runs import card as card_file
+from dist_syndr.runs import weights
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ def export_model(
     with torch.no_grad():
         expected = model(check).numpy()
     if fmt == "safetensors":
-        weights_export.save_state_dict(model.state_dict(), path)
+        weights.save_state_dict(model.state_dict(), path)
         try:
             difference = _difference(_safetensors_outputs(model, path, check), expected, tolerance, path, fmt)
         except ValueError:
@@ -125,27 +126,28 @@ def _safetensors_outputs(model: torch.nn.Module, path: Path, crops: torch.Tensor
     import copy
 
     reloaded = copy.deepcopy(model)
-    reloaded.load_state_dict(weights_export.load_state_dict(path), strict=True)
+    reloaded.load_state_dict(weights.load_state_dict(path), strict=True)
     with torch.no_grad():
         return reloaded(crops).numpy()
 
 
 def export_checkpoint(
-    checkpoint: Path, fmt: str, out: Path | None = None, *, config_path: Path | None = None
+    checkpoint: Path, fmt: str, out: Path | None = None, *, config_path: Path | None = None, is_trusted: bool = False
 ) -> tuple[ExportCheck, Path]:
     """Export a run folder, checkpoint or weights file as ``fmt`` (default path: ``<run>/export/model<suffix>``)
-    with its model card beside it (``<file>.card.json`` and ``.card.md``); returns the check and the card path."""
-    from dist_syndr.evaluate.checkpoints import find_config, load_model, resolve_checkpoint
-    from dist_syndr.scoring import model_card
+    with its model card beside it (``<file>.card.json`` and ``.card.md``); returns the check and the card path.
+    ``is_trusted``: DeepSpeed's pickles are unpickled fully."""
+    from dist_syndr.export import cards
+    from dist_syndr.runs.checkpoints import find_config, load_model, resolve_checkpoint
 
     source = resolve_checkpoint(Path(checkpoint))
-    cfg, model = load_model(Path(checkpoint), config_path)
+    cfg, model = load_model(Path(checkpoint), config_path, is_trusted=is_trusted)
     run_dir = find_config(source.folder)
     run_dir = run_dir.parent if run_dir is not None else source.folder
     if out is None:
         out = run_dir / "export" / f"model{SUFFIXES[fmt]}"
     check = export_model(model, cfg.data.crop, fmt, Path(out))
-    card = model_card.read(run_dir / "export" / model_card.CARD_NAME) or model_card.base_card(cfg, config_path)
+    card = card_file.read(run_dir / "export" / card_file.CARD_NAME) or cards.base_card(cfg, config_path)
     card["export"] = {
         "format": fmt,
         "file": Path(out).name,
@@ -154,5 +156,5 @@ def export_checkpoint(
         "outputs": {"scores": ["batch"]},
         "checked": f"max |difference| {check.max_abs_difference:.3g} against PyTorch on a batch of {check.batch_size}",
     }
-    card_path, _ = model_card.write(card, Path(out).with_name(f"{Path(out).name}.card.json"))
+    card_path, _ = card_file.write(card, Path(out).with_name(f"{Path(out).name}.card.json"))
     return check, card_path
