@@ -148,7 +148,8 @@ def test_constant_inputs_give_nan_correlations_with_one_warning(predictions, tar
 def test_a_fit_that_does_not_converge_is_nan_not_the_linear_plcc(monkeypatch, caplog):
     predictions, targets = _mos_like(6, 200, 5.0)
     monkeypatch.setattr(metrics, "MAX_FIT_EVALUATIONS", 3)  # the real optimiser, stopped early
-    with caplog.at_level(logging.WARNING, logger=metrics.__name__):
+    with caplog.at_level(logging.WARNING, logger=metrics.__name__), warnings.catch_warnings():
+        warnings.simplefilter("error")  # no RuntimeWarning or OptimizeWarning on the way either
         result = metrics.iqa_metrics(predictions, targets, name="koniq")
     assert np.isnan(result["plcc_logistic"]) and np.isnan(result["rmse_logistic"])
     assert result["plcc"] == pytest.approx(stats.pearsonr(predictions, targets)[0], abs=1e-12)
