@@ -17,6 +17,7 @@ import torch
 
 from dist_syndr import config
 from dist_syndr.config import DataConfig, ModelConfig
+from dist_syndr.evaluate import metrics
 from dist_syndr.evaluate.predict import (
     Predictions,
     embed,
@@ -198,7 +199,7 @@ def test_the_precision_policy_and_a_kept_loader_are_honoured(tiny_set):
 def test_evaluate_targets_names_metrics_by_target(tiny_set):
     data = _data(eval_crop_mode="centre")
     results, predictions = evaluate_targets(_tiny_model(), {"tiny": tiny_set}, data, device="cpu", dali="off")
-    assert set(results) == {f"tiny/{m}" for m in ("srcc", "plcc", "krcc", "rmse", "plcc_logistic")}
+    assert list(results) == [f"tiny/{key}" for key in metrics.METRIC_KEYS]
     p = predictions["tiny"]
     assert results["tiny/rmse"] == pytest.approx(
         float(np.sqrt(np.mean((p.predictions.astype(np.float64) - p.scores) ** 2)))
@@ -363,6 +364,7 @@ def test_metrics_use_labelled_images_and_flag_diverged_predictions():
     assert result["srcc"] == pytest.approx(1.0) and result["rmse"] == pytest.approx(
         1.0
     )  # the unlabelled 100 is left out
+    assert tuple(result) == metrics.METRIC_KEYS and np.isnan(result["plcc_logistic"])  # 3 images: too few to fit
     diverged = target_metrics(Predictions(keys, np.array([2.0, 1.0, np.nan, 8.0], np.float32), scores))
     assert set(diverged) == set(result) and all(np.isnan(v) for v in diverged.values())
     assert target_metrics(Predictions(keys, np.zeros(4, np.float32), np.full(4, np.nan))) == {}
@@ -392,7 +394,16 @@ def test_launcher_scores_shard_set_and_raw_targets_and_tracks(tmp_path, tiny_set
     assert completed.returncode == 0, completed.stderr[-3000:]
     table = completed.stdout.splitlines()
     header = next(i for i, line in enumerate(table) if line.startswith("target"))
-    assert table[header].split() == ["target", "images", "SRCC", "PLCC", "KRCC", "RMSE", "PLCC-logistic"]
+    assert table[header].split() == [
+        "target",
+        "images",
+        "SRCC",
+        "PLCC",
+        "KRCC",
+        "RMSE",
+        "PLCC-logistic",
+        "RMSE-logistic",
+    ]
     assert table[header + 2].split()[:2] == ["tiny", "7"] and table[header + 3].split()[:2] == ["mine", "5"]
     rows = list(csv.DictReader((tmp_path / "eval" / "tiny_predictions.csv").open()))
     assert [r["key"] for r in rows] == tiny_set.keys()
@@ -401,6 +412,7 @@ def test_launcher_scores_shard_set_and_raw_targets_and_tracks(tmp_path, tiny_set
     assert recorded["num_images"] == {"tiny": 7, "mine": 5} and set(recorded["metrics"]) >= {
         "tiny/srcc",
         "mine/plcc_logistic",
+        "mine/rmse_logistic",
     }
     assert float(table[header + 2].split()[2]) == pytest.approx(recorded["metrics"]["tiny/srcc"], abs=1e-4)
     # MLflow: a new run evaluate-<run_name> with eval/<target>/<metric> and the files

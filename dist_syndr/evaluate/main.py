@@ -1,4 +1,4 @@
-"""Score a checkpoint on target sets: SRCC, PLCC, KRCC, RMSE and logistic PLCC per target.
+"""Score a checkpoint on target sets: SRCC, PLCC, KRCC, RMSE, and PLCC and RMSE after the logistic fit, per target.
 
     python launchers/evaluate.py --checkpoint runs/vit-b --target livec=/data/ChallengeDB_release \\
         --target koniq=/data/koniq10k --target mine=csv:/data/mine/labels.csv [key=value ...]

@@ -153,7 +153,7 @@ def evaluate_targets(
 
 
 def target_metrics(predictions: Predictions, name: str = "") -> dict[str, float]:
-    """SRCC, PLCC, KRCC, RMSE and logistic PLCC over the labelled images ({} with fewer than two;
+    """Every ``metrics.METRIC_KEYS`` value over the labelled images ({} with fewer than two;
     NaN when a prediction is not finite, as from a diverged model)."""
     labelled = np.isfinite(predictions.scores)
     if labelled.sum() < 2:
@@ -161,8 +161,8 @@ def target_metrics(predictions: Predictions, name: str = "") -> dict[str, float]
         return {}
     if not np.isfinite(predictions.predictions[labelled]).all():
         log.warning("target %s: predictions contain NaN or inf; metrics are NaN", name)
-        return dict.fromkeys(("srcc", "plcc", "krcc", "rmse", "plcc_logistic"), float("nan"))
-    return metrics.iqa_metrics(predictions.predictions[labelled], predictions.scores[labelled])
+        return dict.fromkeys(metrics.METRIC_KEYS, float("nan"))
+    return metrics.iqa_metrics(predictions.predictions[labelled], predictions.scores[labelled], name=name)
 
 
 def _gathered_pass(

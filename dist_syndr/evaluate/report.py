@@ -16,13 +16,22 @@ from pathlib import Path
 
 from dist_syndr import files, runtime, source
 from dist_syndr.config import Config
+from dist_syndr.evaluate import metrics
 from dist_syndr.evaluate.predict import Predictions, write_predictions_csv
 from dist_syndr.tracking.tracker import LOCAL_DIR_NAME, make_tracker, tracking_uri
 
 log = logging.getLogger(__name__)
 
 MLFLOW_ROOT = Path("mlruns")
-COLUMNS = (("srcc", "SRCC"), ("plcc", "PLCC"), ("krcc", "KRCC"), ("rmse", "RMSE"), ("plcc_logistic", "PLCC-logistic"))
+_TITLES = {
+    "srcc": "SRCC",
+    "plcc": "PLCC",
+    "krcc": "KRCC",
+    "rmse": "RMSE",
+    "plcc_logistic": "PLCC-logistic",
+    "rmse_logistic": "RMSE-logistic",
+}
+COLUMNS = tuple((key, _TITLES[key]) for key in metrics.METRIC_KEYS)  # a key without a title fails at import
 
 
 def write_results(
@@ -35,7 +44,7 @@ def write_results(
 
 
 def format_table(results: dict[str, float], predictions: dict[str, Predictions]) -> str:
-    """One row per target: images, then SRCC, PLCC, KRCC, RMSE and logistic PLCC (``-`` without labels)."""
+    """One row per target: images, then every ``COLUMNS`` metric (``-`` without labels)."""
     width = max([len("target"), *(len(name) for name in predictions)])
     header = f"{'target':<{width}}  {'images':>7}" + "".join(f"  {title:>13}" for _, title in COLUMNS)
     lines = [header, "-" * len(header)]
