@@ -4,9 +4,10 @@
         --target koniq=/data/koniq10k --target mine=csv:/data/mine/labels.csv [key=value ...]
     torchrun --nproc_per_node 8 launchers/evaluate.py --checkpoint runs/vit-b/checkpoints/epoch0023 ...
 
---checkpoint: a run folder (its export/model_fp32.pt, else its latest DeepSpeed
-checkpoint), a DeepSpeed checkpoint folder or one tag of it, or a .pt /
-.safetensors state dict. The run's config.yaml is found beside it (or give
+--checkpoint: a run folder (its export/model_fp32.pt while it holds the last
+complete checkpoint, else that checkpoint), a DeepSpeed checkpoint folder or one
+tag of it, or a .pt / .safetensors state dict; DeepSpeed's files are read
+weights-only unless --trust-checkpoint. The run's config.yaml is found beside it (or give
 --config). A target is NAME=DIR: a shard set (with index.json), or a dataset
 folder read by the reader NAME names (livec, koniq, bid, kadid, tid2013, ...)
 or KIND:DIR; raw datasets are sharded once into --cache-dir/NAME. Without
