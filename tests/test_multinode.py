@@ -11,7 +11,7 @@ import torch
 
 from tests.conftest import PROJECT_ROOT, VENV_BIN, free_port
 from tests.hosts import namespaces_left, two_hosts
-from tests.test_train import PRESET, _deepspeed_command, _env, _final_weights, _overrides
+from tests.training_runs import PRESET, deepspeed_command, final_weights, overrides, run_env
 
 DEEPSPEED = VENV_BIN / "deepspeed"
 
@@ -34,7 +34,7 @@ def _node_command(node, node_rank, master, port, hostfile, root, out):
         str(port),
         str(PROJECT_ROOT / "launchers" / "train.py"),
     ]
-    return [*launcher, "--config", str(PRESET), *_overrides(root, **{"train.output_dir": out})]
+    return [*launcher, "--config", str(PRESET), *overrides(root, **{"train.output_dir": out})]
 
 
 @pytest.mark.dist
@@ -47,8 +47,8 @@ def test_two_nodes_train_to_the_weights_of_one_node_with_two_ranks(tmp_path, cap
     the run folder on the shared path."""
     if not DEEPSPEED.is_file():
         pytest.skip(f"{DEEPSPEED} not found (run through make test)")
-    env = _env() | {"OMP_NUM_THREADS": "1"}
-    single = _deepspeed_command(tmp_path, free_port(), **{"train.output_dir": tmp_path / "one-node"})
+    env = run_env() | {"OMP_NUM_THREADS": "1"}
+    single = deepspeed_command(tmp_path, free_port(), **{"train.output_dir": tmp_path / "one-node"})
     completed = subprocess.run(single, cwd=tmp_path, env=env, timeout=300, capture_output=True, text=True)
     assert completed.returncode == 0, completed.stderr[-3000:]
 
@@ -74,8 +74,8 @@ def test_two_nodes_train_to_the_weights_of_one_node_with_two_ranks(tmp_path, cap
     _assert_every_node_succeeded(processes, outputs)
 
     two_dir, one_dir = tmp_path / "two-nodes" / "cpu-smoke", tmp_path / "one-node" / "cpu-smoke"
-    tag_two, weights_two = _final_weights(two_dir)
-    tag_one, weights_one = _final_weights(one_dir)
+    tag_two, weights_two = final_weights(two_dir)
+    tag_one, weights_one = final_weights(one_dir)
     assert tag_two == tag_one
     assert weights_two.keys() == weights_one.keys()
     for name, value in weights_one.items():
@@ -92,7 +92,7 @@ def test_two_nodes_train_to_the_weights_of_one_node_with_two_ranks(tmp_path, cap
 
 def _slurm_task_env(node, node_id: int, hostlist: str, port: int, job_dir) -> dict[str, str]:
     """What srun would give one task of a two-node allocation (there is no slurmd here: faked)."""
-    return _env() | {
+    return run_env() | {
         "SLURM_JOB_ID": "4242",
         "SLURM_JOB_NODELIST": hostlist,
         "SLURM_NNODES": "2",
@@ -203,9 +203,9 @@ def test_a_node_killed_mid_epoch_stops_the_other_then_both_resume_to_the_same_we
 
     if not DEEPSPEED.is_file():
         pytest.skip(f"{DEEPSPEED} not found (run through make test)")
-    env = _env() | {"OMP_NUM_THREADS": "1"}
+    env = run_env() | {"OMP_NUM_THREADS": "1"}
     common = {"train.checkpoint_every_steps": 1, "data.batch_size": 4, "runtime.collective_timeout_s": 60}
-    straight = _deepspeed_command(tmp_path, free_port(), **common, **{"train.output_dir": tmp_path / "straight"})
+    straight = deepspeed_command(tmp_path, free_port(), **common, **{"train.output_dir": tmp_path / "straight"})
     completed = subprocess.run(straight, cwd=tmp_path, env=env, timeout=300, capture_output=True, text=True)
     assert completed.returncode == 0, completed.stderr[-3000:]
 
@@ -238,8 +238,8 @@ def test_a_node_killed_mid_epoch_stops_the_other_then_both_resume_to_the_same_we
     assert stopped_after < 90
     _assert_every_node_succeeded(restarted, outputs)
     assert "resumed from epoch0001-step" in outputs[0]
-    tag_resumed, resumed = _final_weights(out / "cpu-smoke")
-    tag_straight, reference = _final_weights(tmp_path / "straight" / "cpu-smoke")
+    tag_resumed, resumed = final_weights(out / "cpu-smoke")
+    tag_straight, reference = final_weights(tmp_path / "straight" / "cpu-smoke")
     assert tag_resumed == tag_straight
     for name, value in reference.items():
         assert torch.equal(resumed[name], value), name

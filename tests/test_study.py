@@ -14,7 +14,7 @@ from scipy import stats
 from dist_syndr.study import statistics
 from dist_syndr.study.plan import parse_variants, plan_study
 from tests.conftest import PROJECT_ROOT
-from tests.test_train import PRESET, _env, _overrides
+from tests.training_runs import PRESET, overrides, run_env
 
 
 def test_paired_difference_matches_scipy_and_a_seeded_bootstrap():
@@ -66,8 +66,8 @@ def test_variants_and_runs_are_planned_with_clear_errors():
 
 def _study(tmp_path) -> subprocess.CompletedProcess:
     command = [sys.executable, str(PROJECT_ROOT / "launchers" / "study.py"), "--config", str(PRESET), "--seeds", "2"]
-    command += ["--variants", "baseline,drcdown", "--name", "smoke", *_overrides(tmp_path)]
-    return subprocess.run(command, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=900)
+    command += ["--variants", "baseline,drcdown", "--name", "smoke", *overrides(tmp_path)]
+    return subprocess.run(command, cwd=tmp_path, env=run_env(), capture_output=True, text=True, timeout=900)
 
 
 @pytest.mark.slow

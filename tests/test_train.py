@@ -17,10 +17,10 @@ from tests.conftest import PROJECT_ROOT, mlflow_tracking_at
 from tests.training_runs import (
     PRESET,
     deepspeed_command,
-    env,
     final_weights,
     metric_history,
     overrides,
+    run_env,
     two_rank_run,
 )
 
@@ -35,7 +35,7 @@ def test_single_process_trains_reshapes_evaluates_checkpoints_and_resumes(tmp_pa
         str(PRESET),
         *overrides(tmp_path),
     ]
-    subprocess.run(command, cwd=tmp_path, env=env(), check=True, timeout=400, capture_output=True)
+    subprocess.run(command, cwd=tmp_path, env=run_env(), check=True, timeout=400, capture_output=True)
     run_dir = tmp_path / "runs" / "cpu-smoke"
     assert {p.name for p in (run_dir / "checkpoints").iterdir()} >= {"epoch0000", "epoch0001", "latest"}
     assert (run_dir / "config.yaml").is_file() and '"stage": 0' in (
@@ -47,7 +47,9 @@ def test_single_process_trains_reshapes_evaluates_checkpoints_and_resumes(tmp_pa
     assert len(metric_history(tmp_path, "smoke-test/srcc")) == 2
     _check_model_card_and_mlflow_model(tmp_path, run_dir, kept[-1])
     # resume=auto: a third epoch continues the same run from the latest checkpoint
-    subprocess.run([*command, "train.epochs=3"], cwd=tmp_path, env=env(), check=True, timeout=400, capture_output=True)
+    subprocess.run(
+        [*command, "train.epochs=3"], cwd=tmp_path, env=run_env(), check=True, timeout=400, capture_output=True
+    )
     assert len(metric_history(tmp_path, "loss")) == 3
     assert (run_dir / "checkpoints" / "epoch0002").is_dir()
 
@@ -89,7 +91,7 @@ def test_bad_config_stops_before_any_process_group(tmp_path):
         "train.is_smoke_data=false",
         *overrides(tmp_path),
     ]
-    completed = subprocess.run(command, cwd=tmp_path, env=env(), timeout=120, capture_output=True, text=True)
+    completed = subprocess.run(command, cwd=tmp_path, env=run_env(), timeout=120, capture_output=True, text=True)
     assert (
         completed.returncode == 2 and "error: " in completed.stderr and "not a finished shard set" in completed.stderr
     )
@@ -100,9 +102,11 @@ def test_bad_config_stops_before_any_process_group(tmp_path):
         "model.is_random_init=false",
         "model.weights=/nonexistent.pth",
     ]
-    completed = subprocess.run(missing_weights, cwd=tmp_path, env=env(), timeout=120, capture_output=True, text=True)
+    completed = subprocess.run(
+        missing_weights, cwd=tmp_path, env=run_env(), timeout=120, capture_output=True, text=True
+    )
     assert completed.returncode == 2 and "model.weights: /nonexistent.pth does not exist" in completed.stderr
-    uneven = {**os.environ, **env(), "WORLD_SIZE": "3"}
+    uneven = {**os.environ, **run_env(), "WORLD_SIZE": "3"}
     completed = subprocess.run(
         [*command[:4], *overrides(tmp_path), "train.global_batch_size=20"],
         cwd=tmp_path,
@@ -134,7 +138,7 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path, pr
     }
     port = 29571 if precision == "fp32" else 29581
     straight = deepspeed_command(tmp_path, port, **common, **{"train.output_dir": tmp_path / "straight"})
-    completed = subprocess.run(straight, cwd=tmp_path, env=env(), timeout=400, capture_output=True, text=True)
+    completed = subprocess.run(straight, cwd=tmp_path, env=run_env(), timeout=400, capture_output=True, text=True)
     assert completed.returncode == 0 and "exits successfully" in completed.stdout + completed.stderr, completed.stderr[
         -3000:
     ]
@@ -146,7 +150,12 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path, pr
     killed = deepspeed_command(tmp_path, port + 1, **common, **{"train.output_dir": tmp_path / "killed"})
     pointer = tmp_path / "killed" / "cpu-smoke" / "checkpoints" / "complete"
     process = subprocess.Popen(
-        killed, cwd=tmp_path, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        killed,
+        cwd=tmp_path,
+        env=run_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 300
@@ -162,7 +171,7 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path, pr
         "killed too late: epoch 1 had finished"
     )
     resumed = deepspeed_command(tmp_path, port + 2, **common, **{"train.output_dir": tmp_path / "killed"})
-    completed = subprocess.run(resumed, cwd=tmp_path, env=env(), timeout=400, capture_output=True, text=True)
+    completed = subprocess.run(resumed, cwd=tmp_path, env=run_env(), timeout=400, capture_output=True, text=True)
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "resumed from epoch0001-step" in completed.stdout + completed.stderr
 
@@ -201,14 +210,16 @@ def test_zero_stage_trains_checkpoints_and_resumes(tmp_path, stage):
         f"train.zero_stage={stage}",
         "train.log_every_steps=2",
     ]
-    subprocess.run([*command, "train.epochs=1"], cwd=tmp_path, env=env(), check=True, timeout=400, capture_output=True)
+    subprocess.run(
+        [*command, "train.epochs=1"], cwd=tmp_path, env=run_env(), check=True, timeout=400, capture_output=True
+    )
     checkpoint = tmp_path / "runs" / "cpu-smoke" / "checkpoints" / "epoch0000"
     assert (
         any(checkpoint.glob("*optim_states.pt"))
         and f'"stage": {stage}' in (tmp_path / "runs" / "cpu-smoke" / "deepspeed.json").read_text()
     )
     completed = subprocess.run(
-        [*command, "train.epochs=2"], cwd=tmp_path, env=env(), timeout=400, capture_output=True, text=True
+        [*command, "train.epochs=2"], cwd=tmp_path, env=run_env(), timeout=400, capture_output=True, text=True
     )
     assert completed.returncode == 0 and "resumed from epoch0000" in completed.stdout + completed.stderr, (
         completed.stderr[-3000:]
@@ -252,7 +263,7 @@ def straight_run(tmp_path_factory):
         str(PRESET),
         *overrides(root),
     ]
-    subprocess.run(command, cwd=root, env=env(), check=True, timeout=400, capture_output=True)
+    subprocess.run(command, cwd=root, env=run_env(), check=True, timeout=400, capture_output=True)
     return final_weights(root / "runs" / "cpu-smoke")
 
 
@@ -278,7 +289,7 @@ def test_a_full_disk_names_the_path_and_a_rerun_ends_as_an_uninterrupted_run(tmp
         str(PRESET),
         *overrides(tmp_path),
     ]
-    faulted = env() | {
+    faulted = run_env() | {
         "PYTHONPATH": f"{PROJECT_ROOT / 'tests' / 'faults'}:{PROJECT_ROOT}",
         "DIST_SYNDR_FAIL_WRITE": where,
     }
@@ -291,7 +302,7 @@ def test_a_full_disk_names_the_path_and_a_rerun_ends_as_an_uninterrupted_run(tmp
     pointer = json.loads((run_dir / "checkpoints" / "complete").read_text())["tag"]
     assert pointer == ("epoch0001" if where.startswith("export") else "epoch0000")
     assert not list(run_dir.rglob(".*.tmp-*"))  # no temporary file left behind
-    rerun = subprocess.run(command, cwd=tmp_path, env=env(), timeout=400, capture_output=True, text=True)
+    rerun = subprocess.run(command, cwd=tmp_path, env=run_env(), timeout=400, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     tag, weights = final_weights(run_dir)
     straight_tag, straight_weights = straight_run
@@ -320,7 +331,7 @@ def test_one_gpu_bf16_zero2_with_dali_mixed_decoder(tmp_path):
         *overrides(tmp_path),
         *extra,
     ]
-    completed = subprocess.run(command, cwd=tmp_path, env=env(), timeout=800, capture_output=True, text=True)
+    completed = subprocess.run(command, cwd=tmp_path, env=run_env(), timeout=800, capture_output=True, text=True)
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "DALI loader on gpu" in completed.stdout + completed.stderr
     assert (

@@ -22,7 +22,7 @@ def overrides(root, **extra):
     return [f"{key}={value}" for key, value in values.items()]
 
 
-def env():
+def run_env():
     dropped = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT", "MLFLOW_TRACKING_URI")
     values = {k: v for k, v in os.environ.items() if k not in dropped}
     return values | {"TORCH_EXTENSIONS_DIR": TORCH_EXTENSIONS_DIR, "PYTHONPATH": str(PROJECT_ROOT)}
@@ -66,7 +66,7 @@ def two_rank_run(root, port, **extra):
     import subprocess
 
     completed = subprocess.run(
-        deepspeed_command(root, port, **extra), cwd=root, env=env(), timeout=500, capture_output=True, text=True
+        deepspeed_command(root, port, **extra), cwd=root, env=run_env(), timeout=500, capture_output=True, text=True
     )
     assert completed.returncode == 0 and "exits successfully" in completed.stdout + completed.stderr, completed.stderr[
         -3000:

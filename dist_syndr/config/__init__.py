@@ -59,10 +59,6 @@ PoolKind = Literal[
     "folder",
 ]  # fmt: skip
 """The dataset layouts ``dist_syndr.pools.readers.READERS`` reads (docs/METHOD.md section 7)."""
-Backbone = Literal[
-    "resnet18", "resnet50", "vit_tiny_patch16_224", "vit_base_patch16_224", "vit_large_patch16_224",
-    "vit_huge_patch14_224",
-]  # fmt: skip
 
 
 def _require(condition: bool, key: str, message: str) -> None:
@@ -222,8 +218,10 @@ class SyntheticPoolConfig(_Section):
 class FeaturesConfig(_Section):
     """Reference-image embeddings for DDCUp (``dist_syndr.features``)."""
 
-    backbone: str = "resnet50"  # any timm model name
-    weights: str = ""  # local .safetensors / .pth / .pt file; never downloaded
+    backbone: str = "resnet50"  # any timm model name, with or without a pretrained tag (resnet50.a1_in1k)
+    weights: str = ""  # a local file, "timm" (timm's weights for backbone) or "hf-hub:<org>/<repo>"
+    weights_sha256: str = ""  # pins the weights file; filled from the resolved file where empty
+    weights_source: str = ""  # filled: where the weights came from (file, or hub repo@revision/file)
     is_random_init: bool = False  # random weights, only when asked for explicitly
     batch_size: int = 32
     crop: int = 224  # centre crop side; smaller images are first resized up to it
@@ -294,14 +292,22 @@ class ShardConfig(_Section):
 class ModelConfig(_Section):
     """The regression model (``dist_syndr.features.model``): a timm backbone and a linear head."""
 
-    backbone: Backbone = "resnet50"
-    weights: str = ""  # local .safetensors / .pth / .pt backbone weights; never downloaded
+    backbone: str = "resnet50"  # any timm model name, with or without a pretrained tag (resnet50.a1_in1k)
+    weights: str = ""  # a local file, "timm" (timm's weights for backbone) or "hf-hub:<org>/<repo>"
+    weights_sha256: str = ""  # pins the weights file; filled from the resolved file where empty
+    weights_source: str = ""  # filled: where the weights came from (file, or hub repo@revision/file)
     is_random_init: bool = False  # random backbone weights, only when asked for explicitly
-    image_size: int = 224  # ViT position embeddings are built for this input side
+    image_size: int = 224  # models with a fixed input size (ViTs) are built for this side
+    mean: list[float] = field(default_factory=list)  # the backbone's input statistics; [] = its pretrained
+    std: list[float] = field(default_factory=list)  # config's where pretrained, ImageNet's for random weights
     is_grad_checkpointing: bool = False  # ViTs: recompute blocks in backward to save memory
 
     def check(self) -> None:
         self._at_least(16, "image_size")
+        for key in ("mean", "std"):
+            values = getattr(self, key)
+            _require(len(values) in (0, 3), key, f"must hold 3 values (RGB) or none, got {values}")
+        _require(all(s > 0 for s in self.std), "std", f"must be > 0, got {self.std}")
 
 
 @dataclass

@@ -55,13 +55,29 @@ def base_card(cfg: Config, config_path: Path | None) -> dict:
     """What any checkpoint's config says: backbone, input, scale, targets, digest, commit, use and limits."""
     protocol = CropProtocol.of_run(cfg.data.crop, cfg.data.eval_crops, cfg.data.eval_crop_mode, cfg.seed)
     text = config_path.read_text() if config_path is not None and config_path.is_file() else config_module.dump(cfg)
+    model = {"backbone": cfg.model.backbone, "image_size": cfg.model.image_size, "run_name": cfg.run_name}
+    model["weights"] = {
+        "config": cfg.model.weights or ("random init" if cfg.model.is_random_init else ""),
+        "source": cfg.model.weights_source,
+        "sha256": cfg.model.weights_sha256,
+        "input_statistics": {"mean": list(cfg.model.mean), "std": list(cfg.model.std)},
+    }
     return {
-        "model": {"backbone": cfg.model.backbone, "image_size": cfg.model.image_size, "run_name": cfg.run_name},
+        "model": model,
         "input": {
             "tensor": f"float32 (batch, 3, {cfg.data.crop}, {cfg.data.crop}), RGB, channels first; any batch size",
             "normalisation": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "scale": "pixels / 255 first"},
-            "crops": protocol.describe(),
+            "crop_protocol": protocol.describe(),
             "output": "one score per crop; an image's score is the mean over its crops",
+            # the same facts for tools (the prose above is for people)
+            "crop_size": protocol.size,
+            "crops": protocol.num_crops,
+            "crop_mode": protocol.mode,
+            "seed": protocol.seed,
+            "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD),
+            "pixel_scale": 255,
+            "layout": "NCHW",
         },
         "score_scale": "[0, 10], higher is better (training labels min-max mapped to [0, 10])",
         "training_set": {"path": cfg.train.shard_set},

@@ -36,7 +36,7 @@ def export_run(run: RunFolder, tracker, card: dict | None = None, *, global_step
     tracker.log_artifact(path, "model")
     if card is None:
         return path
-    card = card | {"weights": card.get("weights", {}) | {"checkpoint_tag": tag, "global_step": int(global_step)}}
+    card = card | {"checkpoint": {"tag": tag, "global_step": int(global_step)}}
     card_json, card_markdown = card_file.write(card, run.export_dir / card_file.CARD_NAME)
     tracker.log_artifact(card_json, "model")
     tracker.log_artifact(card_markdown, "model")

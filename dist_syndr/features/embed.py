@@ -25,7 +25,6 @@ from tqdm.auto import tqdm
 
 from dist_syndr import collectives, runtime
 from dist_syndr.config import FeaturesConfig
-from dist_syndr.features.backbone import build_backbone
 from dist_syndr.features.precision import Precision, autocast
 from dist_syndr.features.preprocess import centre_crop, normalise
 from dist_syndr.pools import images
@@ -78,7 +77,9 @@ def embed_paths(paths: list[Path], config: FeaturesConfig, model=None) -> np.nda
     rank, world_size = runtime.rank_world()
     bounds = np.linspace(0, len(paths), world_size + 1).astype(int)
     mine = paths[bounds[rank] : bounds[rank + 1]]
-    model = model if model is not None else build_backbone(config)
+    from dist_syndr.features.model import build_feature_extractor
+
+    model = model if model is not None else build_feature_extractor(config)
     device = runtime.torch_device()
     model = model.to(device)
     dtype = input_dtype(model)

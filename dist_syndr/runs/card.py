@@ -56,6 +56,11 @@ def markdown_text(card: dict) -> str:
     """The card for people."""
     model, data = card["model"], card["input"]
     lines = [f"# Model card: {model['run_name']}", "", f"- Backbone: `{model['backbone']}`"]
+    weights = model.get("weights") or {}
+    if weights.get("source"):
+        lines.append(f"- Pretrained weights: `{weights['source']}` (sha256 {weights['sha256']})")
+    elif weights:
+        lines.append(f"- Pretrained weights: {weights.get('config') or 'none'}")
     if "export" in card:
         lines.append(
             f"- File: `{card['export']['file']}` ({card['export']['format']}, sha256 {card['export']['sha256']})"
@@ -63,7 +68,7 @@ def markdown_text(card: dict) -> str:
     lines += [
         f"- Input: {data['tensor']}; normalise with mean {data['normalisation']['mean']} and std "
         f"{data['normalisation']['std']} after dividing pixels by 255",
-        f"- Crops: {data['crops']}; {data['output']}",
+        f"- Crops: {data.get('crop_protocol', data['crops'])}; {data['output']}",
         f"- Score scale: {card['score_scale']}{_label_scale_text(card['training_set'])}",
         f"- Training set: {_training_set_line(card['training_set'])}",
         f"- Config sha256: `{card['config_sha256']}`; code commit: `{card['git_commit']}`",

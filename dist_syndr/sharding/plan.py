@@ -19,6 +19,7 @@ import numpy as np
 from dist_syndr import collectives
 from dist_syndr import config as config_module
 from dist_syndr.config import NUM_DISTORTION_TYPES, NUM_LEVELS, Config, label_column
+from dist_syndr.features import weights as weight_sources
 from dist_syndr.features.embed import embed_paths, load_named_features
 from dist_syndr.pools import kadid, readers
 from dist_syndr.pools.candidates import read_kadid_add81, read_reference_images
@@ -326,6 +327,10 @@ def recorded_config(cfg: Config) -> dict:
     recorded.pop("runtime")
     recorded["shard"].pop("num_workers")
     recorded["shard"].pop("output_root")
+    features = cfg.shard.features
+    if features.weights and not features.train_features:  # DDCUp embeds with these weights: say which they were
+        found = weight_sources.resolve(features.backbone, features.weights, key="shard.features.weights")
+        recorded["shard"]["features"] |= {"weights_source": found.source, "weights_sha256": found.sha256}
     return recorded
 
 

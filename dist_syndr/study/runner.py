@@ -12,6 +12,7 @@ Shapes: none.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import subprocess
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dist_syndr import config, runtime, source
+from dist_syndr.features.model import resolved_config
 from dist_syndr.runs.folder import RunFolder
 from dist_syndr.study.plan import StudyRun
 
@@ -58,7 +60,8 @@ def run_all(preset: Path, runs: list[StudyRun], logs: Path, *, parallel: int = 1
 
 def _one(preset: Path, run: StudyRun, logs: Path, threads: int | None) -> RunOutcome:
     cfg = config.load(preset, list(run.overrides))
-    folder, expected = Path(cfg.train.output_dir) / cfg.run_name, config.dump(cfg)
+    recorded = dataclasses.replace(cfg, model=resolved_config(cfg.model))  # what training writes to config.yaml
+    folder, expected = Path(cfg.train.output_dir) / cfg.run_name, config.dump(recorded)
     started = time.perf_counter()
     reused = _is_finished(folder, expected)
     if not reused:

@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     # ---- configuration, checked before any process-group work
     cfg = config.load(args.config, args.overrides)
     setup.check_before_start(cfg, world_size=int(os.environ.get("WORLD_SIZE", "1")))
+    cfg = setup.with_resolved_weights(cfg)  # where the weights come from, their sha256 and input statistics
     setup.set_single_process_defaults()
 
     # ---- backends, the run folder (locked for the whole job), data

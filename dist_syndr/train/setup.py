@@ -10,12 +10,15 @@ Shapes: none.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
 
 from dist_syndr import collectives, config, files, runtime, source
 from dist_syndr.export import run_export
+from dist_syndr.features.model import resolved_config
+from dist_syndr.features.weights import check_backbone
 from dist_syndr.runs import folder as run_folder
 from dist_syndr.runs.folder import RunFolder
 from dist_syndr.sharding.shard_set import INDEX_NAME
@@ -46,11 +49,19 @@ def check_before_start(cfg: config.Config, world_size: int) -> None:
         for folder in (cfg.train.shard_set, *targets_of(cfg).values()):
             if not (Path(folder) / INDEX_NAME).is_file():
                 raise ValueError(f"{folder}: not a finished shard set (no {INDEX_NAME}); run launchers/shard.py first")
-    if cfg.model.weights and not Path(cfg.model.weights).is_file():
-        raise ValueError(f"model.weights: {cfg.model.weights} does not exist")
+    check_backbone(cfg.model.backbone, "model.backbone")
     if not cfg.model.weights and not cfg.model.is_random_init:
-        raise ValueError("model.weights: no pretrained weights file given (or set model.is_random_init=true)")
+        raise ValueError(
+            "model.weights: no pretrained weights given (a local file, 'timm' or 'hf-hub:<org>/<repo>'; "
+            "or set model.is_random_init=true)"
+        )
     _check_global_batch(cfg, world_size)
+
+
+def with_resolved_weights(cfg: config.Config) -> config.Config:
+    """``cfg`` with the model's weights resolved (source, sha256, input statistics; downloaded into the Hugging
+    Face cache where needed): the run's ``config.yaml``, card and MLflow params record them."""
+    return dataclasses.replace(cfg, model=resolved_config(cfg.model))
 
 
 def _check_global_batch(cfg: config.Config, world_size: int) -> None:
