@@ -235,11 +235,78 @@ def test_the_mlflow_model_loads_with_pyfunc_and_predicts_the_scorer_scores(tiny_
         loaded = mlflow.pyfunc.load_model(f"runs:/{run_id}/mlflow_model")
     photos = [str(p) for p in sorted((tiny_run / "photos").glob("img*.png"))]
     predicted = loaded.predict(pd.DataFrame({"path": photos}))
-    assert list(predicted.columns) == ["score", "score_original"]
-    assert predicted["score_original"].isna().all()  # the tiny run's card knows no label scale
-    np.testing.assert_allclose(predicted["score"].to_numpy(), Scorer.load(run, "cpu").score(photos), atol=1e-6)
-    assert loaded.metadata.signature.inputs.input_names() == ["path"]
+    assert list(predicted.columns) == ["score", "score_original", "error"]
+    assert predicted["score_original"].isna().all() and predicted["error"].isna().all()  # no label scale known
+    expected = Scorer.load(run, "cpu").score(photos)
+    np.testing.assert_allclose(predicted["score"].to_numpy(dtype=float), expected, atol=1e-6)
+    assert loaded.metadata.signature.inputs.input_names() == ["image", "path"]
     assert loaded.metadata.metadata["model_card"]["model"]["backbone"] == "vit_tiny_patch16_224"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_mlflow_models_serve_scores_sent_image_bytes_and_paths_row_by_row(tiny_run, tmp_path):
+    """`mlflow models serve` on 127.0.0.1, a real HTTP request: a base64 JPEG, a readable path and a missing path
+    give three rows and status 200; the two scores equal score.py's, the missing file is an error row."""
+    import base64
+    import time
+    import urllib.request
+
+    from dist_syndr import config
+    from dist_syndr.export import cards, mlflow_model
+    from dist_syndr.runs import card as model_card
+    from tests.conftest import free_port
+
+    run = tiny_run / "runs" / "tiny"
+    card_path, _ = model_card.write(cards.base_card(config.load(run / "config.yaml"), None), tmp_path / "card.json")
+    folder = mlflow_model.save(run / "export" / "model_fp32.pt", run / "config.yaml", card_path, tmp_path / "model")
+    jpeg, png = tmp_path / "sent.jpg", sorted((tiny_run / "photos").glob("img*.png"))[0]
+    Image.fromarray(np.random.default_rng(9).integers(0, 256, (56, 72, 3), dtype=np.uint8)).save(jpeg, quality=90)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env |= {"PYTHONPATH": str(PROJECT_ROOT), "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    serve = [str(VENV_BIN / "mlflow"), "models", "serve", "-m", str(folder), "--env-manager", "local"]
+    server = subprocess.Popen(
+        [*serve, "-h", "127.0.0.1", "-p", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                assert server.poll() is None, server.stderr.read().decode()[-3000:]
+                assert time.monotonic() < deadline, "mlflow models serve did not come up"
+                time.sleep(1)
+        records = [
+            {"image": base64.b64encode(jpeg.read_bytes()).decode("ascii")},
+            {"path": str(png)},
+            {"path": str(tmp_path / "missing.png")},
+        ]
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=json.dumps({"dataframe_records": records}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=120) as response:
+            status, body = response.status, response.read().decode()
+    finally:
+        server.terminate()
+        server.wait(30)
+    assert status == 200 and "NaN" not in body
+    rows = json.loads(body)["predictions"]
+    assert len(rows) == 3 and rows[2]["score"] is None and "unreadable file" in rows[2]["error"]
+    completed = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "launchers" / "score.py"), "--checkpoint", str(run), "--out",
+         str(tmp_path / "cli.csv"), str(jpeg), str(png)], env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    cli = {Path(row["path"]).name: float(row["score"]) for row in csv.DictReader((tmp_path / "cli.csv").open())}
+    assert rows[0]["error"] is None and rows[1]["error"] is None
+    assert rows[0]["score"] == pytest.approx(cli["sent.jpg"], abs=1e-5)
+    assert rows[1]["score"] == pytest.approx(cli[png.name], abs=1e-5)
 
 
 @pytest.mark.dist
