@@ -25,8 +25,8 @@ from dist_syndr.evaluate import report
 from dist_syndr.evaluate.checkpoints import load_model
 from dist_syndr.evaluate.predict import evaluate_targets
 from dist_syndr.evaluate.targets import parse_targets, target_shard_set
+from dist_syndr.features.precision import resolve
 from dist_syndr.loader.checks import verify_shards_once
-from dist_syndr.train.deepspeed_engine import resolved_precision
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         verify_shards_once(shard_set, cfg.data)  # data.verify_checksums=shards
 
     # ---- predictions and metrics (every rank takes part)
-    precision = resolved_precision(cfg.train, backends.device)  # the run's own policy (bf16 autocast on GPUs)
+    precision = resolve(cfg.train.precision, backends.device)  # the run's own policy (bf16 autocast on GPUs)
     options = {"device": backends.device, "dali": cfg.runtime.dali, "seed": cfg.seed, "precision": precision}
     results, predictions = evaluate_targets(model, shard_sets, cfg.data, **options)
 
