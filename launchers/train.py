@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     setup.set_single_process_defaults(PROJECT_ROOT)
 
     # ---- backends, run folder, data
-    backends = runtime.init(cfg.runtime)
+    backends = runtime.init(cfg.runtime, is_group_required=True)  # DeepSpeed needs a group, one process too
     runtime.set_deterministic(cfg.train.is_deterministic)
     run_dir = Path(cfg.train.output_dir) / cfg.run_name
     if cfg.train.is_smoke_data:
