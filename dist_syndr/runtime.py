@@ -272,14 +272,15 @@ def set_deterministic(is_deterministic: bool) -> None:
 
 @contextlib.contextmanager
 def exact_fp32_math():
-    """Inside: float32 matrix products and cuDNN convolutions in full float32 (no TF32: cuDNN's default on Ampere
-    and newer), bf16 products with float32 reductions; the caller's settings after. For the fp32 reshaping feature
-    passes and the banded search, whose results must not depend on the device. Both of torch's switch sets are
-    written, so neither reads as a mix of the two inside (torch raises then)."""
+    """Inside: float32 matrix products and convolutions in full float32 (no TF32, cuDNN's default on Ampere and
+    newer; no bf16 in oneDNN on CPUs), bf16 products with float32 reductions; the caller's settings after. For the
+    fp32 reshaping feature passes and the banded search, whose results must not depend on the device. Both of
+    torch's switch sets are written, so neither reads as a mix of the two inside (torch raises then)."""
     import torch
 
-    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
-    switch_sets, saved_bf16 = (matmul, cudnn.conv, cudnn.rnn), matmul.allow_bf16_reduced_precision_reduction
+    matmul, cudnn, onednn = torch.backends.cuda.matmul, torch.backends.cudnn, torch.backends.mkldnn
+    switch_sets = (matmul, cudnn.conv, cudnn.rnn, onednn.matmul, onednn.conv, onednn.rnn)
+    saved_bf16 = matmul.allow_bf16_reduced_precision_reduction
     saved = [switches.fp32_precision for switches in switch_sets]
     legacy = None
     with contextlib.suppress(RuntimeError):  # the legacy view of a mixed state cannot be read (nor written back)

@@ -165,6 +165,8 @@ def tf32_switches() -> dict:
         "conv": lambda: torch.backends.cudnn.conv.fp32_precision,
         "rnn": lambda: torch.backends.cudnn.rnn.fp32_precision,
         "generic": lambda: torch.backends.fp32_precision,
+        "onednn_matmul": lambda: torch.backends.mkldnn.matmul.fp32_precision,
+        "onednn_conv": lambda: torch.backends.mkldnn.conv.fp32_precision,
         "legacy_matmul": lambda: torch.get_float32_matmul_precision(),
         "legacy_cudnn": lambda: torch.backends.cudnn.allow_tf32,
         "bf16_reduction": lambda: torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction,
@@ -190,6 +192,7 @@ def tf32_on():
     torch.backends.fp32_precision = "none"
     torch.set_float32_matmul_precision("highest")
     torch.backends.cudnn.allow_tf32 = True
-    torch.backends.cuda.matmul.fp32_precision = "none"
+    torch.backends.cuda.matmul.fp32_precision = torch.backends.mkldnn.matmul.fp32_precision = "none"
+    torch.backends.mkldnn.conv.fp32_precision = torch.backends.mkldnn.rnn.fp32_precision = "none"
     torch.backends.cudnn.conv.fp32_precision = torch.backends.cudnn.rnn.fp32_precision = "tf32"
     torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = True

@@ -209,7 +209,7 @@ def test_resume_with_fewer_gpus_restores_what_fits_and_warns_once(monkeypatch, c
     assert len(warnings) == 1 and "2 GPU(s), 1 are visible" in warnings[0]
 
 
-@pytest.mark.parametrize("before", ["defaults", "legacy-tf32", "new-api-tf32"])
+@pytest.mark.parametrize("before", ["defaults", "legacy-tf32", "new-api-tf32", "medium"])
 def test_exact_fp32_math_turns_tf32_off_inside_and_restores_the_callers_choice(before, tf32_on):
     """No TF32 for cuBLAS or cuDNN inside, both of torch's switch sets agreeing (a mix raises in torch); afterwards
     exactly the caller's switches, whichever API set them."""
@@ -221,10 +221,20 @@ def test_exact_fp32_math_turns_tf32_off_inside_and_restores_the_callers_choice(b
     elif before == "new-api-tf32":
         torch.backends.fp32_precision = "tf32"
         torch.backends.cuda.matmul.fp32_precision = "tf32"
+    elif before == "medium":  # also bf16 for oneDNN's fp32 matrix products on CPUs
+        torch.set_float32_matmul_precision("medium")
+        torch.backends.mkldnn.conv.fp32_precision = "bf16"
     outside = tf32_switches()
     with runtime.exact_fp32_math():
         inside = tf32_switches()
     assert tf32_switches() == outside
-    assert inside["matmul"] == inside["conv"] == inside["rnn"] == "ieee"
+    assert (
+        inside["matmul"]
+        == inside["conv"]
+        == inside["rnn"]
+        == inside["onednn_matmul"]
+        == inside["onednn_conv"]
+        == "ieee"
+    )
     assert inside["legacy_matmul"] == "highest" and inside["legacy_cudnn"] is False
     assert inside["bf16_reduction"] is False
