@@ -248,9 +248,8 @@ def restore_cuda_rng_states(states: list | None) -> None:
 
     count = cuda_device_count()
     if len(states) != count:
-        log.warning(
-            "the checkpoint holds RNG states of %d GPU(s), %d are visible: only those restored", len(states), count
-        )
+        kept = min(len(states), count)
+        log.warning("checkpoint of %d GPU(s), %d visible: RNG states of %d restored", len(states), count, kept)
     for index, state in enumerate(states[:count]):
         torch.cuda.set_rng_state(state, index)
 

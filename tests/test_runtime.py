@@ -206,7 +206,7 @@ def test_resume_with_fewer_gpus_restores_what_fits_and_warns_once(monkeypatch, c
         runtime.restore_cuda_rng_states(saved)
     assert restored == [(0, [1, 2])]
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert len(warnings) == 1 and "2 GPU(s), 1 are visible" in warnings[0]
+    assert len(warnings) == 1 and "of 2 GPU(s), 1 visible: RNG states of 1 restored" in warnings[0]
 
 
 @pytest.mark.parametrize("before", ["defaults", "legacy-tf32", "new-api-tf32", "medium"])
