@@ -1,7 +1,8 @@
 """The one seam between the code and the machine.
 
 Decides, once per process, which device, process group (nccl or gloo), FAISS build and DALI mode to use;
-everything else asks here instead of probing CUDA itself. Heavy modules (torch, faiss, DALI) are imported lazily,
+everything else asks here instead of probing CUDA itself (``tests/test_layout.py`` holds every other module to
+it). FAISS and DALI are optional: ``auto`` runs without them. Heavy modules (torch, faiss, DALI) are imported lazily,
 so importing this module costs nothing. The choice can be forced from :class:`~dist_syndr.config.RuntimeConfig`,
 which is how tests exercise every fallback on a CPU-only machine.
 
@@ -10,6 +11,7 @@ Rank and world size: the process group's, else ``RANK`` / ``WORLD_SIZE`` / ``LOC
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import importlib.util
@@ -36,7 +38,7 @@ class Backends:
 
     device: str  # cpu | cuda
     dist_backend: str  # gloo | nccl
-    faiss: str  # cpu | gpu
+    faiss: str  # cpu | gpu | none (not installed)
     faiss_gpus: int
     dali: str  # gpu | cpu | off
     rank: int
@@ -137,8 +139,13 @@ def torch_device():
     return torch.device("cuda", torch.cuda.current_device()) if has_cuda() else torch.device("cpu")
 
 
-def has_fast_cpu_bf16() -> bool:
-    """True on CPUs with bf16 matrix instructions (AMX-BF16, AVX512-BF16): bf16 inference is much faster there."""
+def has_fast_bf16(device="cpu") -> bool:
+    """True where ``device`` multiplies bf16 fast: a GPU of compute capability 8.0 or newer, a CPU with bf16 matrix
+    instructions (AMX-BF16, AVX512-BF16; bf16 inference is much faster there)."""
+    if getattr(device, "type", device) == "cuda":
+        import torch
+
+        return torch.cuda.get_device_capability(device)[0] >= 8
     flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").is_file() else []
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
@@ -157,11 +164,18 @@ def import_faiss():
         raise ValueError(_FAISS_HINT) from None
 
 
+def _is_installed(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # a missing parent package; a module hidden as None
+        return False
+
+
 @functools.lru_cache(maxsize=1)
 def _faiss_gpus_visible() -> int:
-    faiss = import_faiss()
-    get_num_gpus = getattr(faiss, "get_num_gpus", None)
-    return int(get_num_gpus()) if get_num_gpus is not None else 0
+    """GPUs FAISS sees: 0 with its CPU build and without FAISS (``runtime.faiss: auto`` then runs without it)."""
+    faiss = import_faiss() if _is_installed("faiss") else None
+    return int(faiss.get_num_gpus()) if hasattr(faiss, "get_num_gpus") else 0
 
 
 _forced: dict[str, str] = {}
@@ -190,7 +204,7 @@ def dali_mode(requested: str = "auto") -> str:
     """``gpu``, ``cpu`` or ``off``: what the DALI loader can run here."""
     if requested == "off":
         return "off"
-    if importlib.util.find_spec("nvidia.dali") is None:
+    if not _is_installed("nvidia.dali"):
         if requested in ("gpu", "cpu"):
             raise ValueError(
                 f"runtime.dali={requested} but nvidia-dali is not installed (pip install nvidia-dali-cuda130)"
@@ -203,15 +217,17 @@ def dali_mode(requested: str = "auto") -> str:
     return requested
 
 
-def dali_worker_start_method() -> str:
-    """How DALI's external-source workers start: ``fork`` only where the CUDA driver cannot be initialised.
-
-    DALI refuses to fork once the driver is initialised (``torch.cuda.is_available()`` and
-    ``faiss.get_num_gpus()`` both initialise it), so any machine with a CUDA device spawns.
-    """
+def worker_start_method() -> str:
+    """How worker processes (DALI's, the scorer's PIL decoders) start, DALI installed or not: ``fork`` only where
+    the CUDA driver cannot be initialised. A forked child cannot use its parent's driver and DALI refuses to fork
+    then (``torch.cuda.is_available()`` and ``faiss.get_num_gpus()`` initialise it): a machine with a GPU spawns."""
+    if has_cuda() or is_cuda_initialised():
+        return "spawn"
+    if not _is_installed("nvidia.dali"):
+        return "fork"
     from nvidia.dali import backend
 
-    return "spawn" if backend.IsDriverInitialized() or has_cuda() else "fork"
+    return "spawn" if backend.IsDriverInitialized() else "fork"
 
 
 def cuda_rng_states() -> list | None:
@@ -224,12 +240,18 @@ def cuda_rng_states() -> list | None:
 
 
 def restore_cuda_rng_states(states: list | None) -> None:
-    """Put back what :func:`cuda_rng_states` returned (nothing to do without CUDA or without states)."""
+    """Put back what :func:`cuda_rng_states` returned (nothing to do without CUDA or states); a resume that sees
+    another number of GPUs than the checkpoint saved restores the states that fit, warning once."""
     if states is None or not has_cuda():
         return
     import torch
 
-    torch.cuda.set_rng_state_all(states)
+    count = cuda_device_count()
+    if len(states) != count:
+        kept = min(len(states), count)
+        log.warning("checkpoint of %d GPU(s), %d visible: RNG states of %d restored", len(states), count, kept)
+    for index, state in enumerate(states[:count]):
+        torch.cuda.set_rng_state(state, index)
 
 
 def set_deterministic(is_deterministic: bool) -> None:
@@ -245,6 +267,36 @@ def set_deterministic(is_deterministic: bool) -> None:
     torch.backends.cudnn.benchmark = False
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
+
+
+@contextlib.contextmanager
+def exact_fp32_math():
+    """Inside: float32 matrix products and convolutions in full float32 (no TF32, cuDNN's default on Ampere and
+    newer; no bf16 in oneDNN on CPUs), bf16 products with float32 reductions; the caller's settings after. For the
+    fp32 reshaping feature passes and the banded search, whose results must not depend on the device. Both of
+    torch's switch sets are written, so neither reads as a mix of the two inside (torch raises then)."""
+    import torch
+
+    matmul, cudnn, onednn = torch.backends.cuda.matmul, torch.backends.cudnn, torch.backends.mkldnn
+    switch_sets = (matmul, cudnn.conv, cudnn.rnn, onednn.matmul, onednn.conv, onednn.rnn)
+    saved_bf16 = matmul.allow_bf16_reduced_precision_reduction
+    saved = [switches.fp32_precision for switches in switch_sets]
+    legacy = None
+    with contextlib.suppress(RuntimeError):  # the legacy view of a mixed state cannot be read (nor written back)
+        legacy = (torch.get_float32_matmul_precision(), cudnn.allow_tf32)
+    torch.set_float32_matmul_precision("highest")
+    cudnn.allow_tf32 = matmul.allow_bf16_reduced_precision_reduction = False
+    for switches in switch_sets:
+        switches.fp32_precision = "ieee"
+    try:
+        yield
+    finally:
+        if legacy is not None:
+            torch.set_float32_matmul_precision(legacy[0])
+            cudnn.allow_tf32 = legacy[1]
+        for switches, value in zip(switch_sets, saved, strict=True):
+            switches.fp32_precision = value
+        matmul.allow_bf16_reduced_precision_reduction = saved_bf16
 
 
 def choose_backends(config: RuntimeConfig | None = None) -> Backends:
@@ -265,7 +317,7 @@ def choose_backends(config: RuntimeConfig | None = None) -> Backends:
     return Backends(
         device=device,
         dist_backend=dist_backend,
-        faiss="gpu" if faiss_gpus else "cpu",
+        faiss="gpu" if faiss_gpus else ("cpu" if _is_installed("faiss") else "none"),
         faiss_gpus=faiss_gpus,
         dali=dali_mode(config.dali),
         rank=rank,
@@ -297,7 +349,9 @@ def init(
 ) -> Backends:
     """Choose backends, set up logging and, under a launcher, the process group. Logged once.
 
-    ``is_group_required`` makes a one-rank group for a single process too (torch DDP needs one).
+    ``is_group_required`` makes a one-rank group for a single process too (torch DDP and DeepSpeed need one).
+    One rank needs no rendezvous: its group's store lives in the process, so no port is bound (two single-process
+    runs on one host never meet) and DeepSpeed, finding the group made, skips its own ``env://`` rendezvous.
     """
     config = config or RuntimeConfig()
     backends = choose_backends(config)
@@ -313,7 +367,8 @@ def init(
             torch.cuda.set_device(backends.local_rank % torch.cuda.device_count())
         # Every collective, gloo or NCCL, gives up after this: a lost peer ends the job instead of hanging it.
         seconds = timeout_s if timeout_s is not None else config.collective_timeout_s
-        dist.init_process_group(backend=backends.dist_backend, timeout=datetime.timedelta(seconds=seconds))
+        alone = {"store": dist.HashStore(), "rank": 0, "world_size": 1} if backends.world_size == 1 else {}
+        dist.init_process_group(backend=backends.dist_backend, timeout=datetime.timedelta(seconds=seconds), **alone)
     if backends.device == "cpu":
         _share_cores_between_local_ranks()
     log.info("backends: %s", asdict(backends))

@@ -165,3 +165,45 @@ def mlflow_tracking_at(uri: str):
         mlflow.set_tracking_uri(None)
         if previous is not None:
             os.environ["MLFLOW_TRACKING_URI"] = previous
+
+
+def tf32_switches() -> dict:
+    """torch's TF32 switches as its new API and its legacy one read them ("raises" where a mix cannot be read)."""
+    import torch
+
+    readers = {
+        "matmul": lambda: torch.backends.cuda.matmul.fp32_precision,
+        "conv": lambda: torch.backends.cudnn.conv.fp32_precision,
+        "rnn": lambda: torch.backends.cudnn.rnn.fp32_precision,
+        "generic": lambda: torch.backends.fp32_precision,
+        "onednn_matmul": lambda: torch.backends.mkldnn.matmul.fp32_precision,
+        "onednn_conv": lambda: torch.backends.mkldnn.conv.fp32_precision,
+        "legacy_matmul": lambda: torch.get_float32_matmul_precision(),
+        "legacy_cudnn": lambda: torch.backends.cudnn.allow_tf32,
+        "bf16_reduction": lambda: torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction,
+    }
+    switches = {}
+    for name, read in readers.items():
+        try:
+            switches[name] = read()
+        except RuntimeError:
+            switches[name] = "raises"
+    return switches
+
+
+@pytest.fixture
+def tf32_on():
+    """TF32 on for matrix products and cuDNN convolutions (a fast training set-up); torch's defaults after."""
+    import torch
+
+    torch.set_float32_matmul_precision("high")
+    torch.backends.cudnn.allow_tf32 = True
+    yield tf32_switches()
+    # torch's defaults: cuBLAS in full fp32, cuDNN convolutions in TF32, bf16 reductions in bf16 allowed
+    torch.backends.fp32_precision = "none"
+    torch.set_float32_matmul_precision("highest")
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cuda.matmul.fp32_precision = torch.backends.mkldnn.matmul.fp32_precision = "none"
+    torch.backends.mkldnn.conv.fp32_precision = torch.backends.mkldnn.rnn.fp32_precision = "none"
+    torch.backends.cudnn.conv.fp32_precision = torch.backends.cudnn.rnn.fp32_precision = "tf32"
+    torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = True

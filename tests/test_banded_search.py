@@ -220,15 +220,26 @@ def test_torch_cuda_backend_without_a_gpu_is_a_clear_error(monkeypatch):
         neighbors.similar_pairs(np.eye(3, dtype=np.float32), 0.5, settings=NeighborsConfig(backend="torch-cuda"))
 
 
-def test_exact_matmul_settings_restore_the_callers_choice():
-    torch.set_float32_matmul_precision("high")
+def test_the_search_runs_with_exact_fp32_math(monkeypatch):
+    """Every tile GEMM runs inside runtime.exact_fp32_math (no TF32, float32 reductions of bf16 products)."""
+    seen = []
+    real_mm = torch.mm
+
+    def recording_mm(a, b):
+        seen.append(torch.backends.cuda.matmul.fp32_precision)
+        return real_mm(a, b)
+
+    monkeypatch.setattr(torch, "mm", recording_mm)
+    saved = torch.backends.cuda.matmul.fp32_precision
+    torch.backends.cuda.matmul.fp32_precision = "tf32"
     try:
-        with banded_search.exact_matmul_settings():
-            assert torch.get_float32_matmul_precision() == "highest"
-            assert not torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction
-        assert torch.get_float32_matmul_precision() == "high"
+        features = np.random.default_rng(0).normal(size=(40, 8)).astype(np.float32)
+        labels = np.linspace(0, 10, 40)
+        search = banded_search.BandedSearch(features, 0.9, banded_search.LabelBand(labels, 1.0), NeighborsConfig())
+        search.run()
+        assert seen and set(seen) == {"ieee"} and torch.backends.cuda.matmul.fp32_precision == "tf32"
     finally:
-        torch.set_float32_matmul_precision("highest")
+        torch.backends.cuda.matmul.fp32_precision = saved
 
 
 def test_block_plan_meets_only_rows_within_the_band():

@@ -13,6 +13,7 @@ import torch
 from dist_syndr import config
 from dist_syndr.config import ModelConfig
 from dist_syndr.features.model import build_model
+from dist_syndr.features.precision import resolve
 from dist_syndr.train import deepspeed_engine
 from tests.conftest import PROJECT_ROOT, TORCH_EXTENSIONS_DIR, free_port, run_ranks
 
@@ -38,7 +39,8 @@ def test_generated_config_follows_our_sections(tmp_path):
     assert not generated["torch_autocast"]["enabled"]
     on_gpu = deepspeed_engine.deepspeed_config(cfg.train, cfg.data, world_size=1, device="cuda")
     # auto on a GPU: bf16 autocast over fp32 weights, never DeepSpeed's 16-bit weights
-    assert on_gpu["torch_autocast"] == {"enabled": True, "dtype": "bf16"} and not on_gpu["bf16"]["enabled"]
+    assert on_gpu["torch_autocast"] == {"enabled": True, "dtype": "bf16", "lower_precision_safe_modules": []}
+    assert not on_gpu["bf16"]["enabled"]
     path = tmp_path / "run" / "deepspeed.json"
     deepspeed_engine.save_deepspeed_config(generated, path)
     assert path.is_file() and '"stage": 3' in path.read_text()
@@ -69,7 +71,7 @@ def test_bad_combinations_name_the_key():
     with pytest.raises(ValueError, match="train.zero_stage"):
         config.load(None, ["train.zero_stage=4"])
     with pytest.raises(ValueError, match="fp16 needs a CUDA"):
-        deepspeed_engine.resolved_precision(config.load(None, ["train.precision=fp16"]).train, "cpu")
+        resolve(config.load(None, ["train.precision=fp16"]).train.precision, "cpu")
 
 
 def test_optimizer_uses_reference_rates_and_l1():
@@ -142,3 +144,50 @@ def test_zero0_on_gloo_trains_as_deepspeed_does_and_checkpoints_the_models_own_k
     assert result["is_same_on_ranks"]
     assert result["checkpoint_keys"] == result["model_keys"]  # no "module." prefix from the wrapper
     assert result["is_loaded_equal"]  # a plain engine resumes from it
+
+
+REDUCTION_DTYPES = """
+import json
+from deepspeed.runtime.torch_autocast import get_comm_dtype
+from dist_syndr import runtime
+from dist_syndr.config import RuntimeConfig, load
+from dist_syndr.train import deepspeed_engine
+from tests.ds_checkpoint_worker import tiny_model
+runtime.init(RuntimeConfig(device="cpu", faiss="cpu", dali="off"), is_group_required=True)
+seen = {}
+for stage in (1, 2, 3):
+    cfg = load(None, [f"train.zero_stage={stage}", "train.precision=bf16", "data.batch_size=2"])
+    model = tiny_model(0)
+    engine, _ = deepspeed_engine.initialize(model, cfg.train, cfg.data, world_size=1, device="cpu")
+    # The dtype ZeRO buckets and reduces each gradient in, and the dtype autocast tagged on each parameter.
+    reduced = {str(engine.optimizer.get_param_comm_dtype(p)) for p in model.parameters()}
+    tagged = {str(get_comm_dtype(p)) for p in model.parameters()}
+    buckets = sorted(str(dtype) for dtype in engine.optimizer.ipg_buckets)
+    seen[stage] = {"autocast": engine.torch_autocast_enabled(), "reduced": sorted(reduced), "tagged": sorted(tagged),
+                   "buckets": buckets}
+print(json.dumps(seen))
+"""
+
+
+@pytest.mark.timeout(300)
+def test_bf16_autocast_reduces_gradients_in_fp32_at_every_zero_stage():
+    """DeepSpeed's torch_autocast would reduce Linear/Conv gradients in bf16 across ranks; the generated config keeps
+    every gradient's reduction in fp32 (read from real ZeRO 1-3 engines on the CPU, one gloo process)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", TORCH_EXTENSIONS_DIR=TORCH_EXTENSIONS_DIR)
+    env["PYTHONPATH"] = str(PROJECT_ROOT)
+    completed = subprocess.run(
+        [sys.executable, "-c", REDUCTION_DTYPES],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-3000:]
+    seen = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert sorted(seen) == ["1", "2", "3"]
+    for stage, found in seen.items():
+        assert found["autocast"], stage  # the forward pass still runs in bf16
+        assert found["reduced"] == found["tagged"] == ["torch.float32"], (stage, found)
+        assert found["buckets"] == ["torch.float32"], (stage, found)

@@ -34,7 +34,7 @@ from dist_syndr.runs import consolidate, weights
 from dist_syndr.runs.checkpoints import load_model
 from dist_syndr.sharding import writer
 from dist_syndr.sharding.shard_set import ShardSet
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT, tf32_switches
 
 NUM_IMAGES = 7  # odd: two ranks need one padded repeat
 TINY_MODEL = ["model.backbone=vit_tiny_patch16_224", "model.is_random_init=true", "model.image_size=32"]
@@ -171,6 +171,28 @@ def test_embed_gives_centre_crop_features_in_the_order_asked(tiny_set):
             [model.features(_manual_crops(tiny_set, key, num_crops=1, mode="centre")) for key in keys]
         ).numpy()
     np.testing.assert_allclose(features, manual, atol=1e-5)
+
+
+@pytest.mark.timeout(120)
+def test_drcdown_features_run_without_tf32_and_evaluation_keeps_the_callers_switches(tiny_set, tf32_on, monkeypatch):
+    """DRCDown's fp32 feature pass runs with TF32 off (the decisions must not depend on the GPU); asked for the
+    run's bf16, and for predictions, the caller's switches (training's speed) stay as they are."""
+    model, keys = _tiny_model(), tiny_set.keys()[:4]
+    seen: list[tuple[str, dict]] = []
+    features, forward = model.features, model.forward
+    monkeypatch.setattr(
+        model, "features", lambda images: seen.append(("features", tf32_switches())) or features(images)
+    )
+    monkeypatch.setattr(model, "forward", lambda images: seen.append(("predict", tf32_switches())) or forward(images))
+    embed(model, tiny_set, _data(), keys, device="cpu", dali="off")
+    fp32 = [switches for name, switches in seen if name == "features"]
+    assert fp32 and all(s["matmul"] == s["conv"] == "ieee" and s["legacy_cudnn"] is False for s in fp32)
+    assert tf32_switches() == tf32_on
+    seen.clear()
+    embed(model, tiny_set, _data(), keys, device="cpu", dali="off", precision="bf16")
+    predict(model, tiny_set, _data(), device="cpu", dali="off")
+    assert {name for name, _ in seen} == {"features", "predict"}
+    assert all(switches == tf32_on for _, switches in seen)
 
 
 @pytest.mark.timeout(120)

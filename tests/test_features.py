@@ -11,6 +11,7 @@ from dist_syndr.config import FeaturesConfig
 from dist_syndr.features.backbone import build_backbone
 from dist_syndr.features.embed import embed_paths, load_named_features
 from dist_syndr.features.preprocess import centre_crop
+from tests.conftest import tf32_switches
 
 
 def _images(folder, count=5):
@@ -97,3 +98,22 @@ def test_reshaping_features_are_fp32_on_every_device(tmp_path):
             low = model(tensor).float().numpy()
     np.testing.assert_array_equal(got, want)
     assert not np.array_equal(low, want)
+
+
+def test_reference_features_run_without_tf32_and_leave_the_callers_switches(tmp_path, tf32_on):
+    """DDCUp's reference pass is fp32 in full: TF32 (cuDNN's default for convolutions on Ampere and newer, and on
+    here for matrix products as training may set it) is off inside the forward pass and back on after it."""
+    paths = _images(tmp_path / "imgs", count=3)
+    config = FeaturesConfig(backbone="resnet18", is_random_init=True, crop=32, batch_size=2)
+    model = build_backbone(config)
+    inside, forward = [], model.forward
+
+    def recording_forward(images):
+        inside.append(tf32_switches())
+        return forward(images)
+
+    model.forward = recording_forward
+    embed_paths(paths, config, model)
+    assert len(inside) == 2 and all(s["matmul"] == s["conv"] == "ieee" for s in inside)
+    assert all(s["legacy_matmul"] == "highest" and s["legacy_cudnn"] is False for s in inside)
+    assert tf32_switches() == tf32_on and tf32_on["legacy_matmul"] == "high" and tf32_on["conv"] == "tf32"

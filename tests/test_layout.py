@@ -130,3 +130,22 @@ def test_architecture_doc_names_only_what_exists():
         if path.stem != "__init__" and str(path.relative_to(PROJECT_ROOT)) not in documented
     )
     assert not undocumented, "docs/ARCHITECTURE.md lists every module"
+
+
+MACHINE_QUESTIONS = re.compile(r"\btorch\.(?:cuda|backends)\b|\bfrom torch import [^\n]*\b(?:cuda|backends)\b")
+
+
+def test_only_runtime_asks_the_machine():
+    """``torch.cuda`` and ``torch.backends`` (calls, imports, prose alike) appear only in ``dist_syndr/runtime.py``."""
+    runtime_module = PACKAGE / "runtime.py"
+    sources = sorted(PACKAGE.rglob("*.py")) + sorted((PROJECT_ROOT / "launchers").rglob("*.py"))
+    found = [
+        f"{path.relative_to(PROJECT_ROOT)}:{number}: {line.strip()}"
+        for path in sources
+        if path != runtime_module
+        for number, line in enumerate(path.read_text().splitlines(), start=1)
+        if MACHINE_QUESTIONS.search(line)
+    ]
+    assert not found, (
+        "only dist_syndr/runtime.py asks the machine; move these behind runtime functions:\n" + "\n".join(found)
+    )

@@ -212,12 +212,12 @@ def test_dali_cpu_workers_spawn_once_the_cuda_driver_is_initialised(shard_set, m
 
     config = _config()
     plan = plan_epoch(shard_set.keys(), config, seed=SEED, epoch=2)
-    assert runtime.dali_worker_start_method() == "fork"  # no CUDA here: forking is safe
+    assert runtime.worker_start_method() == "fork"  # no CUDA here: forking is safe
     with DaliLoader(shard_set, config, is_training=True) as forked:
         forked_batches, forked_crops = _collect(forked, plan.for_rank(0))
 
     monkeypatch.setattr(backend, "IsDriverInitialized", lambda: True)
-    assert runtime.dali_worker_start_method() == "spawn"
+    assert runtime.worker_start_method() == "spawn"
     with DaliLoader(shard_set, config, is_training=True) as spawned:
         spawned_batches, spawned_crops = _collect(spawned, plan.for_rank(0))
     assert [b.keys for b in spawned_batches] == [b.keys for b in forked_batches] and spawned_crops.keys()

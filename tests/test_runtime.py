@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
 
 import numpy as np
@@ -11,7 +13,7 @@ import pytest
 from dist_syndr import collectives, runtime
 from dist_syndr.config import RuntimeConfig
 from dist_syndr.reshape import drcdown
-from tests.conftest import has_gpu, run_ranks, straddling_pool
+from tests.conftest import PROJECT_ROOT, TORCH_EXTENSIONS_DIR, has_gpu, run_ranks, straddling_pool, tf32_switches
 
 
 def test_forced_cpu_choice():
@@ -96,7 +98,8 @@ def test_checkpointed_rng_states_include_every_gpu(monkeypatch):
     restored = []
     monkeypatch.setattr(runtime, "has_cuda", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [d.clone() for d in devices])
-    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: restored.extend(states))
+    monkeypatch.setattr(runtime, "cuda_device_count", lambda: len(devices))
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: restored.append(state))
     captured = train_state.capture_rng()
     assert [s.tolist() for s in captured["cuda"]] == [[1, 2], [3, 4]]
     torch.manual_seed(123)
@@ -126,3 +129,112 @@ def test_the_collective_timeout_comes_from_the_config(monkeypatch):
     assert seen["timeout"] == datetime.timedelta(seconds=7)
     with pytest.raises(ValueError, match="collective_timeout_s"):
         RuntimeConfig(collective_timeout_s=0)
+
+
+def _run_alone(code: str, *, timeout_s: float = 240, env: dict | None = None) -> dict:
+    """``code`` in a fresh interpreter from the project root; the JSON object its last output line prints."""
+    clean = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    clean.update(PYTHONPATH=str(PROJECT_ROOT), TORCH_EXTENSIONS_DIR=TORCH_EXTENSIONS_DIR, **(env or {}))
+    command = [sys.executable, "-c", code]
+    completed = subprocess.run(command, cwd=PROJECT_ROOT, env=clean, capture_output=True, text=True, timeout=timeout_s)
+    assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-3000:]
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+WITHOUT_FAISS = """
+import json, sys
+sys.modules["faiss"] = None  # as on the GPU machine and under the gpu-cu13 extra: no FAISS at all
+import numpy as np
+from dist_syndr import runtime
+from dist_syndr.config import RuntimeConfig
+from dist_syndr.reshape import drcdown
+from tests.conftest import straddling_pool
+backends = runtime.init(RuntimeConfig(device="cpu"))
+features, labels = straddling_pool(3)
+kept = drcdown.run(features, labels, cap=5, seed=11).kept
+try:
+    runtime.choose_backends(RuntimeConfig(faiss="gpu"))
+    forced = "no error"
+except ValueError as error:
+    forced = str(error)
+print(json.dumps({"faiss": backends.faiss, "gpus": backends.faiss_gpus, "count": runtime.faiss_gpu_count(),
+                  "kept": kept.tolist(), "forced": forced}))
+"""
+
+
+def test_auto_runs_without_faiss_installed():
+    """runtime.faiss: auto means FAISS GPUs if FAISS is there: without it every launcher starts and DRCDown runs."""
+    found = _run_alone(WITHOUT_FAISS)
+    assert (found["faiss"], found["gpus"], found["count"]) == ("none", 0, 0)
+    features, labels = straddling_pool(3)
+    assert found["kept"] == drcdown.run(features, labels, cap=5, seed=11).kept.tolist()
+    assert "runtime.faiss=gpu" in found["forced"]
+
+
+WITHOUT_DALI = """
+import json, sys
+sys.modules["nvidia.dali"] = None  # a GPU machine without DALI
+from dist_syndr import runtime
+plain = runtime.worker_start_method()
+mode = runtime.dali_mode("auto")
+runtime.has_cuda = lambda: True  # a GPU is visible
+print(json.dumps({"plain": plain, "with_gpu": runtime.worker_start_method(), "dali": mode}))
+"""
+
+
+def test_worker_start_method_needs_no_dali():
+    """The scorer's PIL decoding workers take their start method from runtime, with or without DALI installed."""
+    assert _run_alone(WITHOUT_DALI) == {"plain": "fork", "with_gpu": "spawn", "dali": "off"}
+
+
+def test_resume_with_fewer_gpus_restores_what_fits_and_warns_once(monkeypatch, caplog):
+    """Two GPUs saved, one visible at resume: the first state goes back, the second is reported, nothing raises."""
+    import torch
+
+    visible, restored = 1, []
+
+    def set_rng_state(state, device):
+        if device >= visible:  # as torch's own call fails for a device it does not see
+            raise IndexError("tuple index out of range")
+        restored.append((device, state.tolist()))
+
+    monkeypatch.setattr(runtime, "has_cuda", lambda: True)
+    monkeypatch.setattr(runtime, "cuda_device_count", lambda: visible)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", set_rng_state)
+    saved = [torch.tensor([1, 2], dtype=torch.uint8), torch.tensor([3, 4], dtype=torch.uint8)]
+    with caplog.at_level("WARNING", logger="dist_syndr.runtime"):
+        runtime.restore_cuda_rng_states(saved)
+    assert restored == [(0, [1, 2])]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "of 2 GPU(s), 1 visible: RNG states of 1 restored" in warnings[0]
+
+
+@pytest.mark.parametrize("before", ["defaults", "legacy-tf32", "new-api-tf32", "medium"])
+def test_exact_fp32_math_turns_tf32_off_inside_and_restores_the_callers_choice(before, tf32_on):
+    """No TF32 for cuBLAS or cuDNN inside, both of torch's switch sets agreeing (a mix raises in torch); afterwards
+    exactly the caller's switches, whichever API set them."""
+    import torch
+
+    if before == "defaults":
+        torch.set_float32_matmul_precision("highest")
+        torch.backends.cuda.matmul.fp32_precision = "none"
+    elif before == "new-api-tf32":
+        torch.backends.fp32_precision = "tf32"
+        torch.backends.cuda.matmul.fp32_precision = "tf32"
+    elif before == "medium":  # also bf16 for oneDNN's fp32 matrix products on CPUs
+        torch.set_float32_matmul_precision("medium")
+        torch.backends.mkldnn.conv.fp32_precision = "bf16"
+    outside = tf32_switches()
+    with runtime.exact_fp32_math():
+        inside = tf32_switches()
+    assert tf32_switches() == outside
+    assert (
+        inside["matmul"]
+        == inside["conv"]
+        == inside["rnn"]
+        == inside["onednn_matmul"]
+        == inside["onednn_conv"]
+        == "ieee"
+    )
+    assert inside["legacy_matmul"] == "highest" and inside["legacy_cudnn"] is False
+    assert inside["bf16_reduction"] is False

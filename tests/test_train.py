@@ -54,6 +54,30 @@ def test_single_process_trains_reshapes_evaluates_checkpoints_and_resumes(tmp_pa
     assert (run_dir / "checkpoints" / "epoch0002").is_dir()
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_two_single_process_trainings_run_at_once_on_one_host(tmp_path):
+    """One process makes its group without a rendezvous: no fixed MASTER_PORT (its TCPStore listened on every
+    interface, so a second run on the host failed), nothing bound. Two runs started together both finish."""
+    runs = []
+    for name in ("first", "second"):
+        root = tmp_path / name
+        root.mkdir()
+        command = [sys.executable, str(PROJECT_ROOT / "launchers" / "train.py"), "--config", str(PRESET)]
+        command += [*overrides(root), "train.epochs=1"]
+        runs.append(
+            subprocess.Popen(command, cwd=root, env=run_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        )
+    try:
+        outputs = [run.communicate(timeout=500)[0].decode(errors="replace") for run in runs]
+    finally:
+        for run in runs:
+            run.kill()
+    for name, run, output in zip(("first", "second"), runs, outputs, strict=True):
+        assert run.returncode == 0, f"{name} run failed:\n{output[-3000:]}"
+        assert (tmp_path / name / "runs" / "cpu-smoke" / "checkpoints" / "epoch0000").is_dir()
+
+
 def _check_model_card_and_mlflow_model(root, run_dir, kept):
     """The card beside the export holds LAST and BEST labelled as such; the run's MLflow model scores images."""
     import mlflow

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from dist_syndr import runtime
 from dist_syndr.bench.harness import (
     Measurement,
     Report,
@@ -58,9 +59,7 @@ class ScalePlan:
 
 def run(plan: ScalePlan) -> Report:
     """Measure every size of ``plan``; the Markdown section and one summary row per size."""
-    import torch
-
-    has_gpu = torch.cuda.is_available()
+    has_gpu = runtime.has_cuda()
     rows, summary = [], []
     for size in plan.sizes:
         case = {"op": "search", "n": size, "d": plan.dim}

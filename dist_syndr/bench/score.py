@@ -110,7 +110,7 @@ def run(plan: ScorePlan) -> Report:
     """Measure both ways for each crop protocol and case; the Markdown report and one summary row per case."""
     from dist_syndr import runtime
 
-    cases = [case for case in plan.cases if case[0] == "fp32" or runtime.has_fast_cpu_bf16()]
+    cases = [case for case in plan.cases if case[0] == "fp32" or runtime.has_fast_bf16("cpu")]
     rows, summary = [], []
     with tempfile.TemporaryDirectory(prefix="bench-score-") as scratch:
         run_dir, paths = make_run(Path(scratch), plan)

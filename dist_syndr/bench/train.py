@@ -233,7 +233,7 @@ class ModelResult:
 
 
 def peak_flops(gpu_name: str) -> float | None:
-    """The dense bf16 peak of the GPU called ``gpu_name`` (``torch.cuda.get_device_name``), if known."""
+    """The dense bf16 peak of the GPU called ``gpu_name`` (:func:`dist_syndr.runtime.device_name`), if known."""
     for fragment, peak in PEAK_BF16_FLOPS.items():
         if fragment in gpu_name:
             return peak

@@ -156,7 +156,7 @@ def _build_cases(setup: Setup, case: dict, epochs: Epochs):
     device_ids = [device.index] if device.type == "cuda" else None
     ddp = torch.nn.parallel.DistributedDataParallel(baseline_model, device_ids=device_ids)
     optimizer = deepspeed_engine.build_optimizer(baseline_model, cfg.train)
-    precision = deepspeed_engine.resolved_precision(cfg.train, setup.backends.device)
+    precision = precision_policy.resolve(cfg.train.precision, setup.backends.device)
     # The trainer's own policy (bf16 autocast over fp32 weights on GPUs): like for like with DeepSpeed's forward.
     autocast = functools.partial(precision_policy.autocast, device, precision)
     engines = {

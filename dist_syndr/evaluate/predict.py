@@ -111,14 +111,19 @@ def embed(
     """``(len(keys), D)`` float32 pooled features of ``keys`` (one centre crop, eval mode), rows in ``keys`` order.
 
     Collective under a process group; ValueError when a key cannot be read. Reshaping features
-    are fp32 unless ``precision`` says otherwise; ``loader``: an open loader of ``shard_set`` built
-    with :func:`feature_data_config` (one is opened and closed otherwise).
+    are fp32 unless ``precision`` says otherwise, and fp32 runs without TF32
+    (:func:`dist_syndr.runtime.exact_fp32_math`: DRCDown's decisions must not depend on the GPU);
+    ``loader``: an open loader of ``shard_set`` built with :func:`feature_data_config` (one is
+    opened and closed otherwise).
     """
     keys = list(keys)
     data = feature_data_config(data_cfg)
     dim = int(module.backbone.num_features)
     options = {"device": device, "dali": dali, "seed": 0, "precision": precision, "loader": loader}
-    positions, rows = _gathered_pass(module, shard_set, data, keys, forward=module.features, empty=(0, dim), **options)
+    with runtime.exact_fp32_math() if precision == "fp32" else contextlib.nullcontext():
+        positions, rows = _gathered_pass(
+            module, shard_set, data, keys, forward=module.features, empty=(0, dim), **options
+        )
     if len(positions) != len(keys):
         missing = sorted(set(range(len(keys))) - set(positions.tolist()))
         raise ValueError(

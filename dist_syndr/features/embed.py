@@ -5,8 +5,9 @@ for DRCDown, predictions for evaluation.
 mode without gradients, with the inputs cast to the module's own dtype (a bf16
 engine's module wants bf16 inputs), and returns float32 rows. :func:`gather_rows`
 joins each rank's rows in rank order. :func:`embed_paths` embeds image files
-with a timm backbone (DDCUp's reference contents) in fp32: each rank embeds a
-contiguous slice of the paths and every rank receives all rows.
+with a timm backbone (DDCUp's reference contents) in fp32 without TF32
+(:func:`dist_syndr.runtime.exact_fp32_math`, so the rows do not depend on the GPU):
+each rank embeds a contiguous slice of the paths and every rank receives all rows.
 ``dist_syndr.evaluate.predict`` drives the same two functions over shard sets
 through the loader.
 
@@ -85,7 +86,7 @@ def embed_paths(paths: list[Path], config: FeaturesConfig, model=None) -> np.nda
     dtype = input_dtype(model)
     parts = []
     batches = range(0, len(mine), config.batch_size)
-    with evaluating(model):
+    with evaluating(model), runtime.exact_fp32_math():
         for start in tqdm(batches, desc="features", unit="batch", disable=len(batches) < 4):
             batch = mine[start : start + config.batch_size]
             crops = [centre_crop(images.decode(images.read_bytes(p), str(p)), config.crop) for p in batch]

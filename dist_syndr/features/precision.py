@@ -6,8 +6,9 @@ need no casts of their own: autocast runs matrix products and convolutions in
 the low precision and keeps normalisation and reductions in fp32, and the fp32
 parameters are the master weights. ``fp32`` (the CPU default) runs without
 autocast. Reshaping features (DDCUp's references, DRCDown's samples) are fp32
-on every device unless a config asks otherwise: the method's decisions must not
-depend on the device.
+on every device unless a config asks otherwise, and run without TF32
+(:func:`dist_syndr.runtime.exact_fp32_math`): the method's decisions must not
+depend on the device. :func:`resolve` is the one resolver of ``auto``.
 
 Shapes: none.
 """
@@ -21,8 +22,15 @@ Precision = Literal["fp32", "bf16", "fp16"]
 TORCH_DTYPE_NAMES = {"bf16": "bfloat16", "fp16": "float16"}
 
 
-def resolve(requested: str, device: str) -> Precision:
-    """``fp32``, ``bf16`` or ``fp16`` for ``device``: ``auto`` is bf16 on CUDA and fp32 on the CPU."""
+def resolve(requested: str, device) -> Precision:
+    """The one precision resolver: ``fp32``, ``bf16`` or ``fp16`` for ``device`` (a ``torch.device`` or its type,
+    as runtime chose it): ``auto`` is bf16 on CUDA and fp32 on the CPU.
+
+    Every forward pass resolves through it: training and its DeepSpeed config (``train.precision``), evaluation,
+    scoring, the benchmarks, and the reshaping feature passes, which ask for ``fp32`` unless
+    ``reshape.drcdown.feature_precision: train``.
+    """
+    device = getattr(device, "type", None) or str(device).split(":")[0]
     if requested == "auto":
         return "bf16" if device == "cuda" else "fp32"
     if requested == "fp16" and device != "cuda":

@@ -372,7 +372,7 @@ def build_pipeline(
 
     num_crops = spec.num_crops
     # Forked workers must start before the CUDA driver is initialised, which a GPU machine cannot promise.
-    start_method = runtime.dali_worker_start_method()
+    start_method = runtime.worker_start_method()
 
     # Parallel workers prepare `prefetch` batches ahead; the one-by-one form runs the source inline.
     parallel = {} if is_one_by_one else {"parallel": True, "prefetch_queue_depth": config.prefetch}

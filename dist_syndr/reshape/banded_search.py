@@ -19,9 +19,7 @@ Shapes: ``N`` rows, ``D`` feature dimension, tiles ``(Q, B)``.
 
 from __future__ import annotations
 
-import contextlib
 import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -99,7 +97,7 @@ def resolve_devices(backend: str) -> list:
         # One worker per intra-op thread, each GEMM on one thread: one worker's thresholds and
         # decisions (numpy, one core) overlap the other's GEMM instead of leaving a core idle.
         return [torch.device("cpu")] * max(1, torch.get_num_threads())
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    count = runtime.cuda_device_count()
     if count == 0:
         raise ValueError("reshape.neighbors.backend=torch-cuda but torch sees no CUDA device")
     _, world_size, local_rank = runtime.env_rank_world()
@@ -108,35 +106,11 @@ def resolve_devices(backend: str) -> list:
     return [torch.device("cuda", index) for index in range(count)]
 
 
-def resolve_precision(requested: str, devices: list) -> Precision:
+def search_precision(requested: str, devices: list) -> Precision:
     """``bf16`` or ``fp32``; ``auto`` picks bf16 where the hardware multiplies it fast."""
     if requested in ("bf16", "fp32"):
         return requested
-    import torch
-
-    if devices[0].type == "cuda":
-        major, _ = torch.cuda.get_device_capability(devices[0])
-        return "bf16" if major >= 8 else "fp32"
-    return "bf16" if runtime.has_fast_cpu_bf16() else "fp32"
-
-
-@contextlib.contextmanager
-def exact_matmul_settings() -> Iterator[None]:
-    """float32 GEMMs in full float32 (no TF32, no bf16 inside), bf16 GEMMs with float32 reductions; restored after."""
-    import torch
-
-    matmul = torch.backends.cuda.matmul
-    saved_precision = torch.get_float32_matmul_precision()
-    saved_flags = {name: getattr(matmul, name) for name in ("allow_tf32", "allow_bf16_reduced_precision_reduction")}
-    torch.set_float32_matmul_precision("highest")
-    for name in saved_flags:
-        setattr(matmul, name, False)
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(saved_precision)
-        for name, value in saved_flags.items():
-            setattr(matmul, name, value)
+    return "bf16" if runtime.has_fast_bf16(devices[0]) else "fp32"
 
 
 def sorted_unit_rows(features: np.ndarray, order: np.ndarray, precision: Precision):
@@ -174,7 +148,7 @@ class BandedSearch:
         self.settings = settings
         self.connectivity_only = connectivity_only
         self.devices = resolve_devices(backend)
-        self.precision = resolve_precision(settings.precision, self.devices)
+        self.precision = search_precision(settings.precision, self.devices)
         self.bounds: DecisionBounds = decision_bounds(threshold, features.shape[1], self.precision, settings.margin)
         num_rows = features.shape[0]
         if band is None:
@@ -211,7 +185,7 @@ class BandedSearch:
         shares = self._device_shares(blocks)
         quiet = self.unit.shape[0] < self.settings.progress_min_rows
         with (
-            exact_matmul_settings(),
+            runtime.exact_fp32_math(),
             tqdm(total=len(blocks), desc="neighbour graph", unit="block", disable=quiet) as bar,
         ):
             parts = [part for found in self._on_workers(self._search_blocks, shares, bar) for part in found]
@@ -227,7 +201,7 @@ class BandedSearch:
         import time
 
         shares = self._device_shares(blocks)
-        with exact_matmul_settings():
+        with runtime.exact_fp32_math():
             started = time.perf_counter()
             self._on_workers(self._bare_gemms, shares)
             return time.perf_counter() - started
@@ -256,8 +230,7 @@ class BandedSearch:
             for block in blocks:
                 for queries, database_t, _, _ in self._tiles(unit, block):
                     torch.mm(queries, database_t)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            runtime.synchronize(device)
 
     # -- one device ---------------------------------------------------------
     def _device_shares(self, blocks: list[int]) -> list[list[int]]:

@@ -158,7 +158,7 @@ class Scorer:
             num_workers=num_workers,
             prefetch_factor=4,
             collate_fn=_as_is,
-            multiprocessing_context=runtime.dali_worker_start_method(),
+            multiprocessing_context=runtime.worker_start_method(),
         )
         return self._run(iter(loader))
 

@@ -18,6 +18,10 @@ Throughput choices (measured with ``launchers/bench.py train``, README):
   (``contiguous_gradients: false``): the contiguous buffer avoids GPU memory
   fragmentation and only costs a copy of every gradient on the CPU.
 - Adam is torch's fused kernel (one pass over each tensor, on CPU and CUDA).
+- Gradients are reduced across ranks in fp32 at every ZeRO stage, as in the DDP baseline: DeepSpeed's
+  ``torch_autocast`` would otherwise tag every Linear and Conv parameter with ``comm_dtype`` bf16/fp16
+  (``lower_precision_safe_modules``, default ``[Linear, Conv1d, Conv2d, Conv3d]``) and ZeRO 1-3 would reduce
+  their gradients in that dtype; the generated config names no module.
 - ZeRO-0 fp32 on the CPU (gloo): DeepSpeed would all-reduce the gradients after
   the backward pass (a device without streams has nothing to overlap with);
   :func:`initialize` hands DeepSpeed the model inside torch's
@@ -37,18 +41,12 @@ import torch
 
 from dist_syndr import files
 from dist_syndr.config import DataConfig, TrainConfig
-from dist_syndr.features import precision as precision_policy
-from dist_syndr.features.precision import Precision
-
-
-def resolved_precision(train: TrainConfig, device: str) -> Precision:
-    """``fp32``, ``bf16`` or ``fp16``: ``auto`` is bf16 on CUDA and fp32 on the CPU."""
-    return precision_policy.resolve(train.precision, device)
+from dist_syndr.features.precision import resolve
 
 
 def deepspeed_config(train: TrainConfig, data: DataConfig, *, world_size: int, device: str) -> dict:
     """DeepSpeed's config dict for this run (micro batch = ``data.batch_size`` per rank)."""
-    precision = resolved_precision(train, device)
+    precision = resolve(train.precision, device)
     zero: dict = {"stage": train.zero_stage}
     if train.zero_stage in (1, 2):
         zero.update(_zero_1_2_options(train, precision, device))
@@ -66,7 +64,11 @@ def deepspeed_config(train: TrainConfig, data: DataConfig, *, world_size: int, d
         # weights are their own fp32 masters, and inputs and BatchNorm statistics need no casts.
         "bf16": {"enabled": False},
         "fp16": {"enabled": False},
-        "torch_autocast": {"enabled": precision != "fp32", "dtype": precision if precision != "fp32" else "bf16"},
+        "torch_autocast": {
+            "enabled": precision != "fp32",
+            "dtype": precision if precision != "fp32" else "bf16",
+            "lower_precision_safe_modules": [],  # gradients reduced in fp32 (module docstring)
+        },
         "steps_per_print": 10**9,  # our own logging and tracking report progress
         "wall_clock_breakdown": False,
         "gradient_clipping": train.gradient_clipping,  # 0 = off; DeepSpeed's default would be 1.0
@@ -110,7 +112,7 @@ def initialize(model, train: TrainConfig, data: DataConfig, *, world_size: int, 
 
 def is_reducer_overlapped(train: TrainConfig, *, world_size: int, device: str) -> bool:
     """True where :func:`initialize` lets torch DDP's reducer all-reduce the gradients (module docstring)."""
-    precision = resolved_precision(train, device)
+    precision = resolve(train.precision, device)
     return (
         device == "cpu"
         and world_size > 1

@@ -27,6 +27,7 @@ from dist_syndr import collectives, files
 from dist_syndr.config import Config
 from dist_syndr.evaluate.diagnostics.measures import cheap_measures
 from dist_syndr.evaluate.predict import embed, evaluate_targets, feature_data_config
+from dist_syndr.features.precision import resolve
 from dist_syndr.loader import make_loader, plan_epoch, upsampled_keys
 from dist_syndr.loader.checks import verify_shards_once
 from dist_syndr.reshape import drcdown
@@ -126,7 +127,9 @@ def _drcdown(
     else:
         module = deepspeed_engine.bare_module(run.model_engine)
         device = run.model_engine.device
-        precision = _feature_precision(cfg, device)
+        # fp32 on every device unless reshape.drcdown.feature_precision: train asks for the run's precision
+        requested = cfg.train.precision if cfg.reshape.drcdown.feature_precision == "train" else "fp32"
+        precision = resolve(requested, device)
         options = {"device": device, "dali": cfg.runtime.dali, "precision": precision, "loader": loader}
         features = embed(module, run.train_set, cfg.data, original, **options)
         columns = run.train_set.columns  # read as columns: a record per key would cost seconds at a million
@@ -248,18 +251,11 @@ def _settle_losses(meter: StepMeter, progress: RankProgress) -> None:
 
 def _evaluate(cfg: Config, run: Run, loaders: dict | None = None) -> dict[str, float]:
     device = run.model_engine.device
-    precision = deepspeed_engine.resolved_precision(cfg.train, device.type)  # as the training forward pass
+    precision = resolve(cfg.train.precision, device)  # as the training forward pass
     options = {"device": device, "dali": cfg.runtime.dali, "seed": cfg.seed, "precision": precision}
     module = deepspeed_engine.bare_module(run.model_engine)
     results, _ = evaluate_targets(module, run.targets, cfg.data, loaders=loaders, **options)
     return results
-
-
-def _feature_precision(cfg: Config, device) -> str:
-    """DRCDown's features: fp32 on every device unless ``reshape.drcdown.feature_precision: train``."""
-    if cfg.reshape.drcdown.feature_precision == "fp32":
-        return "fp32"
-    return deepspeed_engine.resolved_precision(cfg.train, device.type)
 
 
 def summary(results: dict[str, float], state: TrainState) -> str:

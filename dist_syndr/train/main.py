@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     setup.set_single_process_defaults()
 
     # ---- backends, the run folder (locked for the whole job), data
-    backends = runtime.init(cfg.runtime)
+    backends = runtime.init(cfg.runtime, is_group_required=True)  # DeepSpeed needs a group, one process too
     runtime.set_deterministic(cfg.train.is_deterministic)
     run = RunFolder.of(cfg.train.output_dir, cfg.run_name)
     with setup.claimed(run, cfg.train.resume):

@@ -27,13 +27,9 @@ from dist_syndr.train import deepspeed_engine
 
 SMOKE_TRAIN = (("astronaut", "coffee", "chelsea", "rocket"), (1, 11, 16))
 SMOKE_TEST = (("immunohistochemistry", "hubble_deep_field"), (3, 10, 17))
-SINGLE_PROCESS_ENV = {
-    "RANK": "0",
-    "WORLD_SIZE": "1",
-    "LOCAL_RANK": "0",
-    "MASTER_ADDR": "127.0.0.1",
-    "MASTER_PORT": "29533",
-}
+# No MASTER_ADDR / MASTER_PORT: one process makes its group without a rendezvous (runtime.init), so two runs on
+# one host never meet on a port. DeepSpeed checks LOCAL_RANK even then.
+SINGLE_PROCESS_ENV = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}
 
 
 def targets_of(cfg: config.Config) -> dict[str, str]:
@@ -83,7 +79,8 @@ def _check_global_batch(cfg: config.Config, world_size: int) -> None:
 
 
 def set_single_process_defaults() -> None:
-    """One process without a launcher: the rank variables DeepSpeed would otherwise look for in MPI."""
+    """One process without a launcher: the rank variables DeepSpeed would otherwise look for in MPI (its process
+    group comes from ``runtime.init(..., is_group_required=True)``, without a port)."""
     for name, default in SINGLE_PROCESS_ENV.items():
         os.environ.setdefault(name, default)
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(source.PROJECT_ROOT / ".cache" / "torch_extensions"))
