@@ -84,11 +84,15 @@ def build_smoke_sets(cfg: config.Config, rank: int) -> None:
     from dist_syndr.sharding.photos import photo_shard_set
 
     is_builder = runtime.env_rank_world()[2] == 0 if cfg.data.shard_storage == "node-local" else rank == 0
+    refusal = None  # a set another job holds the lock of: every rank stops with the builder's one line
     if is_builder:  # the sets are deterministic, so every node-local copy is the same
-        photo_shard_set(Path(cfg.train.shard_set), *SMOKE_TRAIN, size=64, seed=cfg.seed, num_workers=1)
-        for folder in targets_of(cfg).values():
-            photo_shard_set(Path(folder), *SMOKE_TEST, size=64, seed=cfg.seed + 1, num_workers=1)
-    collectives.barrier()
+        try:
+            photo_shard_set(Path(cfg.train.shard_set), *SMOKE_TRAIN, size=64, seed=cfg.seed, num_workers=1)
+            for folder in targets_of(cfg).values():
+                photo_shard_set(Path(folder), *SMOKE_TEST, size=64, seed=cfg.seed + 1, num_workers=1)
+        except files.LockedError as error:
+            refusal = str(error)
+    collectives.refuse_if_any(refusal, error_type=files.LockedError)  # also the barrier after the builders
 
 
 def open_tracker(
