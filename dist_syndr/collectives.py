@@ -110,8 +110,13 @@ def refuse_if_any(
 ) -> None:
     """Every rank passes its reason to stop (None: none); when any rank has one, every rank raises
     ``error_type`` with the first in rank order, so all ranks end in the same one line. Collective (a
-    barrier as well) unless ``is_collective`` is False."""
+    barrier as well) unless ``is_collective`` is False. A refusal ends the job: the ranks leave the
+    process group together first (one that exits while another still holds the group can abort)."""
     problems = all_gather_objects(problem) if is_collective else [problem]
     first = next((text for text in problems if text), None)
-    if first is not None:
-        raise error_type(first)
+    if first is None:
+        return
+    if is_collective and runtime.is_distributed():
+        barrier()
+        runtime.shutdown()
+    raise error_type(first)

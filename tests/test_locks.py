@@ -139,8 +139,8 @@ def test_a_second_scoring_job_on_one_output_ends_in_one_line_and_the_first_loses
     assert first.exitcode == 0
     rows = list(csv.DictReader(out.open()))
     reference = tmp_path / "reference.csv"
-    score_launcher.main(["--checkpoint", str(scoring_root / "runs" / "tiny"), "--out", str(reference), *CENTRE,
-                         str(scoring_root / "photos")])  # fmt: skip
+    assert score_launcher.main(["--checkpoint", str(scoring_root / "runs" / "tiny"), "--out", str(reference),
+                                *CENTRE, str(scoring_root / "photos")]) == 0  # fmt: skip
     expected = list(csv.DictReader(reference.open()))
     assert [row["path"] for row in rows] == [f"photos/img{i:02d}.png" for i in range(7)]
     assert [float(row["score"]) for row in rows] == pytest.approx([float(row["score"]) for row in expected], abs=1e-6)
