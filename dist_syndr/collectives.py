@@ -5,13 +5,18 @@ process, or tests that split work by ``(rank, world_size)`` arguments) each
 returns what a one-rank group would. Tensors travel on the device
 :func:`dist_syndr.runtime.collective_device` names (the GPU under NCCL).
 
+:func:`exclusive_lock` is :func:`dist_syndr.files.exclusive_lock` for a job of
+several ranks: the ranks that hold it (rank 0, or each node's first rank for
+node-local files) take it before any rank writes, and every rank learns whether
+they all got it, so a second job stops on every rank with the same one line.
+
 Shapes: arrays ``(n_r, ...)`` per rank ``r``, the trailing shape the same on every rank.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -76,28 +81,6 @@ def broadcast_array(array: np.ndarray | None, src: int = 0) -> np.ndarray:
     return broadcast_object(array, src)
 
 
-@contextlib.contextmanager
-def rank_zero_lock(lock_file: Path, what: str, check: Callable[[], None] | None = None) -> Iterator[None]:
-    """Rank 0 holds :func:`dist_syndr.files.exclusive_lock` on ``lock_file`` for the block and runs ``check``
-    under it; when either fails, every rank raises the same ValueError (so no rank of a second job writes)."""
-    lock = contextlib.ExitStack()
-    failure: tuple[bool, str] | None = None  # (is it the lock, message)
-    if runtime.rank_world()[0] == 0:
-        try:
-            lock.enter_context(files.exclusive_lock(lock_file, what))
-            if check is not None:
-                check()
-        except ValueError as error:
-            lock.close()
-            failure = (isinstance(error, files.LockedError), str(error))
-    failure = broadcast_object(failure)
-    if failure is not None:
-        is_lock, message = failure
-        raise files.LockedError(message) if is_lock else ValueError(message)
-    with lock:
-        yield
-
-
 def broadcast_object(value: object, src: int = 0) -> object:
     """Rank ``src``'s picklable ``value`` on every rank (``value`` itself without a process group)."""
     if not runtime.is_distributed():
@@ -107,3 +90,38 @@ def broadcast_object(value: object, src: int = 0) -> object:
     box = [value if dist.get_rank() == src else None]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+@contextlib.contextmanager
+def exclusive_lock(lock_file: str | Path | None, what: str, *, is_collective: bool = True) -> Iterator[None]:
+    """:func:`dist_syndr.files.exclusive_lock` on ``lock_file`` for the block, taken by the ranks that pass one
+    (the others pass None). With ``is_collective`` every rank of the group calls it: when any holder finds its
+    lock held, every rank raises the same :class:`dist_syndr.files.LockedError` (the first in rank order)
+    before the block starts, so no rank writes. ``is_collective=False``: a single-writer call inside a
+    distributed job (no other rank meets it)."""
+    with contextlib.ExitStack() as stack:
+        problem = None
+        if lock_file is not None:
+            try:
+                stack.enter_context(files.exclusive_lock(lock_file, what))
+            except files.LockedError as error:
+                problem = str(error)
+        refuse_if_any(problem, error_type=files.LockedError, is_collective=is_collective)
+        yield
+
+
+def refuse_if_any(
+    problem: str | None, *, error_type: type[ValueError] = ValueError, is_collective: bool = True
+) -> None:
+    """Every rank passes its reason to stop (None: none); when any rank has one, every rank raises
+    ``error_type`` with the first in rank order, so all ranks end in the same one line. Collective (a
+    barrier as well) unless ``is_collective`` is False. A refusal ends the job: the ranks leave the
+    process group together first (one that exits while another still holds the group can abort)."""
+    problems = all_gather_objects(problem) if is_collective else [problem]
+    first = next((text for text in problems if text), None)
+    if first is None:
+        return
+    if is_collective and runtime.is_distributed():
+        barrier()
+        runtime.shutdown()
+    raise error_type(first)

@@ -109,7 +109,9 @@ def test_a_killed_job_keeps_its_rows_and_a_rerun_scores_only_the_rest(tiny_run, 
     reference = run_job(lambda: scorer, photos, tmp_path / "reference.jsonl", num_workers=0, max_pixels=10**8)
     assert reference.num_rows == 7 and reference.num_failed == 0
     finished = [json.loads(line) for line in (tmp_path / "reference.jsonl").read_text().splitlines()]
-    # what a kill leaves: a part file with three complete rows and one cut short
+    # what a kill leaves: the record of its model (written before any row), a part file with three complete rows
+    # and one cut short
+    output.meta_path(out).write_bytes(output.meta_path(tmp_path / "reference.jsonl").read_bytes())
     part = out.with_name(f"{out.name}.part-0")
     part.write_text("".join(json.dumps(row) + "\n" for row in finished[:3]) + '{"path": "cut')
     calls = []

@@ -5,6 +5,12 @@ Under ``torchrun``/``deepspeed`` each rank takes every ``world_size``-th remaini
 and appends to its own part file; rank 0 merges them after a barrier. Without a
 launcher no process group is made.
 
+The job holds ``<out>.lock`` from start to end (rank 0 takes it before any rank
+writes; a second job on the same output ends, on every rank, in one line naming
+the holder), and rank 0 checks ``<out>.meta.json`` against the model it loaded: a
+rerun with other weights, crops, precision or decoder is refused before any rank
+scores (:func:`dist_syndr.scoring.output.claim_output`).
+
 Shapes: none (paths and rows).
 """
 
@@ -63,40 +69,47 @@ def run_job(
     ``num_workers``: decoding processes (None: :func:`decoding_workers`); ``compile_mode``: ``auto|on|off``
     (:func:`dist_syndr.scoring.compiled.should_compile`)."""
     output.check_output_path(out)
-    paths = expand_paths(specs)
     rank, world_size, _ = runtime.env_rank_world()
     if world_size > 1:
         runtime.init(timeout_s=BARRIER_TIMEOUT_S)
-    done = output.finished_paths(out)
-    todo = [path for path in paths if str(path) not in done]
-    mine = todo[rank::world_size]
-    log.info("%d inputs, %d scored before, %d to score (%d on this rank)", len(paths), len(done), len(todo), len(mine))
-    scorer: Scorer = scorer_factory()
-    if should_compile(compile_mode, len(mine), scorer.device):
-        scorer.compile(strict=compile_mode == "on")
-    num_workers = decoding_workers(scorer.device) if num_workers is None else num_workers
-    log.info(
-        "scoring with %s on %s (%s%s), %d decoding workers", scorer.protocol.describe(), scorer.device,
-        scorer.precision, ", compiled" if scorer.compiled else "", num_workers,
-    )  # fmt: skip
-    writer = output.PartWriter(out, rank)
-    try:
-        results = scorer.score_files(mine, num_workers=num_workers, max_pixels=max_pixels, decoder=decoder)
-        for count, result in enumerate(tqdm(results, total=len(mine), unit="img", disable=rank != 0), start=1):
-            writer.add(result)
-            if result.error is not None:
-                log.warning("%s: skipped (%s)", result.name, result.error)
-            if count % FLUSH_EVERY == 0:
-                writer.flush()
-    finally:
-        writer.close()
-    counts = collectives.all_gather_objects((writer.num_scored, writer.num_failed)) if world_size > 1 else None
-    scored, failed = map(sum, zip(*counts, strict=True)) if counts else (writer.num_scored, writer.num_failed)
-    rows = 0
-    if rank == 0:
-        rows, failed = output.merge(out, paths)
+    lock_file = output.lock_path(out) if rank == 0 else None
+    with collectives.exclusive_lock(lock_file, f"scoring output {out}", is_collective=world_size > 1):
+        paths = expand_paths(specs)
+        done = output.finished_paths(out)  # every rank reads it before any writes (the claim below waits for all)
+        todo = [path for path in paths if str(path) not in done]
+        mine = todo[rank::world_size]
+        log.info(
+            "%d inputs, %d scored before, %d to score (%d on this rank)", len(paths), len(done), len(todo), len(mine)
+        )
+        scorer: Scorer = scorer_factory()
+        refusal = output.claim_output(out, output.scoring_record(scorer, decoder)) if rank == 0 else None
+        collectives.refuse_if_any(refusal, is_collective=world_size > 1)
+        if should_compile(compile_mode, len(mine), scorer.device):
+            scorer.compile(strict=compile_mode == "on")
+        num_workers = decoding_workers(scorer.device) if num_workers is None else num_workers
+        log.info(
+            "scoring with %s on %s (%s%s), %d decoding workers", scorer.protocol.describe(), scorer.device,
+            scorer.precision, ", compiled" if scorer.compiled else "", num_workers,
+        )  # fmt: skip
+        writer = output.PartWriter(out, rank)
+        try:
+            results = scorer.score_files(mine, num_workers=num_workers, max_pixels=max_pixels, decoder=decoder)
+            for count, result in enumerate(tqdm(results, total=len(mine), unit="img", disable=rank != 0), start=1):
+                writer.add(result)
+                if result.error is not None:
+                    log.warning("%s: skipped (%s)", result.name, result.error)
+                if count % FLUSH_EVERY == 0:
+                    writer.flush()
+        finally:
+            writer.close()
+        counts = collectives.all_gather_objects((writer.num_scored, writer.num_failed)) if world_size > 1 else None
+        scored, failed = map(sum, zip(*counts, strict=True)) if counts else (writer.num_scored, writer.num_failed)
+        rows = 0
+        if rank == 0:
+            rows, failed = output.merge(out, paths)
+        if world_size > 1:
+            collectives.barrier()  # every rank is done before rank 0 lets the lock go
     if world_size > 1:
-        collectives.barrier()
         runtime.shutdown()
     return JobSummary(len(paths), len(paths) - len(todo), scored, failed, rows)
 

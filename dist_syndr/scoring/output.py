@@ -1,10 +1,18 @@
-"""The files a scoring job writes: results (``.csv`` or ``.jsonl``) and ``<out>.errors.csv``, resumable.
+"""The files a scoring job writes: results (``.csv`` or ``.jsonl``), ``<out>.errors.csv``, what made them
+(``<out>.meta.json``) and the job's lock (``<out>.lock``), resumable.
 
 Every rank appends its rows to its own part file (``<out>.part-<rank>``, flushed after
 each batch), so a killed job keeps what it finished; :func:`merge` (rank 0, after
 every rank is done) writes the output in input order, atomically, and removes the
 parts. A rerun reads the output and any parts first and scores only the paths
 missing from them; files that failed are tried again.
+
+The output knows its model: ``<out>.meta.json`` (written atomically before the first
+row) records the sha256 of the weights that scored it (:func:`weights_digest`, over
+the state dict, so it does not depend on where the file lives), the crop protocol,
+the precision, the decoder and the label scale behind ``score_original``. A rerun
+whose record differs is refused (:func:`claim_output`) rather than mixing two
+models' scores in one file.
 
 Shapes: none (rows of path, score, spread, crops, resized, score_original: empty where the run does not
 know its training labels' own scale).
@@ -13,6 +21,8 @@ know its training labels' own scale).
 from __future__ import annotations
 
 import csv
+import dataclasses
+import hashlib
 import io
 import json
 import math
@@ -20,11 +30,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dist_syndr import files
-from dist_syndr.scoring.scorer import ScoredImage
+from dist_syndr.scoring.dali_decode import resolve_decoder
+from dist_syndr.scoring.scorer import ScoredImage, Scorer
 
 FIELDS = ("path", "score", "spread", "crops", "resized", "score_original")
 ERROR_FIELDS = ("path", "reason")
 SUFFIXES = (".csv", ".jsonl")
+RECORD_VERSION = 1
+COMPARED = ("checkpoint_sha256", "protocol", "precision", "decoder", "label_scale")  # what changes the scores
 
 
 def check_output_path(out: Path) -> None:
@@ -36,6 +49,81 @@ def check_output_path(out: Path) -> None:
 def errors_path(out: Path) -> Path:
     """``<out>.errors.csv``."""
     return out.with_name(f"{out.name}.errors.csv")
+
+
+def lock_path(out: Path) -> Path:
+    """``<out>.lock``: the advisory lock a scoring job holds on ``out`` for its whole run."""
+    return out.with_name(f"{out.name}.lock")
+
+
+def meta_path(out: Path) -> Path:
+    """``<out>.meta.json``: the model, crop protocol, precision and decoder that scored ``out``."""
+    return out.with_name(f"{out.name}.meta.json")
+
+
+def weights_digest(model) -> str:
+    """Hex sha256 over ``model``'s state dict in order: each entry's name, dtype, shape and bytes (so the same
+    weights give the same digest wherever their file lives, on any device)."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach()
+        digest.update(f"{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
+        digest.update(tensor.cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def scoring_record(scorer: Scorer, decoder: str) -> dict:
+    """What ``<out>.meta.json`` records of a job: the weights' digest (computed here), the crop protocol, the
+    precision, the decoder as resolved on the scorer's device and the label scale of ``score_original``."""
+    protocol = dataclasses.asdict(scorer.protocol)
+    if protocol["mode"] in ("full", "centre"):  # neither the count nor the seed changes which windows these take
+        protocol = {key: value for key, value in protocol.items() if key not in ("num_crops", "seed")}
+    resolved = resolve_decoder(decoder, scorer.device.type)
+    if resolved == "dali":  # nvJPEG on a GPU and libjpeg-turbo on a CPU may round differently
+        resolved = f"dali-{'gpu' if scorer.device.type == 'cuda' else 'cpu'}"
+    return {
+        "version": RECORD_VERSION,
+        "checkpoint_sha256": weights_digest(scorer.model),
+        "protocol": protocol,
+        "precision": str(scorer.precision),
+        "decoder": resolved,
+        "label_scale": None if scorer.label_scale is None else scorer.label_scale.as_dict(),
+        "crops": scorer.protocol.describe(),  # for people; the fields above are what is compared
+    }
+
+
+def claim_output(out: Path, record: dict) -> str | None:
+    """None when a job with ``record`` (:func:`scoring_record`) may add rows to ``out``: ``out`` has none yet
+    (``<out>.meta.json`` is written now, before any row) or its record matches. Otherwise the one line why not."""
+    path = meta_path(out)
+    if not (out.is_file() or _parts(out)):
+        files.write_text(path, json.dumps(record, indent=1, sort_keys=True) + "\n")
+        return None
+    fix = f"score into another --out, or delete {out} and the files beside it named {out.name}.*"
+    try:
+        before = json.loads(path.read_text())
+    except FileNotFoundError:
+        return f"{out}: holds scores but no {path.name} naming the model and crops that made them; {fix}"
+    except json.JSONDecodeError as error:
+        return f"{path}: not valid JSON ({error}); {fix}"
+    changed = [key for key in COMPARED if before.get(key) != record[key]]
+    if not changed:
+        return None
+    differences = "; ".join(
+        f"{key.replace('_', ' ')} {_shown(key, before.get(key))} there, {_shown(key, record[key])} now"
+        for key in changed
+    )
+    return f"{out}: scored by another model or protocol, refusing to mix them ({differences}); {fix}"
+
+
+def _shown(key: str, value) -> str:
+    return f"{str(value)[:16]}..." if key == "checkpoint_sha256" and value else json.dumps(value, sort_keys=True)
+
+
+def _parts(out: Path) -> list[Path]:
+    return sorted(out.parent.glob(f"{out.name}.part-*"))
 
 
 def _part(path: Path, rank: int) -> Path:

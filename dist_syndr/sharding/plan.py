@@ -290,7 +290,9 @@ def _on_disk_upsampled(chosen: list[Sample], scores, types, levels, root: str) -
 def run_shard_step(
     config: Config, out_dir: Path, options: WriteOptions, *, rank: int = 0, world_size: int = 1
 ) -> Plan:
-    """Plan and write the shard set ``out_dir`` (resumable); returns the plan with every item written.
+    """Plan and write the shard set ``out_dir`` (resumable) under its lock, held by rank 0 for the whole step
+    (:func:`dist_syndr.sharding.writer.writing`: a second job ends on every rank with one line naming the
+    holder); returns the plan with every item written.
 
     For a weakly labelled pool with DDCUp candidates the originals are written
     first, their weak labels read back, and the upsampled samples written after
@@ -298,26 +300,23 @@ def run_shard_step(
     """
     from dist_syndr.sharding import writer
 
-    plan = build_plan(config)
-    recorded = recorded_config(config)
-    if plan.label_scale is not None:  # scoring maps predictions back to it (dist_syndr.scoring)
-        recorded["label_scale"] = plan.label_scale
-    if not plan.is_upsampling_deferred:
-        writer.write_shard_set(plan.items, out_dir, options, recorded, rank=rank, world_size=world_size)
-        return plan
-    num_original_shards = writer.write_shards(plan.items, out_dir, options, rank=rank, world_size=world_size)
-    if world_size > 1:
-        collectives.barrier()
-    qualities = writer.weak_qualities(out_dir, range(num_original_shards))
-    upsampled, selected = upsample_weakly_labelled(config, plan.items, qualities)
-    num_upsampled_shards = writer.write_shards(
-        upsampled, out_dir, options, first_shard=num_original_shards, rank=rank, world_size=world_size
-    )
-    writer.finish_index(
-        out_dir, num_original_shards + num_upsampled_shards, recorded, rank=rank, world_size=world_size
-    )
-    log.info("DDCUp on weak labels: %d contents selected, %d upsampled samples", len(selected), len(upsampled))
-    return Plan(plan.items + upsampled, plan.num_original, len(upsampled), selected)
+    with writer.writing(out_dir, rank=rank, world_size=world_size):
+        plan = build_plan(config)
+        recorded = recorded_config(config)
+        if plan.label_scale is not None:  # scoring maps predictions back to it (dist_syndr.scoring)
+            recorded["label_scale"] = plan.label_scale
+        split = {"rank": rank, "world_size": world_size}
+        num_shards = writer.write_shards(plan.items, out_dir, options, **split)
+        if plan.is_upsampling_deferred:
+            if world_size > 1:
+                collectives.barrier()
+            qualities = writer.weak_qualities(out_dir, range(num_shards))
+            upsampled, selected = upsample_weakly_labelled(config, plan.items, qualities)
+            num_shards += writer.write_shards(upsampled, out_dir, options, first_shard=num_shards, **split)
+            log.info("DDCUp on weak labels: %d contents selected, %d upsampled samples", len(selected), len(upsampled))
+            plan = Plan(plan.items + upsampled, plan.num_original, len(upsampled), selected)
+        writer.finish_index(out_dir, num_shards, recorded, **split)
+    return plan
 
 
 def recorded_config(cfg: Config) -> dict:

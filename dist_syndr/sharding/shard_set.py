@@ -32,6 +32,7 @@ from dist_syndr.sharding import index_columns
 from dist_syndr.sharding.index_columns import CHECKSUM_FIELD, IMAGE_EXTENSIONS, is_safe_member_name, member_base
 
 INDEX_NAME = "index.json"
+LOCK_NAME = ".lock"  # the writers' advisory lock (sharding.writer.writing); readers never open it
 FORMAT_VERSION = 2  # 2: header + memory-mapped columns; 1: one JSON record per sample (still read)
 READABLE_VERSIONS = (1, 2)
 

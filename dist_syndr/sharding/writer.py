@@ -9,6 +9,11 @@ given config always yields the same bytes), then renamed. A sidecar
 skips every shard whose tar still matches its sidecar, so a killed run resumes
 where it stopped. Ranks split the shards; rank 0 assembles ``index.json``.
 
+Every writer of a set holds its lock for the whole job (:func:`writing`: the
+advisory lock ``<set>/.lock``, taken by rank 0 before any rank writes), so a
+second job writing the same set stops, on every rank, with one line naming the
+holder instead of pairing its tars with the other job's sidecars.
+
 Shapes: images ``(H, W, 3)`` uint8 RGB.
 """
 
@@ -22,6 +27,7 @@ import json
 import logging
 import multiprocessing
 import tarfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -32,7 +38,15 @@ from dist_syndr import collectives, files, runtime
 from dist_syndr.config import ShardConfig
 from dist_syndr.pools.scores import minmax_to_ten
 from dist_syndr.sharding.index_columns import CHECKSUM_FIELD, member_base
-from dist_syndr.sharding.shard_set import FORMAT_VERSION, INDEX_NAME, ShardSet, member_checksum, scan_tar, write_index
+from dist_syndr.sharding.shard_set import (
+    FORMAT_VERSION,
+    INDEX_NAME,
+    LOCK_NAME,
+    ShardSet,
+    member_checksum,
+    scan_tar,
+    write_index,
+)
 
 log = logging.getLogger(__name__)
 
@@ -83,12 +97,24 @@ def cut_into_shards(items: list[WorkItem], samples_per_shard: int) -> list[list[
     return [items[i : i + samples_per_shard] for i in range(0, len(items), samples_per_shard)]
 
 
+@contextlib.contextmanager
+def writing(out_dir: Path, *, rank: int = 0, world_size: int = 1) -> Iterator[None]:
+    """Hold the shard set's lock (``<out_dir>/.lock``) for the block: rank 0 takes it before any rank writes;
+    when another job holds it, every rank raises :class:`dist_syndr.files.LockedError` naming the holder.
+    Collective when ``world_size > 1``."""
+    lock_file = out_dir / LOCK_NAME if rank == 0 else None
+    with collectives.exclusive_lock(lock_file, f"shard set {out_dir}", is_collective=world_size > 1):
+        yield
+
+
 def write_shard_set(
     items: list[WorkItem], out_dir: Path, options: WriteOptions, config: dict, *, rank: int = 0, world_size: int = 1
 ) -> Path | None:
-    """Write (or finish) the shard set; rank 0 returns the index path, other ranks None."""
-    num_shards = write_shards(items, out_dir, options, rank=rank, world_size=world_size)
-    return finish_index(out_dir, num_shards, config, rank=rank, world_size=world_size)
+    """Write (or finish) the shard set under its lock (:func:`writing`); rank 0 returns the index path, other
+    ranks None."""
+    with writing(out_dir, rank=rank, world_size=world_size):
+        num_shards = write_shards(items, out_dir, options, rank=rank, world_size=world_size)
+        return finish_index(out_dir, num_shards, config, rank=rank, world_size=world_size)
 
 
 def write_shards(
@@ -104,7 +130,8 @@ def write_shards(
     returns how many shards ``items`` fill.
 
     A set can be written in segments (originals, then samples planned from them), each
-    starting on a new shard; :func:`finish_index` then indexes all of them.
+    starting on a new shard; :func:`finish_index` then indexes all of them. The caller holds the
+    set's lock (:func:`writing`) around all of them.
     """
     keys = [item.key for item in items]
     if len(set(keys)) != len(keys):
@@ -339,9 +366,21 @@ def _write_index(out_dir: Path, num_shards: int, config: dict) -> Path:
 def reindex(out_dir: Path) -> tuple[bool, int]:
     """Bring an older set up to date in place: add member checksums where the index has none and rewrite
     the index in format 2. Every shard's size and sha256 are checked against the index first; the new
-    index replaces the old atomically. Returns (whether the index was rewritten, samples given checksums)."""
-    shard_set = ShardSet(out_dir)
-    if shard_set.format_version == FORMAT_VERSION and shard_set.has_member_checksums:
+    index replaces the old atomically, under the set's lock. Returns (whether the index was rewritten, samples
+    given checksums)."""
+    if _is_current(ShardSet(out_dir)):  # nothing to write: no lock either (the set may be read-only)
+        return False, 0
+    with writing(out_dir):
+        return _reindex(out_dir)
+
+
+def _is_current(shard_set: ShardSet) -> bool:
+    return shard_set.format_version == FORMAT_VERSION and shard_set.has_member_checksums
+
+
+def _reindex(out_dir: Path) -> tuple[bool, int]:
+    shard_set = ShardSet(out_dir)  # read again under the lock
+    if _is_current(shard_set):
         return False, 0
     for info in shard_set.shards.values():
         path = out_dir / info.name

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     backends = runtime.init(cfg.runtime, is_group_required=True)  # DeepSpeed needs a group, one process too
     runtime.set_deterministic(cfg.train.is_deterministic)
     run = RunFolder.of(cfg.train.output_dir, cfg.run_name)
-    with setup.claimed(run, cfg.train.resume):
+    with setup.claimed(run, cfg.train.resume, backends.rank):
         if cfg.train.is_smoke_data:
             setup.build_smoke_sets(cfg, backends.rank)
         train_set = ShardSet(cfg.train.shard_set)

@@ -10,9 +10,11 @@ Shapes: none.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from dist_syndr import collectives, config, files, runtime, source
@@ -92,11 +94,15 @@ def build_smoke_sets(cfg: config.Config, rank: int) -> None:
     from dist_syndr.sharding.photos import photo_shard_set
 
     is_builder = runtime.env_rank_world()[2] == 0 if cfg.data.shard_storage == "node-local" else rank == 0
+    refusal = None  # a set another job holds the lock of: every rank stops with the builder's one line
     if is_builder:  # the sets are deterministic, so every node-local copy is the same
-        photo_shard_set(Path(cfg.train.shard_set), *SMOKE_TRAIN, size=64, seed=cfg.seed, num_workers=1)
-        for folder in targets_of(cfg).values():
-            photo_shard_set(Path(folder), *SMOKE_TEST, size=64, seed=cfg.seed + 1, num_workers=1)
-    collectives.barrier()
+        try:
+            photo_shard_set(Path(cfg.train.shard_set), *SMOKE_TRAIN, size=64, seed=cfg.seed, num_workers=1)
+            for folder in targets_of(cfg).values():
+                photo_shard_set(Path(folder), *SMOKE_TEST, size=64, seed=cfg.seed + 1, num_workers=1)
+        except files.LockedError as error:
+            refusal = str(error)
+    collectives.refuse_if_any(refusal, error_type=files.LockedError)  # also the barrier after the builders
 
 
 def open_tracker(cfg: config.Config, run: RunFolder, backends: runtime.Backends, *, is_resumed: bool):
@@ -123,11 +129,19 @@ def save_run_files(cfg: config.Config, ds_config: dict, run: RunFolder, tracker)
     tracker.log_artifact(run.root / "deepspeed.json")
 
 
-def claimed(run: RunFolder, resume: str):
+@contextlib.contextmanager
+def claimed(run: RunFolder, resume: str, rank: int) -> Iterator[None]:
     """Hold ``run``'s lock for the block (rank 0 holds it; every rank of a second job stops with one line naming
     the holder); ``train.resume=never`` also refuses a folder an earlier training wrote."""
-    check = (lambda: run_folder.check_fresh_start(run)) if resume == "never" else None
-    return collectives.rank_zero_lock(run.lock_path, f"run folder {run.root}", check)
+    with collectives.exclusive_lock(run.lock_path if rank == 0 else None, f"run folder {run.root}"):
+        problem = None
+        if rank == 0 and resume == "never":
+            try:
+                run_folder.check_fresh_start(run)
+            except ValueError as error:
+                problem = str(error)
+        collectives.refuse_if_any(problem)
+        yield
 
 
 def export_weights(run: RunFolder, tracker, card: dict | None, *, global_step: int) -> Path:
