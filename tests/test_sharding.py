@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dist_syndr.pools.images import decode as decode_image
+from dist_syndr.imaging import decode as decode_image
 from dist_syndr.sharding import writer
+from dist_syndr.sharding.reindex import reindex
 from dist_syndr.sharding.shard_set import ShardSet, scan_tar
 from tests.conftest import PROJECT_ROOT, index_as_format_1, write_format_1
 from tests.shard_worker import items_from_folder
@@ -55,7 +56,7 @@ def test_round_trip_is_bit_exact_with_metadata(tmp_path):
     shard_set.verify()
     for number, key in enumerate(sorted(pixels)):
         entry = shard_set.by_key[key]
-        np.testing.assert_array_equal(decode_image(shard_set.read_image_bytes(key), key), pixels[key])
+        np.testing.assert_array_equal(decode_image(shard_set.read_image_bytes(key), name=key), pixels[key])
         meta = shard_set.read_meta(key)
         assert meta["key"] == key and meta["score"] == entry.score == (number % 11) * 1.0
         assert (entry.ref, entry.distortion_type, entry.level) == (
@@ -260,7 +261,7 @@ def test_an_older_set_stays_readable_with_one_warning_and_reindex_restores_its_c
     shard.write_bytes(bytes(data))
     _strip_member_checksums(tmp_path / "out")
     with pytest.raises(ValueError, match="shard-000000.tar: missing or changed since it was indexed"):
-        writer.reindex(tmp_path / "out")
+        reindex(tmp_path / "out")
 
 
 def test_a_full_disk_while_writing_a_shard_names_it_and_a_rerun_completes_the_same_set(tmp_path, monkeypatch):
