@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import io
+import json
 import struct
+import subprocess
+import sys
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -162,3 +166,36 @@ def test_evaluation_anchors_come_from_the_digest_and_the_seed_only():
     np.testing.assert_array_equal(centre, [[118, 68]])
     with pytest.raises(ValueError, match="smaller than the 64x64 crop"):
         imaging.evaluation_anchors(123, 63, 200, 64, seed=0, num_crops=1, mode="random")
+
+
+@pytest.mark.timeout(300)
+def test_a_bomb_is_skipped_and_listed_on_every_path_and_never_decoded(tmp_path):
+    """A 21 KB PNG declaring 14000x13000 pixels in a pool (image and engine input), the references' feature pass,
+    a raw target set, a shard set's member (torch loader, DALI's CPU pipeline, decodes_fully) and a scoring job
+    (PIL and DALI routing): refused from its header everywhere, in one process whose peak RSS does not grow
+    (decoding it would take 546 MB as RGB)."""
+    from tests.conftest import PROJECT_ROOT
+    from tests.test_evaluation import _run_dir, _tiny_model
+
+    run_dir = _run_dir(tmp_path, _tiny_model(3))
+    command = [sys.executable, "-m", "tests.bomb_worker", str(run_dir), str(tmp_path / "work")]
+    completed = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=280)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    report = json.loads(completed.stdout.splitlines()[-1])
+    good, bomb = report["rounds"]["good"], report["rounds"]["bomb"]
+    refused = "14000x13000 pixels exceeds the limit of 120,000,000 (max_pixels); refused before decoding"
+    assert good["pool_skipped"] == [] and bomb["pool_skipped"] == ["pool/bomb", "pool/engine"]
+    assert bomb["features_error"] == f"{tmp_path / 'work' / 'bomb.png'}: {refused}"
+    assert bomb["target_skipped"] == ["labels-bomb/bomb"] and len(bomb["target_predicted"]) == 2
+    for loader in ("torch", "dali") if "dali_skipped" in bomb else ("torch",):
+        assert good[f"{loader}_skipped"] == [] and bomb[f"{loader}_skipped"] == ["set/bomb"], loader
+    assert bomb["loader_error"].endswith("sample set/bomb: image is 14000x13000, 182,000,000 pixels above "
+                                         "data.max_pixels=120,000,000; refused before decoding")  # fmt: skip
+    assert "\n" not in bomb["loader_error"] and bomb["decodes_fully"] == [True, False]
+    for decoder in ("pil", "dali") if "score_errors_dali" in bomb else ("pil",):
+        errors = bomb[f"score_errors_{decoder}"]
+        assert [(Path(row["path"]).name, row["reason"]) for row in errors] == [("bomb.png", refused)], decoder
+    assert "14000x13000" not in report["decoded_sizes"]  # PIL never started decoding it
+    for process in ("self", "children"):
+        growth = bomb["peak_mb"][process] - good["peak_mb"][process]
+        assert growth < 100, f"{process}: peak RSS grew by {growth:.0f} MB meeting the bomb"
