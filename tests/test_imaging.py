@@ -31,6 +31,21 @@ def bomb_png(width: int = 14000, height: int = 13000, rows: int = 520) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
 
 
+def phone_photos(folder: Path) -> np.ndarray:
+    """``phone.jpg``: a 96x64 JPEG tagged Orientation=6 (shown 64x96), and ``plain.jpg``: one without a tag.
+    Returns the upright pixels of ``phone.jpg``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(21)
+    coarse = rng.integers(0, 256, size=(16, 24, 3), dtype=np.uint8)
+    stored = np.asarray(Image.fromarray(coarse).resize((96, 64), Image.BILINEAR))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to view
+    Image.fromarray(stored).save(folder / "phone.jpg", exif=exif, quality=92)
+    Image.fromarray(stored[::-1, ::-1]).save(folder / "plain.jpg", quality=92)
+    with Image.open(folder / "phone.jpg") as image:
+        return np.rot90(np.asarray(image.convert("RGB")), k=-1)
+
+
 def _encoded(pixels: np.ndarray, format: str, orientation: int | None = None, **options) -> bytes:
     buffer = io.BytesIO()
     if orientation is not None:

@@ -23,6 +23,7 @@ from dist_syndr.scoring.job import run_job
 from dist_syndr.scoring.scorer import Scorer
 from tests.conftest import PROJECT_ROOT, VENV_BIN, mlflow_tracking_at
 from tests.test_evaluation import _data, _run_dir, _tiny_model, _tiny_shard_set, _write_images
+from tests.test_imaging import phone_photos
 
 BAD_FILES = {"empty.png": "empty file", "notes.jpg": "not a readable image", "truncated.png": "not a readable image"}
 
@@ -350,21 +351,6 @@ def test_dali_mixed_decoding_on_the_gpu_scores_as_pil_does(tiny_run, tmp_path):
 # one decoding policy: a score is a function of the upright pixels (issue 25, item 3)
 
 
-def _phone_photos(folder: Path) -> np.ndarray:
-    """``phone.jpg``: a 96x64 JPEG tagged Orientation=6 (shown 64x96), and ``plain.jpg``: one without a tag.
-    Returns the upright pixels of ``phone.jpg``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(21)
-    coarse = rng.integers(0, 256, size=(16, 24, 3), dtype=np.uint8)
-    stored = np.asarray(Image.fromarray(coarse).resize((96, 64), Image.BILINEAR))
-    exif = Image.Exif()
-    exif[0x0112] = 6  # rotate 90 degrees clockwise to view
-    Image.fromarray(stored).save(folder / "phone.jpg", exif=exif, quality=92)
-    Image.fromarray(stored[::-1, ::-1]).save(folder / "plain.jpg", quality=92)
-    with Image.open(folder / "phone.jpg") as image:
-        return np.rot90(np.asarray(image.convert("RGB")), k=-1)
-
-
 @pytest.mark.timeout(300)
 def test_evaluate_and_score_give_one_image_one_score_whatever_its_tag_or_name(tiny_run, tmp_path):
     """evaluate.py and score.py, with the run's random crops and with one centre crop: the same prediction for a
@@ -379,7 +365,7 @@ def test_evaluate_and_score_give_one_image_one_score_whatever_its_tag_or_name(ti
     from launchers import evaluate as evaluate_launcher
     from launchers import score as score_launcher
 
-    upright = _phone_photos(tmp_path / "set")
+    upright = phone_photos(tmp_path / "set")
     names = {"set/phone.jpg": "labels/set/phone", "set/plain.jpg": "labels/set/plain"}
     (tmp_path / "labels.csv").write_text("path,score\nset/phone.jpg,3\nset/plain.jpg,7\n")
     for copy in ("other/copy.jpg", "other/deeper/phone.jpg"):  # the same bytes under two more names
