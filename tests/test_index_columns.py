@@ -143,6 +143,7 @@ def test_describe_prints_the_set_and_exports_one_json_line_per_sample(written, t
     assert lines[0] == f"{written.root}: index format 2"
     assert "samples    7 (7 original)" in completed.stdout and "3 tars" in completed.stdout
     assert "checksums recorded" in completed.stdout and f"{out}: 7 sample records" in completed.stdout
+    assert "pixels     digests recorded" in completed.stdout
     exported = [json.loads(line) for line in out.read_text().splitlines()]
     assert exported == json.loads(json.dumps(list(written.records())))
 
