@@ -30,7 +30,8 @@ from dist_syndr.evaluate.predict import (
 from dist_syndr.evaluate.targets import parse_target, target_shard_set
 from dist_syndr.features.model import build_model
 from dist_syndr.features.preprocess import normalise
-from dist_syndr.loader.crops import crop_anchors, cut
+from dist_syndr.imaging import evaluation_anchors, pixel_digest
+from dist_syndr.loader.crops import cut
 from dist_syndr.sharding import writer
 from dist_syndr.sharding.shard_set import ShardSet
 from tests.conftest import PROJECT_ROOT
@@ -88,13 +89,13 @@ def _data(**changes) -> DataConfig:
 
 
 def _manual_crops(shard_set: ShardSet, key: str, *, num_crops: int, mode: str, seed: int = 0) -> torch.Tensor:
+    """PIL's pixels cut at the evaluation anchors drawn from their digest (never from the key)."""
     from PIL import Image
 
     with Image.open(io.BytesIO(shard_set.read_image_bytes(key))) as image:
         pixels = np.asarray(image.convert("RGB"))
-    anchors = crop_anchors(
-        key, pixels.shape[1], pixels.shape[0], 32, seed=seed, epoch=0, num_crops=num_crops, mode=mode
-    )
+    options = {"seed": seed, "num_crops": num_crops, "mode": mode}
+    anchors = evaluation_anchors(pixel_digest(pixels), pixels.shape[1], pixels.shape[0], 32, **options)
     return torch.from_numpy(np.stack([normalise(cut(pixels, anchor, 32)) for anchor in anchors]))
 
 
