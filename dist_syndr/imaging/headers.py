@@ -96,9 +96,9 @@ def orientation_of(image) -> int:
         return 1
 
 
-def jpeg_orientation(data: bytes | memoryview) -> int:
+def jpeg_orientation(data: bytes | memoryview, max_pixels: int = DEFAULT_MAX_PIXELS) -> int:
     """The EXIF orientation of JPEG bytes without decoding pixels (PIL parses the APP1 segments on opening)."""
-    with open_image(bytes(data), DEFAULT_MAX_PIXELS) as image:
+    with open_image(bytes(data), max_pixels) as image:
         return orientation_of(image)
 
 

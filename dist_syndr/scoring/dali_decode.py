@@ -56,7 +56,7 @@ def dali_orientation(data: bytes, min_side: int, max_pixels: int) -> int | None:
     if header.format == "PNG":
         return None if header.has_png_metadata else 1
     try:
-        return jpeg_orientation(data)
+        return jpeg_orientation(data, max_pixels)
     except ImageError:
         return None
 
