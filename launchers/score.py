@@ -17,10 +17,10 @@ import argparse
 from pathlib import Path
 
 from dist_syndr import cli, runtime
+from dist_syndr.imaging import DEFAULT_MAX_PIXELS
 from dist_syndr.scoring.compiled import COMPILE_MIN_IMAGES, COMPILE_MODES
 from dist_syndr.scoring.crops import CROP_MODES
 from dist_syndr.scoring.dali_decode import DECODERS
-from dist_syndr.scoring.inputs import DEFAULT_MAX_PIXELS
 from dist_syndr.scoring.job import run_job
 from dist_syndr.scoring.scorer import Scorer
 

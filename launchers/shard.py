@@ -18,6 +18,7 @@ from pathlib import Path
 from dist_syndr import cli, config, runtime
 from dist_syndr.sharding import describe, writer
 from dist_syndr.sharding import plan as shard_plan
+from dist_syndr.sharding.reindex import reindex
 from dist_syndr.sharding.shard_set import FORMAT_VERSION, ShardSet
 
 
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path)
     parser.add_argument("--verify", action="store_true", help="re-read and check an existing set, write nothing")
     parser.add_argument(
-        "--reindex", type=Path, metavar="DIR", help="add member checksums and the format-2 index to an older set"
+        "--reindex", type=Path, metavar="DIR", help="add member checksums, pixel digests and the format-2 index"
     )
     parser.add_argument("--describe", type=Path, metavar="DIR", help="print what a written set holds")
     parser.add_argument(
@@ -35,10 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     args = parser.parse_args(argv)
     if args.reindex is not None:
-        rewritten, added = writer.reindex(args.reindex)
+        done = reindex(args.reindex)
         print(
-            f"{args.reindex}: index rewritten in format {FORMAT_VERSION}, member checksums added for {added} samples"
-            if rewritten
+            f"{args.reindex}: index rewritten in format {FORMAT_VERSION}, member checksums added for "
+            f"{done.num_checksums} samples, pixel digests for {done.num_digests}"
+            if done.is_rewritten
             else f"{args.reindex}: up to date"
         )
         return 0

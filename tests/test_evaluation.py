@@ -29,7 +29,8 @@ from dist_syndr.evaluate.predict import (
 from dist_syndr.evaluate.targets import parse_target, target_shard_set
 from dist_syndr.features.model import build_model
 from dist_syndr.features.preprocess import normalise
-from dist_syndr.loader.crops import crop_anchors, cut
+from dist_syndr.imaging import evaluation_anchors, pixel_digest
+from dist_syndr.loader.crops import cut
 from dist_syndr.runs import consolidate, weights
 from dist_syndr.runs.checkpoints import load_model
 from dist_syndr.sharding import writer
@@ -89,13 +90,13 @@ def _data(**changes) -> DataConfig:
 
 
 def _manual_crops(shard_set: ShardSet, key: str, *, num_crops: int, mode: str, seed: int = 0) -> torch.Tensor:
+    """PIL's pixels cut at the evaluation anchors drawn from their digest (never from the key)."""
     from PIL import Image
 
     with Image.open(io.BytesIO(shard_set.read_image_bytes(key))) as image:
         pixels = np.asarray(image.convert("RGB"))
-    anchors = crop_anchors(
-        key, pixels.shape[1], pixels.shape[0], 32, seed=seed, epoch=0, num_crops=num_crops, mode=mode
-    )
+    options = {"seed": seed, "num_crops": num_crops, "mode": mode}
+    anchors = evaluation_anchors(pixel_digest(pixels), pixels.shape[1], pixels.shape[0], 32, **options)
     return torch.from_numpy(np.stack([normalise(cut(pixels, anchor, 32)) for anchor in anchors]))
 
 
@@ -157,6 +158,87 @@ def test_a_target_with_a_flipped_byte_is_never_scored(tmp_path, dali):
         embed(_tiny_model(), shard_set, _data(), shard_set.keys(), device="cpu", dali=dali)
     skipped = predict(_tiny_model(), shard_set, _data(on_error="skip"), device="cpu", dali=dali)
     assert key not in skipped.keys.tolist() and len(skipped) == len(shard_set) - 1
+
+
+def _written_before_pixel_digests(root: Path, monkeypatch) -> ShardSet:
+    """A set as the sharding step wrote it before it applied orientation and recorded pixel digests: JPEG and
+    PNG files byte for byte (the phone photo sideways, with its tag), no digest in the index or the sidecars,
+    and a columns file without the two digest arrays."""
+    from dist_syndr.imaging.decode import DecodedImage
+    from tests.test_imaging import phone_photos
+
+    phone_photos(root / "photos")
+    items = [
+        writer.WorkItem(key=f"old/{name}", source_path=str(root / "photos" / f"{name}.jpg"), score=float(score))
+        for name, score in (("phone", 3), ("plain", 7))
+    ]
+    with monkeypatch.context() as patched:
+        patched.setattr(DecodedImage, "is_stored_upright", property(lambda decoded: decoded.header.is_plain))
+        writer.write_shard_set(items, root / "set", writer.WriteOptions(num_workers=1), {"test": "old"})
+    for sidecar in (root / "set").glob("shard-*.json"):
+        record = json.loads(sidecar.read_text())
+        for sample in record["samples"]:
+            del sample["pixel_digest"]
+        sidecar.write_text(json.dumps(record, sort_keys=True))
+    header = json.loads((root / "set" / "index.json").read_text())
+    for name in ("pixel_digests", "has_pixel_digests"):
+        del header["columns"]["arrays"][name]
+    (root / "set" / "index.json").write_text(json.dumps(header, indent=1, sort_keys=True))
+    return ShardSet(root / "set")
+
+
+@pytest.mark.timeout(180)
+def test_a_set_written_before_pixel_digests_evaluates_as_written_with_warnings_until_reindexed(
+    tmp_path, monkeypatch, caplog
+):
+    """Such a set loads and evaluates: its evaluation crops are drawn from each image member's xxh3-64 (the
+    recorded checksum), with one warning recommending --reindex, and one where a member carries an orientation
+    tag the loaders leave unapplied. ``--reindex`` then records the digests of the pixels as the loaders read
+    them: the untagged photo gets the prediction score.py gives it; the tagged one stays sideways (warned)."""
+    import logging
+
+    from dist_syndr import imaging
+    from dist_syndr.loader.members import MemberReader, SampleTable
+    from dist_syndr.scoring.scorer import Scorer
+    from dist_syndr.sharding.reindex import reindex
+    from dist_syndr.sharding.shard_set import member_checksum
+
+    old = _written_before_pixel_digests(tmp_path, monkeypatch)
+    assert not old.has_pixel_digests and old.by_key["old/phone"].image_extension == "jpg"
+    model, data = _tiny_model(), _data()
+    with caplog.at_level(logging.WARNING):
+        predicted = predict(model, old, data, device="cpu", dali="off", seed=0)
+        again = predict(model, old, data, device="cpu", dali="off", seed=0)
+    assert sum("written before pixel digests" in message for message in caplog.messages) == 1
+    np.testing.assert_array_equal(predicted.predictions, again.predictions)
+    with torch.no_grad():
+        for key, value in zip(predicted.keys, predicted.predictions, strict=True):
+            stored = old.read_image_bytes(key)
+            pixels = imaging.decode(stored, is_oriented=False)  # as written: the phone photo sideways
+            anchors = imaging.evaluation_anchors(
+                member_checksum(stored), 96, 64, 32, seed=0, num_crops=3, mode="random"
+            )
+            crops = np.stack([normalise(cut(pixels, anchor, 32)) for anchor in anchors])
+            assert float(model(torch.from_numpy(crops)).mean()) == pytest.approx(float(value), abs=1e-5), key
+    caplog.clear()
+    reader = MemberReader(SampleTable.from_shard_set(old))
+    with caplog.at_level(logging.WARNING):
+        for row in range(len(old)):
+            reader.read_checked(row, 32)
+            reader.read_checked(row, 32)
+    assert sum("orientation tag (6 here) are read as stored" in message for message in caplog.messages) == 1
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert reindex(old.root) == (True, 0, 2)
+    assert sum("carry an EXIF orientation the loaders do not apply" in message for message in caplog.messages) == 1
+    current = ShardSet(old.root)
+    assert current.has_pixel_digests and reindex(old.root) == (False, 0, 0)
+    reindexed = predict(model, current, data, device="cpu", dali="off", seed=0)
+    by_key = dict(zip(reindexed.keys.tolist(), reindexed.predictions.tolist(), strict=True))
+    run_dir = _run_dir(tmp_path, model)
+    scores = Scorer.load(run_dir, "cpu").score([tmp_path / "photos" / "plain.jpg", tmp_path / "photos" / "phone.jpg"])
+    assert by_key["old/plain"] == pytest.approx(scores[0], abs=1e-5)
+    assert by_key["old/phone"] != pytest.approx(scores[1], abs=1e-3)  # still sideways: reshard it
 
 
 @pytest.mark.timeout(120)

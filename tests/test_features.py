@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from dist_syndr import imaging
 from dist_syndr.config import FeaturesConfig
 from dist_syndr.features.backbone import build_backbone
 from dist_syndr.features.embed import embed_paths, load_named_features
@@ -84,13 +85,12 @@ def test_reshaping_features_are_fp32_on_every_device(tmp_path):
     bit-equal to the plain fp32 computation, and unlike what bf16 autocast would give."""
     from dist_syndr.features.precision import autocast
     from dist_syndr.features.preprocess import normalise
-    from dist_syndr.pools import images
 
     paths = _images(tmp_path / "imgs", count=3)
     config = FeaturesConfig(backbone="resnet18", is_random_init=True, crop=32, batch_size=8)
     model = build_backbone(config)
     got = embed_paths(paths, config, model)
-    crops = [centre_crop(images.decode(images.read_bytes(p), str(p)), 32) for p in paths]
+    crops = [centre_crop(imaging.decode_file(p), 32) for p in paths]
     tensor = torch.from_numpy(np.stack([normalise(crop) for crop in crops]))
     with torch.no_grad():
         want = model.eval()(tensor).numpy()

@@ -11,8 +11,9 @@ import sys
 import numpy as np
 import pytest
 
-from dist_syndr.sharding import index_columns, writer
+from dist_syndr.sharding import index_columns
 from dist_syndr.sharding.index_columns import StringColumn
+from dist_syndr.sharding.reindex import reindex
 from dist_syndr.sharding.shard_set import FORMAT_VERSION, INDEX_NAME, ShardSet, write_index
 from tests.conftest import PROJECT_ROOT, index_as_format_1, write_format_1
 from tests.test_sharding import _make_images, _write
@@ -127,7 +128,7 @@ def test_a_new_index_leaves_the_old_readable_until_it_replaces_it(written):
 
 def test_reindex_of_a_current_set_changes_nothing(written):
     before = {path.name: path.read_bytes() for path in written.root.iterdir()}
-    assert writer.reindex(written.root) == (False, 0)
+    assert reindex(written.root) == (False, 0, 0)
     assert {path.name: path.read_bytes() for path in written.root.iterdir()} == before
 
 
@@ -142,6 +143,7 @@ def test_describe_prints_the_set_and_exports_one_json_line_per_sample(written, t
     assert lines[0] == f"{written.root}: index format 2"
     assert "samples    7 (7 original)" in completed.stdout and "3 tars" in completed.stdout
     assert "checksums recorded" in completed.stdout and f"{out}: 7 sample records" in completed.stdout
+    assert "pixels     digests recorded" in completed.stdout
     exported = [json.loads(line) for line in out.read_text().splitlines()]
     assert exported == json.loads(json.dumps(list(written.records())))
 

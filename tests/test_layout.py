@@ -18,6 +18,7 @@ PACKAGE = PROJECT_ROOT / "dist_syndr"
 TOP_LEVEL_MODULES = {"__init__", "cli", "collectives", "demo", "files", "runtime", "source"}
 BASE_PACKAGES = {"config"}  # the schema and its typed-tree loader: below every stage
 STAGES = {
+    "imaging",
     "pools",
     "features",
     "reshape",
@@ -87,6 +88,19 @@ def test_stage_imports_have_no_cycle():
         stage = _stage(module)
         stages.setdefault(stage, set()).update(_stage(other) for other in imported if _stage(other) != stage)
     graphlib.TopologicalSorter(stages).prepare()
+
+
+def test_imaging_is_the_bottom_stage():
+    """Every stage decodes images through dist_syndr/imaging/, so it may import only the top level."""
+    below = {f"dist_syndr.{name}" for name in TOP_LEVEL_MODULES | BASE_PACKAGES} | {"dist_syndr"}
+    outside = {
+        (module, other)
+        for module, imported in _graph().items()
+        if _stage(module) == "imaging"
+        for other in imported
+        if _stage(other) != "imaging" and not any(other == base or other.startswith(f"{base}.") for base in below)
+    }
+    assert not outside
 
 
 def _import_alone(name: str) -> tuple[str, int, str]:

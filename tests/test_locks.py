@@ -22,6 +22,7 @@ from dist_syndr import files
 from dist_syndr.evaluate import export
 from dist_syndr.scoring import output
 from dist_syndr.sharding import photos, writer
+from dist_syndr.sharding.reindex import reindex
 from dist_syndr.sharding.shard_set import LOCK_NAME, ShardSet
 from launchers import score as score_launcher
 from launchers import shard as shard_launcher
@@ -263,12 +264,13 @@ def test_reindex_takes_the_set_lock_and_a_photo_set_waits_for_the_job_building_i
     write_format_1(out, index_as_format_1(out))  # an older set: --reindex has work to do
     with files.exclusive_lock(out / LOCK_NAME, "held by this test"):
         with pytest.raises(files.LockedError, match=rf"shard set {re.escape(str(out))} is in use by another job"):
-            writer.reindex(out)
+            reindex(out)
         with pytest.raises(files.LockedError):
             writer.write_shard_set(items, out, writer.WriteOptions(num_workers=1), {})
-    assert writer.reindex(out) == (True, 0) and ShardSet(out).format_version == 2
+    done = reindex(out)
+    assert done.is_rewritten and done.num_checksums == 0 and ShardSet(out).format_version == 2
     with pytest.raises(ValueError, match="no index.json"):
-        writer.reindex(tmp_path / "nothing")
+        reindex(tmp_path / "nothing")
     assert not (tmp_path / "nothing").exists()  # no lock file made a folder of a typo
 
     photo_set = tmp_path / "photos"

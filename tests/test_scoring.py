@@ -17,12 +17,14 @@ from PIL import Image
 
 from dist_syndr.evaluate.predict import predict
 from dist_syndr.export import formats
+from dist_syndr.features.preprocess import normalise
 from dist_syndr.scoring import inputs, output
 from dist_syndr.scoring.crops import CropProtocol, tile_anchors
 from dist_syndr.scoring.job import run_job
 from dist_syndr.scoring.scorer import Scorer
 from tests.conftest import PROJECT_ROOT, VENV_BIN, mlflow_tracking_at
 from tests.test_evaluation import _data, _run_dir, _tiny_model, _tiny_shard_set, _write_images
+from tests.test_imaging import phone_photos
 
 BAD_FILES = {"empty.png": "empty file", "notes.jpg": "not a readable image", "truncated.png": "not a readable image"}
 
@@ -143,7 +145,7 @@ def test_the_python_scorer_takes_paths_pil_images_arrays_and_tensors(tiny_run):
     assert random.protocol == CropProtocol(32, 3, "random", 0)
     results = random.score_items([path, path])
     assert results[0].num_crops == 3 and results[0].spread > 0
-    assert results[0].score == pytest.approx(results[1].score, abs=1e-6)  # same name, same crops
+    assert results[0].score == pytest.approx(results[1].score, abs=1e-6)  # same pixels, same crops
     with pytest.raises(ValueError, match="item 1 .* arrays must be uint8"):
         scorer.score([pixels, pixels.astype(np.float32)])
 
@@ -190,7 +192,7 @@ def test_onnx_and_torchscript_exports_reproduce_pytorch_with_a_card(tiny_run):
     import onnxruntime
 
     scorer = Scorer.load(tiny_run / "runs" / "tiny", "cpu", crop_mode="full")
-    crops, _ = scorer.protocol.model_inputs(inputs.decode_file(tiny_run / "photos" / "img02.png"), "img02")
+    crops, _ = scorer.protocol.model_inputs(inputs.decode_file(tiny_run / "photos" / "img02.png"))
     expected = scorer.forward(crops)
     onnx_check, onnx_card = formats.export_checkpoint(tiny_run / "runs" / "tiny", "onnx")
     session = onnxruntime.InferenceSession(str(onnx_check.path), providers=["CPUExecutionProvider"])
@@ -212,6 +214,8 @@ def test_onnx_and_torchscript_exports_reproduce_pytorch_with_a_card(tiny_run):
     card = json.loads(onnx_card.read_text())
     assert card["export"]["format"] == "onnx" and card["export"]["inputs"]["crops"] == ["batch", 3, 32, 32]
     assert card["input"]["normalisation"]["mean"] == [0.485, 0.456, 0.406] and "[0, 10]" in card["score_scale"]
+    assert "EXIF orientation applied" in card["input"]["crops"]  # how the crops' positions are derived:
+    assert "drawn from the seed (0) and the xxh3-64 of the upright pixels" in card["input"]["crops"]
     markdown = onnx_card.with_suffix(".md").read_text()
     assert "vit_tiny_patch16_224" in markdown and "came without the card" in markdown
 
@@ -358,30 +362,34 @@ def test_two_ranks_split_the_files_and_rank_0_writes_what_one_process_writes(tin
 
 @pytest.mark.timeout(300)
 def test_dali_decodes_what_pil_would_and_leaves_the_rest_to_pil(tiny_run, tmp_path):
-    """decoder=dali (DALI's CPU graph here, ``mixed`` on a GPU): PNG pixels bit-exact, JPEG within a few grey
-    levels, EXIF orientation applied; every other mode and every bad file takes PIL's path, same rows."""
+    """decoder=dali (DALI's CPU graph here, ``mixed`` on a GPU): the pixels PIL gives, bit for bit, every EXIF
+    orientation applied the same way; every other mode and every bad file takes PIL's path, same rows."""
     pytest.importorskip("nvidia.dali")
-    from dist_syndr.scoring.dali_decode import DaliDecoder, is_complete_simple_image
-    from dist_syndr.scoring.inputs import decode_bytes
+    from dist_syndr.imaging import decode
+    from dist_syndr.scoring.dali_decode import DaliDecoder, decoded_files, is_complete_simple_image
 
     photos = tiny_run / "photos"
     jpegs = tmp_path / "jpegs"
     jpegs.mkdir()
     for number, (path, _) in enumerate(_write_images(tmp_path / "pngs", count=3)):
         Image.open(path).convert("RGB").save(jpegs / f"photo{number}.jpg", quality=90)
+    for orientation in range(1, 9):  # every EXIF orientation, also in a PNG's eXIf chunk (PIL's path)
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        Image.open(photos / "img01.png").save(jpegs / f"oriented{orientation}.jpg", exif=exif, quality=90)
+        Image.open(photos / "img01.png").save(tmp_path / "pngs" / f"oriented{orientation}.png", exif=exif)
     taken = {name: is_complete_simple_image((photos / name).read_bytes(), 32, 10**8) for name in
              ("img00.png", "gray.png", "rotated.jpg", "rgba.png", "palette.png", "cmyk.jpg", "gray16.png",
               "small.png", "truncated.png", "empty.png", "notes.jpg")}  # fmt: skip
     assert {name for name, is_taken in taken.items() if is_taken} == {"img00.png", "gray.png", "rotated.jpg"}
 
     decoder = DaliDecoder("cpu", batch_size=4)
-    names = ["img00.png", "gray.png", "rotated.jpg"]
-    encoded = [(photos / name).read_bytes() for name in names] + [p.read_bytes() for p in sorted(jpegs.iterdir())]
-    for data, image in zip(encoded, decoder.decode(encoded[:4]) + decoder.decode(encoded[4:]), strict=True):
-        reference = decode_bytes(data)
-        assert image.shape == reference.shape
-        is_png = data.startswith(b"\x89PNG")
-        assert np.abs(image.astype(int) - reference).max() <= (0 if is_png else 4)
+    files = [photos / name for name in ("img00.png", "gray.png", "rotated.jpg")] + sorted(jpegs.iterdir())
+    assert all(is_complete_simple_image(path.read_bytes(), 32, 10**8) for path in files)  # all through DALI
+    for _, path, decoded in decoded_files(files, decoder, min_side=32, max_pixels=10**8):
+        # the CPU decoders are one libpng / libjpeg-turbo, and one orient() for DALI's pixels and PIL's
+        np.testing.assert_array_equal(decoded(), decode(path.read_bytes()), err_msg=str(path))
+    assert not is_complete_simple_image((tmp_path / "pngs" / "oriented6.png").read_bytes(), 32, 10**8)
 
     scorer = Scorer.load(tiny_run / "runs" / "tiny", "cpu", crop_mode="centre")
     outputs = {}
@@ -391,10 +399,9 @@ def test_dali_decodes_what_pil_would_and_leaves_the_rest_to_pil(tiny_run, tmp_pa
         errors = (out.parent / "scores.csv.errors.csv").read_text()
         outputs[way] = (_rows(out), errors)
     (pil_rows, pil_errors), (dali_rows, dali_errors) = outputs["pil"], outputs["dali"]
-    assert dali_errors == pil_errors and set(dali_rows) == set(pil_rows) and len(pil_rows) == 14 + 3
+    assert dali_errors == pil_errors and set(dali_rows) == set(pil_rows) and len(pil_rows) == 14 + 3 + 8
     for path, row in pil_rows.items():
-        tolerance = 1e-5 if path.endswith(".png") else 2e-2
-        assert float(dali_rows[path]["score"]) == pytest.approx(float(row["score"]), abs=tolerance), path
+        assert float(dali_rows[path]["score"]) == pytest.approx(float(row["score"]), abs=1e-5), path
         assert dali_rows[path]["resized"] == row["resized"] and dali_rows[path]["crops"] == row["crops"]
 
 
@@ -411,3 +418,77 @@ def test_dali_mixed_decoding_on_the_gpu_scores_as_pil_does(tiny_run, tmp_path):
     assert set(outputs["dali"]) == set(outputs["pil"])
     for path, row in outputs["pil"].items():
         assert float(outputs["dali"][path]["score"]) == pytest.approx(float(row["score"]), abs=2e-2), path
+
+
+# ---------------------------------------------------------------------------
+# one decoding policy: a score is a function of the upright pixels (issue 25, item 3)
+
+
+@pytest.mark.timeout(300)
+def test_evaluate_and_score_give_one_image_one_score_whatever_its_tag_or_name(tiny_run, tmp_path):
+    """evaluate.py and score.py, with the run's random crops and with one centre crop: the same prediction for a
+    phone photo tagged Orientation=6 and for an untagged JPEG; the same bytes under three names, one score; the
+    training loaders (torch and DALI's CPU pipeline) see the upright pixels the scorer sees."""
+    from dist_syndr import imaging
+    from dist_syndr.config import DataConfig
+    from dist_syndr.loader import plan_epoch
+    from dist_syndr.loader.crops import crop_anchors
+    from dist_syndr.loader.torch_loader import TorchLoader
+    from dist_syndr.sharding.shard_set import ShardSet
+    from launchers import evaluate as evaluate_launcher
+    from launchers import score as score_launcher
+
+    upright = phone_photos(tmp_path / "set")
+    names = {"set/phone.jpg": "labels/set/phone", "set/plain.jpg": "labels/set/plain"}
+    (tmp_path / "labels.csv").write_text("path,score\nset/phone.jpg,3\nset/plain.jpg,7\n")
+    for copy in ("other/copy.jpg", "other/deeper/phone.jpg"):  # the same bytes under two more names
+        (tmp_path / copy).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / copy).write_bytes((tmp_path / "set" / "phone.jpg").read_bytes())
+    run = str(tiny_run / "runs" / "tiny")
+    for mode in ("random", "centre"):
+        out = tmp_path / mode
+        evaluate = ["--checkpoint", run, "--target", f"phones=csv:{tmp_path / 'labels.csv'}", "--out", str(out)]
+        evaluate += ["--cache-dir", str(tmp_path / "cache"), "--no-tracking", "shard.num_workers=1"]
+        assert evaluate_launcher.main([*evaluate, f"data.eval_crop_mode={mode}"]) == 0
+        predicted = {
+            row["key"]: float(row["prediction"]) for row in csv.DictReader(open(out / "phones_predictions.csv"))
+        }
+        score = ["--checkpoint", run, "--out", str(out / "scores.csv"), "--workers", "0", "--crop-mode", mode]
+        assert score_launcher.main([*score, str(tmp_path / "set"), str(tmp_path / "other")]) == 0
+        scored = {Path(path).relative_to(tmp_path).as_posix(): row for path, row in _rows(out / "scores.csv").items()}
+        assert {row["crops"] for row in scored.values()} == {"3" if mode == "random" else "1"}
+        for path, key in names.items():
+            assert float(scored[path]["score"]) == pytest.approx(predicted[key], abs=1e-5), (mode, path)
+        copies = [
+            float(scored[path]["score"]) for path in ("set/phone.jpg", "other/copy.jpg", "other/deeper/phone.jpg")
+        ]
+        assert copies == [copies[0]] * 3, mode
+    # the set holds the tagged photo upright as PNG and the untagged JPEG byte for byte
+    shard_set = ShardSet(tmp_path / "cache" / "phones")
+    assert shard_set.by_key["labels/set/phone"].image_extension == "png"
+    assert shard_set.read_image_bytes("labels/set/plain") == (tmp_path / "set" / "plain.jpg").read_bytes()
+    assert shard_set.by_key["labels/set/phone"].pixel_digest == imaging.pixel_digest(upright)
+    np.testing.assert_array_equal(imaging.decode_file(tmp_path / "set" / "phone.jpg"), upright)
+    # training crops: the loaders cut them from the pixels the scorer decodes
+    config = DataConfig(crop=32, batch_size=2, num_workers=1)
+    plan = plan_epoch(shard_set.keys(), config, seed=4, epoch=2).for_rank(0)
+    loaders = {"torch": lambda: TorchLoader(shard_set, config, is_training=True)}
+    try:
+        from dist_syndr.loader.dali_pipeline import DaliLoader
+
+        loaders["dali"] = lambda: DaliLoader(shard_set, config, is_training=True)
+    except ImportError:
+        pass
+    for name, make in loaders.items():
+        with make() as loader:
+            crops = {
+                k: image for batch in loader.batches(plan) for k, image in zip(batch.keys, batch.images, strict=True)
+            }
+        for path, key in names.items():
+            pixels = imaging.decode_file(tmp_path / path)
+            anchor = crop_anchors(
+                key, pixels.shape[1], pixels.shape[0], 32, seed=4, epoch=2, num_crops=1, mode="random"
+            )
+            window = np.ascontiguousarray(pixels[anchor[0, 1] : anchor[0, 1] + 32, anchor[0, 0] : anchor[0, 0] + 32])
+            expected = torch.from_numpy(np.stack([normalise(window)]))[0]
+            torch.testing.assert_close(crops[key], expected, atol=1e-5, rtol=0, msg=f"{name} {path}")

@@ -18,8 +18,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dist_syndr.pools.images import decode as decode_image
-from dist_syndr.sharding import writer
+from dist_syndr.imaging import decode as decode_image
+from dist_syndr.imaging import pixel_digest
+from dist_syndr.sharding import describe, writer
+from dist_syndr.sharding.reindex import reindex
 from dist_syndr.sharding.shard_set import ShardSet, scan_tar
 from tests.conftest import PROJECT_ROOT, index_as_format_1, write_format_1
 from tests.shard_worker import items_from_folder
@@ -55,7 +57,8 @@ def test_round_trip_is_bit_exact_with_metadata(tmp_path):
     shard_set.verify()
     for number, key in enumerate(sorted(pixels)):
         entry = shard_set.by_key[key]
-        np.testing.assert_array_equal(decode_image(shard_set.read_image_bytes(key), key), pixels[key])
+        np.testing.assert_array_equal(decode_image(shard_set.read_image_bytes(key), name=key), pixels[key])
+        assert entry.pixel_digest == pixel_digest(pixels[key])  # evaluation crops are drawn from it
         meta = shard_set.read_meta(key)
         assert meta["key"] == key and meta["score"] == entry.score == (number % 11) * 1.0
         assert (entry.ref, entry.distortion_type, entry.level) == (
@@ -224,12 +227,12 @@ def _index_files(out: Path) -> dict[str, bytes]:
 
 
 def _strip_member_checksums(out: Path) -> None:
-    """Make a set look as sets written before member checksums (and format 2) look."""
+    """Make a set look as sets written before member checksums, pixel digests and format 2 look."""
     write_format_1(out, index_as_format_1(out))
     for path in [out / "index.json", *out.glob("shard-*.json")]:
         record = json.loads(path.read_text())
         for sample in record["samples"]:
-            del sample["xxh3_64"]
+            del sample["xxh3_64"], sample["pixel_digest"]
         path.write_text(json.dumps(record, indent=1 if path.name == "index.json" else None, sort_keys=True))
 
 
@@ -243,24 +246,25 @@ def test_an_older_set_stays_readable_with_one_warning_and_reindex_restores_its_c
     written = _index_files(tmp_path / "out")
     _strip_member_checksums(tmp_path / "out")
     old = ShardSet(tmp_path / "out")
-    assert not old.has_member_checksums
+    assert not old.has_member_checksums and "digests for 0 of 6 samples" in describe.summary_text(old)
     config = DataConfig(batch_size=2, num_workers=1, crop=32)
     with caplog.at_level(logging.WARNING), TorchLoader(old, config, is_training=True) as loader:
         keys = [k for b in loader.batches(plan_epoch(old.keys(), config, seed=0, epoch=0).for_rank(0)) for k in b.keys]
     assert len(keys) == 6 and sum("written before member checksums" in m for m in caplog.messages) == 1
     command = [sys.executable, str(PROJECT_ROOT / "launchers" / "shard.py"), "--reindex", str(tmp_path / "out")]
     completed = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
-    assert completed.returncode == 0 and "member checksums added for 6 samples" in completed.stdout
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert "member checksums added for 6 samples, pixel digests for 6" in completed.stdout
     rewritten = _index_files(tmp_path / "out")
     assert rewritten == written and any(name.endswith(".columns") for name in written)  # as if written today
-    assert ShardSet(tmp_path / "out").has_member_checksums
+    assert ShardSet(tmp_path / "out").has_member_checksums and ShardSet(tmp_path / "out").has_pixel_digests
     shard = tmp_path / "out" / "shard-000000.tar"
     data = bytearray(shard.read_bytes())
     data[700] ^= 0xFF
     shard.write_bytes(bytes(data))
     _strip_member_checksums(tmp_path / "out")
     with pytest.raises(ValueError, match="shard-000000.tar: missing or changed since it was indexed"):
-        writer.reindex(tmp_path / "out")
+        reindex(tmp_path / "out")
 
 
 def test_a_full_disk_while_writing_a_shard_names_it_and_a_rerun_completes_the_same_set(tmp_path, monkeypatch):

@@ -86,7 +86,7 @@ def one_at_a_time(scorer, paths: list[Path]) -> np.ndarray:
     for path in paths:
         with Image.open(path) as image:
             pixels = np.asarray(image.convert("RGB"))
-        windows, _ = scorer.protocol.windows(pixels, str(path))
+        windows, _ = scorer.protocol.windows(pixels)
         crops = torch.from_numpy(np.stack([normalise(window) for window in windows]))
         with torch.no_grad(), autocast("cpu", scorer.precision):
             scores.append(float(scorer.model(crops).float().mean()))

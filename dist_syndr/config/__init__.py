@@ -41,6 +41,7 @@ TARGET_TYPES: dict[str, tuple[int, ...]] = {
 NUM_DISTORTION_TYPES = 25
 NUM_LEVELS = 5
 FAISS_GPU_MAX_K = 2048  # FAISS GPU's k-selection limit (GPU_MAX_SELECTION_K)
+DEFAULT_MAX_PIXELS = 120_000_000  # declared pixels above which an image is refused before decoding (~360 MB as RGB)
 
 
 def label_column(distortion_type: int, level: int) -> int:
@@ -276,14 +277,15 @@ class ShardConfig(_Section):
     samples_per_shard: int = 1000
     png_compress_level: int = 1
     num_workers: int = 2
-    on_error: OnError = "error"  # unreadable images
+    on_error: OnError = "error"  # unreadable images (decompression bombs and images above max_pixels included)
+    max_pixels: int = DEFAULT_MAX_PIXELS  # pool images and references declaring more pixels are refused unread
     pool: PoolConfig = field(default_factory=PoolConfig)
     candidates: CandidatesConfig = field(default_factory=CandidatesConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
 
     def check(self) -> None:
         check_plain_name(self.name, "name")
-        self._at_least(1, "samples_per_shard", "num_workers")
+        self._at_least(1, "samples_per_shard", "num_workers", "max_pixels")
         level = self.png_compress_level
         _require(0 <= level <= 9, "png_compress_level", f"must lie in 0..9, got {level}")
 
@@ -322,7 +324,8 @@ class DataConfig(_Section):
     eval_crop_mode: Literal["random", "centre"] = "random"
     shuffle_block: int = 0  # 0: global shuffle; n > 0: shuffle blocks of n index-consecutive samples, then within
     drop_last: bool = True  # training: equal, full batches on every rank
-    on_error: OnError = "error"  # corrupt members or checksum mismatches
+    on_error: OnError = "error"  # corrupt members, checksum mismatches, images above max_pixels
+    max_pixels: int = DEFAULT_MAX_PIXELS  # members whose header declares more pixels are refused before decoding
     verify_checksums: Literal["members", "shards", "off"] = "members"  # each member's checksum on every read;
     # shards: also each whole shard's sha256 once before the first read (a record skips unchanged sets)
     shard_storage: Literal["shared", "node-local"] = "shared"  # node-local: each node reads its own copy of
@@ -334,7 +337,7 @@ class DataConfig(_Section):
     LEGACY_VALUES: typing.ClassVar[dict] = {"verify_checksums": {True: "shards", False: "off"}}
 
     def check(self) -> None:
-        self._at_least(1, "batch_size", "num_workers", "crop", "eval_crops", "prefetch")
+        self._at_least(1, "batch_size", "num_workers", "crop", "eval_crops", "prefetch", "max_pixels")
         self._at_least(0, "shuffle_block")
 
 

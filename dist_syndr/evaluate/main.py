@@ -44,9 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     backends = runtime.init(cfg.runtime)
     model = model.to(backends.device)
     cache_dir = args.cache_dir or Path(cfg.shard.output_root) / "targets"
+    shard = cfg.shard
+    sharding = {"num_workers": shard.num_workers, "on_error": shard.on_error, "max_pixels": shard.max_pixels}
     shard_sets = {
-        name: target_shard_set(name, spec, cache_dir, num_workers=cfg.shard.num_workers, seed=cfg.seed)
-        for name, spec in targets.items()
+        name: target_shard_set(name, spec, cache_dir, seed=cfg.seed, **sharding) for name, spec in targets.items()
     }
 
     for shard_set in shard_sets.values():

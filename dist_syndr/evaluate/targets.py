@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 
 from dist_syndr import collectives, runtime
-from dist_syndr.config import Config
+from dist_syndr.config import DEFAULT_MAX_PIXELS, Config, OnError
 from dist_syndr.sharding.shard_set import INDEX_NAME, ShardSet
 
 log = logging.getLogger(__name__)
@@ -40,10 +40,21 @@ def parse_target(name: str, spec: str) -> tuple[str | None, Path]:
     return None, path
 
 
-def target_shard_set(name: str, spec: str, cache_dir: Path, *, num_workers: int = 2, seed: int = 0) -> ShardSet:
+def target_shard_set(
+    name: str,
+    spec: str,
+    cache_dir: Path,
+    *,
+    num_workers: int = 2,
+    seed: int = 0,
+    on_error: OnError = "error",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> ShardSet:
     """Target ``name=spec`` as a shard set: ``spec`` itself when it holds ``index.json``, otherwise the
     dataset read by its pools reader, sharded once into ``cache_dir/<name>`` (reused while its source is
-    unchanged). Collective under a process group: ranks split the shards."""
+    unchanged and its index records pixel digests). ``on_error``/``max_pixels``: as ``shard.on_error`` and
+    ``shard.max_pixels`` (unreadable images and images above the cap are skipped and listed, or one error).
+    Collective under a process group: ranks split the shards."""
     from dist_syndr.pools.readers import READERS
 
     kind, root = parse_target(name, spec)
@@ -60,17 +71,20 @@ def target_shard_set(name: str, spec: str, cache_dir: Path, *, num_workers: int 
     recorded = {"target": name, "kind": kind, "root": str(root.resolve())}
     if (out_dir / INDEX_NAME).is_file():
         cached = ShardSet(out_dir)
-        if cached.config == recorded:
+        if cached.config == recorded and cached.has_pixel_digests:
             log.info("target %s: reusing %s (%d samples)", name, out_dir, len(cached))
             return cached
-        log.warning(
-            "target %s: %s was sharded from %s; re-sharding from %s", name, out_dir, cached.config.get("root"), root
-        )
-    _shard_raw_target(kind, root, out_dir, recorded, num_workers=num_workers, seed=seed)
+        if cached.config == recorded:
+            log.warning("target %s: %s was sharded before pixel digests; re-sharding it", name, out_dir)
+        else:
+            source = cached.config.get("root")
+            log.warning("target %s: %s was sharded from %s; re-sharding from %s", name, out_dir, source, root)
+    options = {"num_workers": num_workers, "on_error": on_error, "max_pixels": max_pixels}
+    _shard_raw_target(kind, root, out_dir, recorded, seed=seed, **options)
     return ShardSet(out_dir)
 
 
-def _shard_raw_target(kind: str, root: Path, out_dir: Path, recorded: dict, *, num_workers: int, seed: int) -> None:
+def _shard_raw_target(kind: str, root: Path, out_dir: Path, recorded: dict, *, seed: int, **write_options) -> None:
     from dist_syndr.config import PoolConfig, ShardConfig
     from dist_syndr.sharding import writer
     from dist_syndr.sharding.plan import build_plan
@@ -81,7 +95,7 @@ def _shard_raw_target(kind: str, root: Path, out_dir: Path, recorded: dict, *, n
     if not plan.items:
         raise ValueError(f"target {recorded['target']}: the {kind} reader found no images under {root}")
     rank, world_size = runtime.rank_world()
-    options = writer.WriteOptions(num_workers=num_workers)
+    options = writer.WriteOptions(**write_options)
     writer.write_shard_set(plan.items, out_dir, options, recorded, rank=rank, world_size=world_size)
     collectives.barrier()  # rank 0 writes index.json after the others finished their shards
 

@@ -112,14 +112,14 @@ def _present(value):
 
 def _item(image, path):
     """What the scorer takes for one row: decoded pixels of ``image``, else the file ``path``."""
-    from dist_syndr.scoring.inputs import decode_bytes
+    from dist_syndr import imaging
 
     if image is not None:
         try:
             data = image if isinstance(image, bytes) else base64.b64decode(str(image), validate=False)
         except (binascii.Error, ValueError):
             raise ValueError("image: not base64 text") from None
-        return decode_bytes(data)
+        return imaging.decode(data)
     if path is not None:
         return Path(str(path))
     raise ValueError("the row has neither an image nor a path")

@@ -6,8 +6,10 @@ mode without gradients, with the inputs cast to the module's own dtype (a bf16
 engine's module wants bf16 inputs), and returns float32 rows. :func:`gather_rows`
 joins each rank's rows in rank order. :func:`embed_paths` embeds image files
 with a timm backbone (DDCUp's reference contents) in fp32 without TF32
-(:func:`dist_syndr.runtime.exact_fp32_math`, so the rows do not depend on the GPU):
-each rank embeds a contiguous slice of the paths and every rank receives all rows.
+(:func:`dist_syndr.runtime.exact_fp32_math`, so the rows do not depend on the GPU),
+decoded upright through :mod:`dist_syndr.imaging` (refused above ``max_pixels``
+before decoding): each rank embeds a contiguous slice of the paths and every rank
+receives all rows.
 ``dist_syndr.evaluate.predict`` drives the same two functions over shard sets
 through the loader.
 
@@ -24,11 +26,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm.auto import tqdm
 
-from dist_syndr import collectives, runtime
-from dist_syndr.config import FeaturesConfig
+from dist_syndr import collectives, imaging, runtime
+from dist_syndr.config import DEFAULT_MAX_PIXELS, FeaturesConfig
 from dist_syndr.features.precision import Precision, autocast
 from dist_syndr.features.preprocess import centre_crop, normalise
-from dist_syndr.pools import images
 
 if TYPE_CHECKING:  # torch is imported lazily: importing this module stays light
     import torch
@@ -71,8 +72,11 @@ def gather_rows(parts: list[np.ndarray], empty_shape: tuple[int, ...]) -> np.nda
     return np.concatenate(collectives.all_gather_array(local))
 
 
-def embed_paths(paths: list[Path], config: FeaturesConfig, model=None) -> np.ndarray:
-    """``(N, D)`` float32 features of the centre crops of the images at ``paths``, computed across ranks."""
+def embed_paths(
+    paths: list[Path], config: FeaturesConfig, model=None, *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
+    """``(N, D)`` float32 features of the centre crops of the images at ``paths``, computed across ranks;
+    an unreadable image or one declaring more than ``max_pixels`` pixels is an ImageError naming its file."""
     import torch
 
     rank, world_size = runtime.rank_world()
@@ -89,7 +93,8 @@ def embed_paths(paths: list[Path], config: FeaturesConfig, model=None) -> np.nda
     with evaluating(model), runtime.exact_fp32_math():
         for start in tqdm(batches, desc="features", unit="batch", disable=len(batches) < 4):
             batch = mine[start : start + config.batch_size]
-            crops = [centre_crop(images.decode(images.read_bytes(p), str(p)), config.crop) for p in batch]
+            pixels = [imaging.decode_file(path, max_pixels=max_pixels, name=str(path)) for path in batch]
+            crops = [centre_crop(image, config.crop) for image in pixels]
             tensor = torch.from_numpy(np.stack([normalise(crop) for crop in crops]))
             parts.append(forward_rows(model, tensor, device=device, dtype=dtype).cpu().numpy())
     return gather_rows(parts, (0, int(model.num_features)))

@@ -20,9 +20,10 @@ import logging
 
 from dist_syndr import runtime
 from dist_syndr.config import DataConfig
+from dist_syndr.imaging.headers import image_size
 from dist_syndr.loader.batch import Batch
 from dist_syndr.loader.checks import verify_shard_set
-from dist_syndr.loader.crops import CropSpec, crop_anchors, image_size
+from dist_syndr.loader.crops import CropSpec, crop_anchors
 from dist_syndr.loader.plan import EpochPlan, RankPlan, plan_epoch, upsampled_keys
 from dist_syndr.sharding.shard_set import ShardSet
 

@@ -3,7 +3,7 @@
 ::
 
     fn.external_source (parallel Python workers, one sample per call)
-        reads the member by (offset, size) with os.pread, checks its header,
+        reads the member by (offset, size) with os.pread, checks its header and pixel cap,
         computes the crop anchors (crops.py) -> bytes, anchors, score, position, status
     fn.decoders.image_slice  (one crop)      "mixed" with a GPU, "cpu" without
     fn.decoders.image + fn.slice per anchor  (n evaluation crops)
@@ -82,15 +82,15 @@ class PlannedSource:
         encoded = self.placeholder
         if status == STATUS_OK:
             try:
-                data, width, height = self.reader.read_checked(row, self.spec.size)
+                member = self.reader.read_checked(row, self.spec.size)  # pixel cap and size, before decoding
             except SampleError:
                 if self.on_error != "skip":
                     raise
                 status = STATUS_SKIPPED
             else:
-                key = self.reader.table.keys[row]
-                anchors = self.spec.anchors(key, width, height, seed=int(feed["seed"]), epoch=int(feed["epoch"]))
-                encoded = np.frombuffer(data, dtype=np.uint8)
+                where = (self.reader.table.keys[row], member.digest, member.width, member.height)
+                anchors = self.spec.anchors(*where, seed=int(feed["seed"]), epoch=int(feed["epoch"]))
+                encoded = np.frombuffer(member.data, dtype=np.uint8)
         score = self.reader.table.scores[row] if row >= 0 else np.nan
         return (
             encoded,
@@ -129,7 +129,7 @@ class DaliLoader:
         self.device = device
         self.device_id = device_id
         self.table = SampleTable.from_shard_set(shard_set, is_verified=config.verify_checksums != "off")
-        self.reader = MemberReader(self.table)
+        self.reader = MemberReader(self.table, config.max_pixels)
         self.num_skipped = 0
         scratch = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
         self._feed_root = Path(tempfile.mkdtemp(prefix="dist_syndr-feed-", dir=scratch))
@@ -401,7 +401,7 @@ def build_pipeline(
         decoder = {
             "device": "mixed" if device == "gpu" else "cpu",
             "output_type": types.RGB,
-            "adjust_orientation": False,  # PIL and the sharding step keep stored orientation
+            "adjust_orientation": False,  # shards hold upright pixels (older sets: read as written)
             "jpeg_fancy_upsampling": True,  # the GPU decoder then matches libjpeg-turbo (CPU, PIL)
         }
         absolute = {"normalized_anchor": False, "normalized_shape": False}

@@ -4,8 +4,16 @@
 ``index.json`` (shard, offset, size, score per sample), small enough to ship
 to spawned workers. :class:`MemberReader` reads a member with ``os.pread``
 (no file position, so forked workers may share inherited descriptors), checks
-that the bytes are all there and start like an image whose size the header
-gives, and raises :class:`SampleError` naming the shard file and the key.
+that the bytes are all there and start like an image whose header declares no
+more than ``data.max_pixels`` pixels (before anything decodes them), decodes
+through :mod:`dist_syndr.imaging`, and raises :class:`SampleError` naming the
+shard file and the key.
+
+Each sample's evaluation crops are drawn from its pixel digest (the index's
+column). Sets written before it fall back to the xxh3-64 of the image member's
+bytes (its recorded checksum), with one warning recommending ``--reindex``, and
+one more where a JPEG member carries an EXIF orientation that the loaders, reading
+such sets as written, do not apply.
 
 Shapes: ``N`` samples in the table.
 """
@@ -19,7 +27,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dist_syndr.loader.crops import image_size
+from dist_syndr.config import DEFAULT_MAX_PIXELS
+from dist_syndr.imaging import TRANSPOSING_ORIENTATIONS, ImageError, decode, read_header
+from dist_syndr.imaging.headers import jpeg_orientation
 from dist_syndr.sharding.index_columns import member_base
 from dist_syndr.sharding.shard_set import ShardSet, member_checksum
 
@@ -45,6 +55,9 @@ class SampleTable:
     meta_offsets: np.ndarray | None = None  # (N,) int64 offset of the .json member
     meta_sizes: np.ndarray | None = None  # (N,) int64
     meta_checksums: np.ndarray | None = None  # (N,) uint64 xxh3-64 of the .json member
+    pixel_digests: np.ndarray | None = None  # (N,) uint64 of the upright pixels; None: none recorded
+    has_pixel_digests: np.ndarray | None = None  # (N,) bool; False: key the crops by the member's xxh3-64
+    root: str = ""  # the set's folder, for messages
 
     @staticmethod
     def from_shard_set(shard_set: ShardSet, *, is_verified: bool = True) -> SampleTable:
@@ -70,6 +83,9 @@ class SampleTable:
             sizes=np.asarray(columns.member_sizes[rows, image_column], dtype=np.int64),
             scores=shard_set.scores().astype(np.float32),
             extensions=tuple(np.array(columns.extensions)[image_column].tolist()),
+            pixel_digests=np.array(columns.pixel_digests, dtype=np.uint64),
+            has_pixel_digests=_digest_flags(shard_set),
+            root=str(shard_set.root),
             **checked,
         )
 
@@ -96,18 +112,29 @@ class SampleTable:
         return f"{self.shard_paths[self.shard_ids[row]]}: sample {self.keys[row]}"
 
 
-class MemberReader:
-    """Reads and checks image members; opens each shard once per process."""
+@dataclass(frozen=True)
+class CheckedMember:
+    """A sample's encoded image whose header passed the checks, and the digest its evaluation crops come from."""
 
-    def __init__(self, table: SampleTable):
+    data: bytes
+    width: int
+    height: int
+    digest: int  # the pixel digest (sets written before them: the member's xxh3-64)
+
+
+class MemberReader:
+    """Reads, checks and decodes image members; opens each shard once per process."""
+
+    def __init__(self, table: SampleTable, max_pixels: int = DEFAULT_MAX_PIXELS):
         self.table = table
+        self.max_pixels = max_pixels
         self._handles: dict[int, int] = {}
 
     def __getstate__(self) -> dict:
-        return {"table": self.table}
+        return {"table": self.table, "max_pixels": self.max_pixels}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["table"])
+        self.__init__(state["table"], state["max_pixels"])
 
     def read(self, row: int) -> bytes:
         """The encoded image of sample ``row``; SampleError if the shard is missing or too short, or (where the
@@ -142,21 +169,45 @@ class MemberReader:
                 f"{expected:016x}); the shard changed after writing"
             )
 
-    def read_checked(self, row: int, crop: int) -> tuple[bytes, int, int]:
-        """``(bytes, width, height)``; SampleError if the header is unreadable or the image is smaller
-        than ``crop``.
-        """
+    def read_checked(self, row: int, crop: int) -> CheckedMember:
+        """The member and its declared size; SampleError if the header is unreadable, declares more than
+        ``max_pixels`` pixels (nothing is decoded) or an image smaller than ``crop``."""
         data = self.read(row)
         try:
-            width, height = image_size(data)
-        except ValueError as error:
+            header = read_header(data)
+        except ImageError as error:
             raise SampleError(f"{self.table.describe(row)}: image bytes are corrupt ({error})") from None
+        width, height = header.width, header.height
+        if header.num_pixels > self.max_pixels:
+            raise SampleError(
+                f"{self.table.describe(row)}: image is {width}x{height}, {header.num_pixels:,} pixels above "
+                f"data.max_pixels={self.max_pixels:,}; refused before decoding"
+            )
         if width < crop or height < crop:
             raise SampleError(
                 f"{self.table.describe(row)}: image is {width}x{height}, smaller than the {crop}x{crop} crop"
                 " (images are never resized)"
             )
-        return data, width, height
+        table = self.table
+        if table.has_pixel_digests is not None and table.has_pixel_digests[row]:
+            return CheckedMember(data, width, height, int(table.pixel_digests[row]))
+        if header.format == "JPEG":
+            _warn_sideways_once(table.root, data)
+        return CheckedMember(data, width, height, member_checksum(data))
+
+    def decode(self, row: int, member: CheckedMember) -> np.ndarray:
+        """``(H, W, 3)`` uint8 pixels of a checked member as stored (shards hold upright pixels); SampleError
+        if they do not decode or their size differs from the header's."""
+        try:
+            pixels = decode(member.data, max_pixels=self.max_pixels, is_oriented=False)
+        except ImageError as error:
+            raise SampleError(f"{self.table.describe(row)}: image bytes are corrupt ({error})") from None
+        if pixels.shape[:2] != (member.height, member.width):
+            raise SampleError(
+                f"{self.table.describe(row)}: decoded size {pixels.shape[1]}x{pixels.shape[0]} differs from the "
+                f"header's {member.width}x{member.height}"
+            )
+        return pixels
 
     def close(self) -> None:
         """Close the shard files this process opened."""
@@ -172,18 +223,14 @@ class MemberReader:
                 pass
 
 
-def decodes_fully(data: bytes) -> bool:
-    """True when PIL decodes ``data`` without error (slow; used to name the samples of a shard
-    that fails verification).
-    """
-    from PIL import Image, UnidentifiedImageError
-
+def decodes_fully(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> bool:
+    """True when ``data`` decodes without error (slow; used to name the samples of a shard that fails
+    verification); False without decoding when the header declares more than ``max_pixels`` pixels."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-        return True
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        decode(data, max_pixels=max_pixels, is_oriented=False)
+    except ImageError:
         return False
+    return True
 
 
 def placeholder_png(crop: int) -> bytes:
@@ -204,6 +251,42 @@ def warn_skipped(epoch: int, num_skipped: int) -> None:
 
 
 _WARNED_ROOTS: set[str] = set()
+_WARNED_DIGESTS: set[str] = set()
+_WARNED_SIDEWAYS: set[str] = set()
+
+
+def _digest_flags(shard_set: ShardSet) -> np.ndarray:
+    """``(N,)`` bool: which samples have a pixel digest; a set written before them gets one warning."""
+    flags = np.array(shard_set.columns.has_pixel_digests, dtype=bool)
+    if not flags.all() and str(shard_set.root) not in _WARNED_DIGESTS:
+        _WARNED_DIGESTS.add(str(shard_set.root))
+        log.warning(
+            "%s: written before pixel digests; its evaluation crops are drawn from each image member's xxh3-64, "
+            "not from the upright pixels score.py digests, so the two may cut different windows "
+            "(add them with: python launchers/shard.py --reindex %s)",
+            shard_set.root,
+            shard_set.root,
+        )
+    return flags
+
+
+def _warn_sideways_once(root: str, data: bytes) -> None:
+    """One warning per process and set when a member of an older set carries an EXIF orientation that moves
+    pixels: such sets are read as written (sideways), while score.py applies the tag."""
+    if root in _WARNED_SIDEWAYS:
+        return
+    try:
+        orientation = jpeg_orientation(data)
+    except ImageError:
+        return
+    if orientation in TRANSPOSING_ORIENTATIONS:
+        _WARNED_SIDEWAYS.add(root)
+        log.warning(
+            "%s: written before the sharding step applied EXIF orientation: JPEG members with an orientation tag "
+            "(%d here) are read as stored, while score.py shows them upright; reshard the set to store them upright",
+            root,
+            orientation,
+        )
 
 
 def _has_checksums(shard_set: ShardSet) -> bool:

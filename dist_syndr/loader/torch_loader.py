@@ -2,17 +2,17 @@
 
 For machines without DALI (``data.loader: torch``, or ``auto`` where DALI is
 absent). Worker processes read members by offset (members.py), take the
-anchors from crops.py, decode with PIL and cut the same windows, so a given
-plan yields the same keys and, up to the decoder, the same pixels as the
-DALI path. Errors name the shard and the key; under ``on_error=skip`` the
-sample is dropped from its batch and counted.
+anchors from crops.py, decode through :mod:`dist_syndr.imaging` (PIL, bit for
+bit what DALI's CPU decoder gives) and cut the same windows, so a given plan
+yields the same keys and the same pixels as the DALI path. Errors name the
+shard and the key; under ``on_error=skip`` the sample is dropped from its batch
+and counted.
 
 Shapes: ``B`` batch size, ``n`` crops per image, ``C`` crop side.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import re
 from collections.abc import Iterator
@@ -23,7 +23,7 @@ import torch
 from dist_syndr.config import DataConfig
 from dist_syndr.features.preprocess import normalise
 from dist_syndr.loader.batch import Batch
-from dist_syndr.loader.crops import CropSpec
+from dist_syndr.loader.crops import CropSpec, cut
 from dist_syndr.loader.members import MemberReader, SampleError, SampleTable, warn_skipped
 from dist_syndr.loader.plan import RankPlan
 from dist_syndr.sharding.shard_set import ShardSet
@@ -59,27 +59,10 @@ class PlannedCrops(torch.utils.data.Dataset):
         return {"key": key, "crops": crops, "score": float(self.reader.table.scores[row])}
 
     def _crops(self, row: int, key: str) -> torch.Tensor:
-        from PIL import Image, UnidentifiedImageError
-
-        data, width, height = self.reader.read_checked(row, self.spec.size)
-        anchors = self.spec.anchors(key, width, height, seed=self.seed, epoch=self.epoch)
-        try:
-            with Image.open(io.BytesIO(data)) as image:
-                image.load()
-                if image.size != (width, height):
-                    raise SampleError(
-                        f"{self.reader.table.describe(row)}: decoded size {image.size} differs from the header's"
-                    )
-                # Conversion is per pixel, so cropping first gives the same values for less work.
-                crops = [np.asarray(image.crop(_box(anchor, self.spec.size)).convert("RGB")) for anchor in anchors]
-        except (UnidentifiedImageError, OSError, SyntaxError) as error:
-            raise SampleError(f"{self.reader.table.describe(row)}: image bytes are corrupt ({error})") from None
-        return torch.from_numpy(np.stack([normalise(crop) for crop in crops]))
-
-
-def _box(anchor: np.ndarray, size: int) -> tuple[int, int, int, int]:
-    x, y = int(anchor[0]), int(anchor[1])
-    return x, y, x + size, y + size
+        member = self.reader.read_checked(row, self.spec.size)  # the pixel cap and the size, before decoding
+        anchors = self.spec.anchors(key, member.digest, member.width, member.height, seed=self.seed, epoch=self.epoch)
+        pixels = self.reader.decode(row, member)
+        return torch.from_numpy(np.stack([normalise(cut(pixels, anchor, self.spec.size)) for anchor in anchors]))
 
 
 def collate(items: list[dict]) -> dict:
@@ -101,7 +84,7 @@ class TorchLoader:
         self.config = config
         self.spec = CropSpec.from_config(config, is_training=is_training)
         self.table = SampleTable.from_shard_set(shard_set, is_verified=config.verify_checksums != "off")
-        self.reader = MemberReader(self.table)
+        self.reader = MemberReader(self.table, config.max_pixels)
         self.pin_memory = pin_memory
         self.num_skipped = 0
 

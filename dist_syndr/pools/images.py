@@ -1,5 +1,6 @@
-"""Image file I/O for pools and shards: read, decode, lossless PNG encode, engine distortion.
+"""Image file I/O for pools and shards: read, lossless PNG encode, engine distortion.
 
+Decoding is :mod:`dist_syndr.imaging`'s (the one decode every stage shares).
 Every failure is a ``ValueError`` that names the file, so a bad image in a
 million-sample pool is found by name, not by a PIL stack trace.
 
@@ -8,7 +9,6 @@ Shapes: images ``(H, W, 3)`` uint8 RGB.
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
@@ -22,18 +22,6 @@ def read_bytes(path: Path) -> bytes:
         raise ValueError(f"{path}: cannot read image file ({error.strerror or error})") from None
 
 
-def decode(data: bytes, name: str) -> np.ndarray:
-    """Decode any PIL-readable image to ``(H, W, 3)`` uint8 RGB; ValueError naming ``name`` if corrupt or truncated."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            return np.array(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise ValueError(f"{name}: unreadable or truncated image ({error})") from None
-
-
 def encode_png(pixels: np.ndarray, compress_level: int = 1) -> bytes:
     """Lossless PNG bytes of an RGB array through libpng (torchvision).
 
@@ -43,6 +31,8 @@ def encode_png(pixels: np.ndarray, compress_level: int = 1) -> bytes:
     import torch
     from torchvision.io import encode_png as libpng_encode
 
+    if not pixels.flags.writeable:  # decoded pixels may be read-only; torch wraps only writable memory cleanly
+        pixels = pixels.copy()
     tensor = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).contiguous()
     return libpng_encode(tensor, compression_level=compress_level).numpy().tobytes()
 

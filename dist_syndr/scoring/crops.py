@@ -1,11 +1,13 @@
 """Which windows of an image a scorer shows the model, and how their predictions become one score.
 
 ``random`` and ``centre`` are the evaluation protocol (``data.eval_crops`` crops of
-``data.crop`` pixels whose anchors come from :func:`dist_syndr.loader.crops.crop_anchors`,
-keyed by the image's name and the run's seed, so the same name always gets the same
-crops). ``full`` covers the whole image with the fewest ``crop x crop`` tiles that reach
-every pixel, evenly spaced (overlapping where the size is not a multiple), because a
-fixed-size ViT cannot take an arbitrary size; the tiles' predictions are averaged.
+``data.crop`` pixels whose anchors come from ``dist_syndr.imaging.digest.evaluation_anchors``,
+drawn from the run's seed and the digest of the image's upright pixels: the same image gets
+the same crops whatever its name or path, and the crops ``evaluate.py`` cuts from the same
+image in a shard set, whose index records that digest). ``full`` covers the whole image
+with the fewest ``crop x crop`` tiles that reach every pixel, evenly spaced (overlapping
+where the size is not a multiple), because a fixed-size ViT cannot take an arbitrary size;
+the tiles' predictions are averaged.
 Images with a side below the crop are resized up (bicubic, aspect kept) until they fit,
 as the feature pass does; training would refuse them, and the result row says
 ``resized``.
@@ -22,7 +24,7 @@ from typing import Literal
 import numpy as np
 
 from dist_syndr.features.preprocess import normalise_batch, resize_to_fit
-from dist_syndr.loader.crops import crop_anchors, cut
+from dist_syndr.imaging.digest import cut, evaluation_anchors, pixel_digest
 
 CropMode = Literal["random", "centre", "full"]
 CROP_MODES: tuple[str, ...] = ("random", "centre", "full")
@@ -52,27 +54,33 @@ class CropProtocol:
 
     def describe(self) -> str:
         """One line for logs and model cards."""
+        upright = "images decoded to 8-bit RGB with their EXIF orientation applied"
         if self.mode == "full":
-            return f"the whole image as {self.size}x{self.size} tiles, predictions averaged"
+            return f"{upright}; the whole image as {self.size}x{self.size} tiles, predictions averaged"
         if self.mode == "centre":
-            return f"one {self.size}x{self.size} centre crop"
-        return f"{self.num_crops} random {self.size}x{self.size} crops (seed {self.seed}), predictions averaged"
+            return f"{upright}; one {self.size}x{self.size} centre crop"
+        return (
+            f"{upright}; {self.num_crops} random {self.size}x{self.size} crops, predictions averaged; their positions "
+            f"are drawn from the seed ({self.seed}) and the xxh3-64 of the upright pixels (shape and RGB bytes), "
+            "never from the file's name or place"
+        )
 
-    def windows(self, pixels: np.ndarray, name: str) -> tuple[np.ndarray, bool]:
-        """``((K, C, C, 3) uint8 windows, was_resized)`` of an ``(H, W, 3)`` image called ``name``."""
+    def windows(self, pixels: np.ndarray) -> tuple[np.ndarray, bool]:
+        """``((K, C, C, 3) uint8 windows, was_resized)`` of an ``(H, W, 3)`` upright image; random crops are
+        drawn from its pixel digest (of the pixels as given, before any resize)."""
+        digest = pixel_digest(pixels) if self.mode == "random" else 0
         pixels, resized = resize_to_fit(pixels, self.size)
         height, width = pixels.shape[:2]
         if self.mode == "full":
             anchors = tile_anchors(width, height, self.size)
         else:
-            anchors = crop_anchors(
-                name, width, height, self.size, seed=self.seed, epoch=0, num_crops=self.num_crops, mode=self.mode
-            )
+            options = {"seed": self.seed, "num_crops": self.num_crops, "mode": self.mode}
+            anchors = evaluation_anchors(digest, width, height, self.size, **options)
         return np.stack([cut(pixels, anchor, self.size) for anchor in anchors]), resized
 
-    def model_inputs(self, pixels: np.ndarray, name: str) -> tuple[np.ndarray, bool]:
+    def model_inputs(self, pixels: np.ndarray) -> tuple[np.ndarray, bool]:
         """``((K, 3, C, C) float32 normalised windows, was_resized)``."""
-        windows, resized = self.windows(pixels, name)
+        windows, resized = self.windows(pixels)
         return normalise_batch(windows), resized
 
 

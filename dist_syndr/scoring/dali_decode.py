@@ -1,29 +1,32 @@
 """Decoding scoring inputs with DALI: "mixed" (nvJPEG, the hardware JPEG decoder) on a GPU, "cpu" without one.
 
-DALI takes the files it decodes as PIL does: complete 8-bit JPEG and PNG files in RGB or grayscale,
-no larger than the pixel limit and no smaller than the crop, EXIF orientation applied by both and
-JPEG chroma upsampled the way libjpeg does by default. Every other file, and every file of a batch
-DALI fails on, goes through PIL (:func:`dist_syndr.scoring.inputs.decode_bytes`), which converts the
-rarer modes, resizes small images up and names the reason a file cannot be scored. So the result of a
-file does not depend on the decoder beyond a JPEG's last grey levels; PNG decodes bit-exactly.
+DALI takes the files it decodes as PIL does: the header's "plain" files
+(:mod:`dist_syndr.imaging.headers`: complete 8-bit JPEG and PNG in RGB or grayscale, JPEG chroma
+upsampled the way libjpeg does by default), no larger than the pixel limit and no smaller than the
+crop. DALI decodes them as stored (``adjust_orientation=False``) and the EXIF orientation PIL reads
+from the header is applied by the same :func:`dist_syndr.imaging.decode.orient` that the PIL path
+uses, so both paths turn a file into the same upright pixels (bit for bit on the CPU, measured; the
+GPU's nvJPEG within a JPEG's last grey levels). A PNG whose orientation PIL would find only by
+decoding (eXIf or EXIF/XMP text chunks), every other file, and every file of a batch DALI fails on
+goes through PIL (:func:`dist_syndr.imaging.decode.decode`), which converts the rarer modes, resizes
+small images up and names the reason a file cannot be scored.
 
 Shapes: decoded images ``(H, W, 3)`` uint8 RGB.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from dist_syndr.scoring.inputs import ImageError, decode_bytes
+from dist_syndr.imaging import ImageError, decode, orient, read_header
+from dist_syndr.imaging.headers import jpeg_orientation
 
 log = logging.getLogger(__name__)
 
-DALI_MODES = {"JPEG": ("RGB", "L"), "PNG": ("RGB", "L")}  # format -> the PIL modes DALI decodes alike
 DECODERS = ("auto", "pil", "dali")
 
 
@@ -41,24 +44,26 @@ def resolve_decoder(decoder: str, device_type: str) -> str:
     return decoder
 
 
-def is_complete_simple_image(data: bytes, min_side: int, max_pixels: int) -> bool:
-    """True for whole (end marker present) 8-bit RGB or grayscale JPEG/PNG bytes within the size limits."""
-    from PIL import Image
-
-    if not (data.endswith(b"\xff\xd9") or data.endswith(b"IEND\xaeB`\x82")):
-        return False
+def dali_orientation(data: bytes, min_side: int, max_pixels: int) -> int | None:
+    """The EXIF orientation to apply to what DALI decodes of ``data``, or None when DALI does not take the file
+    (not plain, outside the size limits, or a PNG whose orientation only decoding would tell)."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-            return (
-                image.format in DALI_MODES
-                and image.mode in DALI_MODES[image.format]
-                and "transparency" not in image.info
-                and min(width, height) >= min_side
-                and width * height <= max_pixels
-            )
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
-        return False
+        header = read_header(data, max_pixels)
+    except ImageError:
+        return None
+    if not header.is_plain or min(header.width, header.height) < min_side:
+        return None
+    if header.format == "PNG":
+        return None if header.has_png_metadata else 1
+    try:
+        return jpeg_orientation(data, max_pixels)
+    except ImageError:
+        return None
+
+
+def is_complete_simple_image(data: bytes, min_side: int, max_pixels: int) -> bool:
+    """True for the files DALI decodes here (see :func:`dali_orientation`)."""
+    return dali_orientation(data, min_side, max_pixels) is not None
 
 
 class DaliDecoder:
@@ -96,7 +101,9 @@ def _pipeline(mode: str, batch_size: int, num_threads: int, device_id: int):
     def graph():
         encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
         device = "mixed" if mode == "gpu" else "cpu"
-        return fn.decoders.image(encoded, device=device, output_type=types.RGB, jpeg_fancy_upsampling=True)
+        options = {"output_type": types.RGB, "jpeg_fancy_upsampling": True}
+        # As stored: orient() applies the orientation PIL reads, exactly as on the PIL path.
+        return fn.decoders.image(encoded, device=device, adjust_orientation=False, **options)
 
     pipe = graph()
     pipe.build()
@@ -106,8 +113,8 @@ def _pipeline(mode: str, batch_size: int, num_threads: int, device_id: int):
 def decoded_files(
     paths: Sequence[Path], decoder: DaliDecoder, *, min_side: int, max_pixels: int
 ) -> Iterator[tuple[int, Path, Callable[[], np.ndarray]]]:
-    """``(index, path, decode)`` per file, in order, a batch at a time: ``decode()`` returns what DALI decoded,
-    or decodes with PIL (raising :class:`~dist_syndr.scoring.inputs.ImageError` with the reason) for files
+    """``(index, path, decode)`` per file, in order, a batch at a time: ``decode()`` returns what DALI decoded
+    (oriented), or decodes with PIL (raising :class:`~dist_syndr.imaging.ImageError` with the reason) for files
     DALI does not take or failed on."""
     for start in range(0, len(paths), decoder.batch_size):
         batch = list(enumerate(paths[start : start + decoder.batch_size], start=start))
@@ -117,17 +124,18 @@ def decoded_files(
                 encoded[index] = Path(path).read_bytes()
             except OSError as error:
                 encoded[index] = ImageError(f"unreadable file ({error.strerror or error})")
-        simple = [
-            i
-            for i, _ in batch
-            if isinstance(encoded[i], bytes) and is_complete_simple_image(encoded[i], min_side, max_pixels)
-        ]
+        orientations = {
+            i: dali_orientation(data, min_side, max_pixels) for i, data in encoded.items() if isinstance(data, bytes)
+        }
+        simple = [i for i, orientation in orientations.items() if orientation is not None]
         images: dict[int, np.ndarray] = {}
         if simple:
             try:
-                images = dict(zip(simple, decoder.decode([encoded[i] for i in simple]), strict=True))
+                decoded = decoder.decode([encoded[i] for i in simple])
             except RuntimeError as error:
                 log.info("DALI failed on a batch of %d files (%s); PIL decodes them one by one", len(simple), error)
+            else:
+                images = {i: orient(image, orientations[i]) for i, image in zip(simple, decoded, strict=True)}
         for index, path in batch:
             yield index, path, _decode_function(images.get(index), encoded[index], max_pixels)
 
@@ -142,4 +150,4 @@ def _decode_function(image, data, max_pixels) -> Callable[[], np.ndarray]:
             raise error
 
         return fail
-    return lambda: decode_bytes(data, max_pixels)
+    return lambda: decode(data, max_pixels=max_pixels)

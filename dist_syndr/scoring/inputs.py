@@ -3,10 +3,11 @@
 A PATH is an image file, a folder (searched recursively for image suffixes), a glob
 pattern (``**`` allowed), or a list file (``.txt``/``.lst``: one path per line;
 ``.csv``: a ``path`` column, else the first column), whose relative entries are
-read against the list's folder. Decoding applies the EXIF orientation, turns
-grayscale, palette, CMYK, alpha and 16-bit images into 8-bit RGB, and refuses
-images above a pixel limit before decoding them, so a huge file cannot take the
-memory of the whole job.
+read against the list's folder. Files are decoded by :mod:`dist_syndr.imaging`,
+as the sharding step decodes a dataset's images: EXIF orientation applied,
+grayscale, palette, CMYK, alpha and 16-bit images turned into 8-bit RGB, and
+images above a pixel limit refused before decoding, so a huge file cannot take
+the memory of the whole job.
 
 Shapes: decoded images ``(H, W, 3)`` uint8 RGB.
 """
@@ -21,13 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
+from dist_syndr.imaging import ImageError, decode_file, upright_rgb
+
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"})
 LIST_SUFFIXES = frozenset({".txt", ".lst", ".csv"})
-DEFAULT_MAX_PIXELS = 120_000_000  # about 360 MB as RGB; larger images are listed as errors, not decoded
-
-
-class ImageError(ValueError):
-    """An input that cannot be scored; the message is the reason written to the errors file."""
 
 
 def expand_paths(specs: Sequence[str | Path]) -> list[Path]:
@@ -69,63 +67,13 @@ def _read_list(path: Path) -> list[Path]:
     return [Path(entry) if Path(entry).is_absolute() else path.parent / entry for entry in entries]
 
 
-def decode_file(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """``(H, W, 3)`` uint8 RGB of an image file; :class:`ImageError` with the reason when it cannot be."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as error:
-        raise ImageError(f"unreadable file ({error.strerror or error})") from None
-    return decode_bytes(data, max_pixels)
-
-
-def decode_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """``(H, W, 3)`` uint8 RGB of encoded image bytes, upright by their EXIF orientation."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    if not data:
-        raise ImageError("empty file")
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ImageError(f"{width}x{height} pixels exceeds the limit of {max_pixels:,} (--max-pixels)")
-            image.load()
-            return to_rgb(ImageOps.exif_transpose(image))
-    except ImageError:
-        raise
-    except Image.DecompressionBombError as error:
-        raise ImageError(f"refused as a decompression bomb ({error})") from None
-    except UnidentifiedImageError:
-        raise ImageError("not a readable image (no image format PIL knows)") from None
-    except (OSError, SyntaxError, ValueError) as error:
-        raise ImageError(f"not a readable image ({error})") from None
-
-
-def to_rgb(image) -> np.ndarray:
-    """``(H, W, 3)`` uint8 of a PIL image in any mode: 16-bit and 32-bit integer images are scaled to 8 bits
-    (``v / 257``, rounded), float images clipped to [0, 255], alpha dropped, palette and CMYK converted."""
-    mode = image.mode
-    if mode.startswith("I;16") or mode == "I":
-        wide = np.asarray(image, dtype=np.float64)
-        gray = np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8)
-        return np.repeat(gray[:, :, None], 3, axis=2)
-    if mode == "F":
-        gray = np.clip(np.rint(np.asarray(image, dtype=np.float64)), 0, 255).astype(np.uint8)
-        return np.repeat(gray[:, :, None], 3, axis=2)
-    if mode != "RGB":
-        image = image.convert("RGBA" if mode in ("P", "PA", "LA") else "RGB").convert("RGB")
-    return np.asarray(image, dtype=np.uint8)
-
-
 def as_rgb_array(item) -> np.ndarray:
     """``(H, W, 3)`` uint8 RGB of a Python-API item: a path, a PIL image, an ``(H, W)``/``(H, W, 3|4)`` uint8
     array, or a ``(3, H, W)`` uint8 tensor (or float tensor in [0, 1])."""
     if isinstance(item, str | Path):
         return decode_file(Path(item))
-    if hasattr(item, "mode") and hasattr(item, "convert"):  # a PIL image
-        from PIL import ImageOps
-
-        return to_rgb(ImageOps.exif_transpose(item))
+    if hasattr(item, "mode") and hasattr(item, "convert"):  # a PIL image: upright by its EXIF orientation
+        return upright_rgb(item)
     if type(item).__module__.startswith("torch"):
         import torch
 

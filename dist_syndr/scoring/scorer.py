@@ -7,9 +7,10 @@
     scorer = Scorer.load("runs/vit-b", device="auto")     # run folder, checkpoint folder or weights file
     scores = scorer.score(["photos/a.jpg", pil_image, uint8_array])   # (N,) on the training scale [0, 10]
 
-Scoring needs no DeepSpeed and no process group. Inputs are decoded by PIL
-(:mod:`dist_syndr.scoring.inputs`), cut by the run's crop protocol
-(:mod:`dist_syndr.scoring.crops`) and sent through the model in batches of
+Scoring needs no DeepSpeed and no process group. Inputs are decoded to upright
+RGB as the sharding step decodes a dataset (:mod:`dist_syndr.imaging`, through
+:mod:`dist_syndr.scoring.inputs`), cut by the run's crop protocol
+(:mod:`dist_syndr.scoring.crops`, random crops drawn from the pixels' digest) and sent through the model in batches of
 ``batch_size`` crops; bf16 on a GPU unless told otherwise. For many files,
 :meth:`Scorer.score_files` decodes in DataLoader workers and yields results as
 they finish, errors included, so one bad file never stops a job.
@@ -32,13 +33,14 @@ from dist_syndr.config import Config
 from dist_syndr.features.embed import evaluating, forward_rows, input_dtype
 from dist_syndr.features.precision import Precision, resolve
 from dist_syndr.features.preprocess import normalise_batch
+from dist_syndr.imaging import DEFAULT_MAX_PIXELS, ImageError, decode_file
 from dist_syndr.pools.scores import LabelScale
 from dist_syndr.runs import card as card_file
 from dist_syndr.runs.checkpoints import config_path_of, load_model
 from dist_syndr.scoring.compiled import CompiledForward
 from dist_syndr.scoring.crops import CropProtocol
 from dist_syndr.scoring.dali_decode import DaliDecoder, decoded_files, resolve_decoder
-from dist_syndr.scoring.inputs import DEFAULT_MAX_PIXELS, ImageError, as_rgb_array, decode_file
+from dist_syndr.scoring.inputs import as_rgb_array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -251,7 +253,7 @@ class _Prepared:
 def _prepare(index: int, name: str, decode, protocol: CropProtocol) -> _Prepared:
     """Decode and cut one item: uint8 windows (a quarter of the bytes float32 crops take between processes)."""
     try:
-        crops, resized = protocol.windows(decode(), name)
+        crops, resized = protocol.windows(decode())
     except (ImageError, ValueError) as error:
         return _Prepared(ScoredImage(index, name, error=str(error)))
     return _Prepared(ScoredImage(index, name, is_resized=resized), crops)
@@ -268,7 +270,7 @@ class _FileWindows(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> _Prepared:
         path = self.paths[index]
-        return _prepare(index, str(path), lambda: decode_file(path, self.max_pixels), self.protocol)
+        return _prepare(index, str(path), lambda: decode_file(path, max_pixels=self.max_pixels), self.protocol)
 
 
 def _as_is(item: _Prepared) -> _Prepared:

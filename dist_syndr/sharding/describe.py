@@ -21,7 +21,7 @@ from dist_syndr.sharding.shard_set import ShardSet
 
 def summary(shard_set: ShardSet) -> dict:
     """Counts and ranges of the set: samples by origin and source, shards and their bytes, scores,
-    member extensions, whether member checksums are recorded, skipped inputs."""
+    member extensions, whether member checksums and pixel digests are recorded, skipped inputs."""
     columns = shard_set.columns
     scores = columns.scores
     scored = scores[~np.isnan(scores)]
@@ -37,6 +37,7 @@ def summary(shard_set: ShardSet) -> dict:
         "shard_bytes": sum(info.bytes for info in shard_set.shards.values()),
         "extensions": list(columns.extensions),
         "member_checksums": shard_set.has_member_checksums,
+        "pixel_digests": int(columns.has_pixel_digests.sum()),
         "scores": {
             "labelled": len(scored),
             "unlabelled": len(scores) - len(scored),
@@ -58,12 +59,20 @@ def summary_text(shard_set: ShardSet) -> str:
         else "none labelled"
     )
     checksums = "recorded" if facts["member_checksums"] else "absent (add them with --reindex)"
+    num_digests = facts["pixel_digests"]
+    digests = (
+        "recorded"
+        if num_digests == facts["samples"]
+        else f"for {num_digests} of {facts['samples']} samples (evaluation crops of the others are keyed by their "
+        "bytes; add them with --reindex)"
+    )
     lines = [
         f"{facts['root']}: index format {facts['format']}",
         f"  samples    {facts['samples']} ({_joined(facts['by_origin'])})",
         f"  sources    {_joined(facts['by_source']) or '-'}",
         f"  shards     {facts['shards']} tars, {facts['shard_bytes'] / 1e6:.1f} MB",
         f"  members    {', '.join(facts['extensions'])}; checksums {checksums}",
+        f"  pixels     digests {digests}",
         f"  scores     {score_line}; {scores['unlabelled']} unlabelled",
         f"  skipped    {facts['skipped']} unreadable input(s)",
     ]

@@ -8,6 +8,11 @@ and a few vectorised checks, and every rank and worker on a node shares the same
 pages. Keys are found through a sorted table of their xxh3-64 hashes (binary search, then one
 string compare), so no per-key dict is ever built.
 
+Each sample also records the :func:`~dist_syndr.imaging.digest.pixel_digest` of its upright decoded
+pixels (``pixel_digest`` in a record), from which evaluation crops are drawn. Sets written before it
+lack the two arrays; they read as samples without a digest (``--reindex`` adds them), and readers
+older than the column ignore it.
+
 Shapes: ``N`` samples, ``E`` member extensions in the set.
 """
 
@@ -26,6 +31,8 @@ from dist_syndr import files
 
 COLUMNS_SUFFIX = ".columns"  # index-<xxh3-64 of the content>.columns
 CHECKSUM_FIELD = "xxh3_64"  # per-sample record: extension -> the member's checksum
+PIXEL_DIGEST_FIELD = "pixel_digest"  # per-sample record: xxh3-64 of the upright decoded pixels (imaging.pixel_digest)
+_OPTIONAL_ARRAYS = ("pixel_digests", "has_pixel_digests")  # absent from columns files written before them
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "bmp")  # a sample's image member: the first of these it has
 NONE_CODE = -1  # category code, distortion type or level of a sample that has none
 _ALIGN = 64
@@ -84,6 +91,8 @@ class IndexColumns:
     member_sizes: np.ndarray  # (N, E) int64, -1: the sample has no such member
     member_checksums: np.ndarray  # (N, E) uint64 xxh3-64 of the member's bytes
     has_checksums: np.ndarray  # (N,) bool, False in sets written before member checksums
+    pixel_digests: np.ndarray  # (N,) uint64 pixel digest of the image (0 where has_pixel_digests is False)
+    has_pixel_digests: np.ndarray  # (N,) bool, False in sets written before pixel digests
 
     def __len__(self) -> int:
         return len(self.shard_ids)
@@ -267,12 +276,16 @@ def from_records(records: Sequence[dict], shard_names: Sequence[str], where: Pat
     sizes = np.full((count, len(extensions)), -1, dtype=np.int64)
     checksums = np.zeros((count, len(extensions)), dtype=np.uint64)
     has_checksums = np.zeros(count, dtype=bool)
+    digests = np.zeros(count, dtype=np.uint64)
+    has_digests = np.zeros(count, dtype=bool)
     fields: dict[str, list] = {
         name: [] for name in ("key", "shard", "score", "type", "level", "ref", "origin", "source")
     }
     for row, record in enumerate(records):
         try:
             _add_record(record, row, fields, column_of, offsets, sizes, checksums, has_checksums)
+            if record.get(PIXEL_DIGEST_FIELD) is not None:
+                digests[row], has_digests[row] = int(record[PIXEL_DIGEST_FIELD]), True
         except (KeyError, TypeError, ValueError, IndexError, OverflowError) as error:
             raise ValueError(f"{where}: malformed sample record {str(record)[:120]} ({error})") from None
         shard, key, score = record["shard"], record["key"], fields["score"][-1]
@@ -309,6 +322,8 @@ def from_records(records: Sequence[dict], shard_names: Sequence[str], where: Pat
         member_sizes=sizes,
         member_checksums=checksums,
         has_checksums=has_checksums,
+        pixel_digests=digests,
+        has_pixel_digests=has_digests,
     )
 
 
@@ -359,8 +374,11 @@ def _from_flat_arrays(arrays: dict[str, np.ndarray], extensions: tuple[str, ...]
                 continue
             if f"{field.name}.blob" in arrays or field.type == "StringColumn":
                 values[field.name] = StringColumn(arrays[f"{field.name}.blob"], arrays[f"{field.name}.starts"])
-            else:
+            elif field.name in arrays or field.name not in _OPTIONAL_ARRAYS:
                 values[field.name] = arrays[field.name]
     except KeyError as error:
         raise ValueError(f"{where}: the columns file lacks the array {error.args[0]}") from None
+    count = len(values["shard_ids"])  # files written before pixel digests hold neither array
+    values.setdefault("pixel_digests", np.zeros(count, dtype=np.uint64))
+    values.setdefault("has_pixel_digests", np.zeros(count, dtype=bool))
     return IndexColumns(extensions=extensions, **values)

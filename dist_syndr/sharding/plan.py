@@ -235,7 +235,7 @@ def _reference_features(keys: list[str], paths: list[str], prefix: str, config: 
     settings = config.shard.features
     precomputed = getattr(settings, f"{prefix}_features")
     if not precomputed:
-        return embed_paths([Path(p) for p in paths], settings)
+        return embed_paths([Path(p) for p in paths], settings, max_pixels=config.shard.max_pixels)
     names, features = load_named_features(precomputed, getattr(settings, f"{prefix}_names"))
     row_of = {Path(name).stem: row for row, name in enumerate(names)}
     missing = [key for key in keys if key.rsplit("/", 1)[-1] not in row_of]

@@ -27,9 +27,16 @@ from tqdm.auto import tqdm
 
 from dist_syndr import files
 from dist_syndr.files import sha256_file
-from dist_syndr.pools import images
+from dist_syndr.imaging.decode import decode
+from dist_syndr.imaging.digest import pixel_digest
 from dist_syndr.sharding import index_columns
-from dist_syndr.sharding.index_columns import CHECKSUM_FIELD, IMAGE_EXTENSIONS, is_safe_member_name, member_base
+from dist_syndr.sharding.index_columns import (
+    CHECKSUM_FIELD,
+    IMAGE_EXTENSIONS,
+    PIXEL_DIGEST_FIELD,
+    is_safe_member_name,
+    member_base,
+)
 
 INDEX_NAME = "index.json"
 LOCK_NAME = ".lock"  # the writers' advisory lock (sharding.writer.writing); readers never open it
@@ -81,6 +88,7 @@ class SampleEntry:
     origin: str
     source: str
     checksums: dict[str, int] | None = None  # extension -> xxh3-64 of the bytes (None: older set)
+    pixel_digest: int | None = None  # imaging.pixel_digest of the image's upright pixels (None: older set)
 
     @property
     def image_extension(self) -> str:
@@ -162,6 +170,7 @@ class ShardSet:
             checksums={ext: int(columns.member_checksums[row, c]) for c, ext in present}
             if columns.has_checksums[row]
             else None,
+            pixel_digest=int(columns.pixel_digests[row]) if columns.has_pixel_digests[row] else None,
         )
 
     @property
@@ -203,6 +212,11 @@ class ShardSet:
         """True when the index records a checksum for every member (sets written before them do not)."""
         return bool(self.columns.has_checksums.all())
 
+    @property
+    def has_pixel_digests(self) -> bool:
+        """True when the index records every sample's pixel digest (sets written before them do not)."""
+        return bool(self.columns.has_pixel_digests.all())
+
     def read_image_bytes(self, key: str) -> bytes:
         """The encoded image of sample ``key``."""
         entry = self._entry_of(key)  # one lookup for the extension and the read
@@ -228,12 +242,15 @@ class ShardSet:
             }
             if entry.checksums is not None:
                 record[CHECKSUM_FIELD] = entry.checksums
+            if entry.pixel_digest is not None:
+                record[PIXEL_DIGEST_FIELD] = entry.pixel_digest
             yield record
 
     def verify(self, *, check_members: bool = True, decode_images: bool = False) -> None:
         """Check every shard's size and sha256; with ``check_members``, that each tar's members
         (names, offsets, sizes) match the index; with ``decode_images``, that every image and
-        metadata member decodes. Raises ValueError naming the shard or sample."""
+        metadata member decodes and that each image's pixels give its recorded digest. Raises ValueError naming
+        the shard or sample."""
         for info in self.shards.values():
             path = self.root / info.name
             if not path.is_file():
@@ -245,7 +262,10 @@ class ShardSet:
                 _check_tar_members(self.root / name, [self.by_key[key] for key in keys])
         if decode_images:
             for entry in tqdm(self.samples, desc="decoding", unit="img", disable=len(self) < 1000):
-                images.decode(self.read_image_bytes(entry.key), f"sample {entry.key} in {entry.shard}")
+                where = f"sample {entry.key} in {entry.shard}"
+                pixels = decode(self.read_image_bytes(entry.key), is_oriented=False, name=where)  # stored upright
+                if entry.pixel_digest is not None and pixel_digest(pixels) != entry.pixel_digest:
+                    raise ValueError(f"{where}: decoded pixels differ from the index's pixel digest")
                 try:
                     self.read_meta(entry.key)
                 except json.JSONDecodeError:

@@ -1,10 +1,15 @@
 """Writing shard sets: work items -> WebDataset tars + ``index.json``, parallel and resumable.
 
 Samples are cut into shards in plan order. Each shard is produced by one
-worker process: images are read (JPEG and PNG bytes kept as they are, other
-formats decoded and re-encoded losslessly as PNG) or made by the distortion
-engine, written to a tar under a temporary name with fixed headers (so a
-given config always yields the same bytes), then renamed. A sidecar
+worker process: every image is decoded once through :mod:`dist_syndr.imaging`
+(refused above ``shard.max_pixels`` before decoding, EXIF orientation applied)
+or made by the distortion engine, so a shard holds upright pixels: plain JPEG
+and PNG files (8-bit RGB or grey, orientation 1) are stored byte for byte, every
+other file (an EXIF orientation that moves pixels, other formats or modes)
+as a lossless PNG of its upright 8-bit RGB pixels. Each sample records the
+pixel digest of those pixels. A shard is written to a tar under a temporary
+name with fixed headers (so a given config always yields the same bytes), then
+renamed. A sidecar
 ``shard-NNNNNN.json`` records the shard's members, offsets and sha256; a rerun
 skips every shard whose tar still matches its sidecar, so a killed run resumes
 where it stopped. Ranks split the shards; rank 0 assembles ``index.json``.
@@ -34,23 +39,15 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from dist_syndr import collectives, files, runtime
-from dist_syndr.config import ShardConfig
+from dist_syndr import collectives, files, imaging, runtime
+from dist_syndr.config import DEFAULT_MAX_PIXELS, ShardConfig
 from dist_syndr.pools.scores import minmax_to_ten
-from dist_syndr.sharding.index_columns import CHECKSUM_FIELD, member_base
-from dist_syndr.sharding.shard_set import (
-    FORMAT_VERSION,
-    INDEX_NAME,
-    LOCK_NAME,
-    ShardSet,
-    member_checksum,
-    scan_tar,
-    write_index,
-)
+from dist_syndr.sharding.index_columns import CHECKSUM_FIELD, PIXEL_DIGEST_FIELD, member_base
+from dist_syndr.sharding.shard_set import INDEX_NAME, LOCK_NAME, member_checksum, scan_tar, write_index
 
 log = logging.getLogger(__name__)
 
-_KEPT_AS_IS = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png"}
+_STORED_AS_IS = {"JPEG": "jpg", "PNG": "png"}  # header format -> member extension of plain files kept byte for byte
 
 
 @dataclass(frozen=True)
@@ -75,11 +72,14 @@ class WriteOptions:
     png_compress_level: int = 1
     num_workers: int = 2
     on_error: str = "error"  # error | skip
+    max_pixels: int = DEFAULT_MAX_PIXELS  # images and references declaring more pixels are refused unread
 
     @staticmethod
     def from_config(shard: ShardConfig) -> WriteOptions:
         """The write options of a ``shard`` config section."""
-        return WriteOptions(shard.samples_per_shard, shard.png_compress_level, shard.num_workers, shard.on_error)
+        return WriteOptions(
+            shard.samples_per_shard, shard.png_compress_level, shard.num_workers, shard.on_error, shard.max_pixels
+        )
 
 
 def item_seed(run_seed: int, key: str) -> int:
@@ -162,7 +162,7 @@ def weak_qualities(out_dir: Path, shard_numbers: range) -> dict[str, float]:
     """
     qualities = {}
     for index in shard_numbers:
-        sidecar = _sidecar_path(out_dir, index)
+        sidecar = sidecar_path(out_dir, index)
         if not sidecar.is_file():
             raise ValueError(f"{sidecar}: missing; the shard was not written")
         for sample in json.loads(sidecar.read_text())["samples"]:
@@ -214,12 +214,13 @@ def _plan_digest(items: list[WorkItem]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _sidecar_path(out_dir: Path, index: int) -> Path:
+def sidecar_path(out_dir: Path, index: int) -> Path:
+    """``shard-000042.json``: the record of shard 42 that a rerun checks."""
     return out_dir / shard_name(index).replace(".tar", ".json")
 
 
 def _is_finished(out_dir: Path, index: int, items: list[WorkItem]) -> bool:
-    sidecar, tar_path = _sidecar_path(out_dir, index), out_dir / shard_name(index)
+    sidecar, tar_path = sidecar_path(out_dir, index), out_dir / shard_name(index)
     if not (sidecar.is_file() and tar_path.is_file()):
         return False
     try:
@@ -227,6 +228,8 @@ def _is_finished(out_dir: Path, index: int, items: list[WorkItem]) -> bool:
     except json.JSONDecodeError:
         return False
     if record.get("plan_digest") != _plan_digest(items):
+        return False
+    if not all(PIXEL_DIGEST_FIELD in sample for sample in record["samples"]):  # written before pixel digests
         return False
     if tar_path.stat().st_size != record["bytes"] or files.sha256_file(tar_path) != record["sha256"]:
         log.warning("%s: checksum mismatch, rewriting it", tar_path)
@@ -251,7 +254,7 @@ def write_shard(index: int, items: list[WorkItem], out_dir: Path, options: Write
         "samples": records,
         "skipped": skipped,
     }
-    files.write_text(_sidecar_path(out_dir, index), json.dumps(record, sort_keys=True))
+    files.write_text(sidecar_path(out_dir, index), json.dumps(record, sort_keys=True))
     return record
 
 
@@ -262,7 +265,7 @@ def _write_tar(path: Path, items: list[WorkItem], options: WriteOptions) -> tupl
         reference_cache: dict[str, np.ndarray] = {}
         for item in items:
             try:
-                image_bytes, extension, weak = _produce(item, options, reference_cache)
+                image_bytes, extension, weak, digest = _produce(item, options, reference_cache)
             except ValueError as error:
                 if options.on_error != "skip":
                     raise
@@ -276,7 +279,9 @@ def _write_tar(path: Path, items: list[WorkItem], options: WriteOptions) -> tupl
             _add_member(archive, f"{base}.{extension}", image_bytes)
             _add_member(archive, f"{base}.json", meta_bytes)
             checksums = {extension: member_checksum(image_bytes), "json": member_checksum(meta_bytes)}
-            samples.append({"key": item.key, "extension": extension, "meta": meta, CHECKSUM_FIELD: checksums})
+            samples.append(
+                {"key": item.key, "extension": extension, "meta": meta, CHECKSUM_FIELD: checksums, "digest": digest}
+            )
     return samples, skipped
 
 
@@ -288,6 +293,7 @@ def _index_record(sample: dict, shard: str, offsets: dict[str, tuple[int, int]])
         "shard": shard,
         "members": {ext: list(offsets[f"{base}.{ext}"]) for ext in (sample["extension"], "json")},
         CHECKSUM_FIELD: sample[CHECKSUM_FIELD],  # of each member's bytes, checked before anything decodes them
+        PIXEL_DIGEST_FIELD: sample["digest"],  # of the upright pixels: evaluation crops are drawn from it
         "score": meta.get("score"),
         "weak_label": meta.get("weak_label"),
         "ref": meta.get("ref"),
@@ -307,48 +313,51 @@ def _add_member(archive: tarfile.TarFile, name: str, data: bytes) -> None:
     archive.addfile(info, io.BytesIO(data))
 
 
-def _produce(item: WorkItem, options: WriteOptions, cache: dict[str, np.ndarray]) -> tuple[bytes, str, dict | None]:
-    """The stored image bytes, their extension and the weak-label record (or None)."""
+def _produce(
+    item: WorkItem, options: WriteOptions, cache: dict[str, np.ndarray]
+) -> tuple[bytes, str, dict | None, int]:
+    """The stored image bytes, their extension, the weak-label record (or None) and the pixel digest."""
     from dist_syndr.pools import images
 
     if item.is_engine:
-        pixels = _cached_reference(item.ref_path, cache)
+        pixels = _cached_reference(item.ref_path, cache, options.max_pixels)
         for step, (distortion_type, level) in enumerate(
             item.meta.get("chain") or [(item.meta["type"], item.meta["level"])]
         ):
             pixels = images.distort_array(pixels, distortion_type, level, item.seed + step)
         data, extension = images.encode_png(pixels, options.png_compress_level), "png"
     else:
-        path = Path(item.source_path)
-        data = images.read_bytes(path)
-        extension = _KEPT_AS_IS.get(path.suffix.lower())
-        pixels = images.decode(data, str(path)) if extension is None or item.wants_weak_label else None
-        if extension is None:
+        data = images.read_bytes(Path(item.source_path))
+        decoded = imaging.decode_image(data, max_pixels=options.max_pixels, name=item.source_path)
+        pixels = decoded.pixels
+        if decoded.is_stored_upright:
+            extension = _STORED_AS_IS[decoded.header.format]
+        else:  # sideways, another format or mode: the upright 8-bit RGB pixels, losslessly
             data, extension = images.encode_png(pixels, options.png_compress_level), "png"
     weak = None
     if item.wants_weak_label:
         from dist_syndr.pools import weak_labels
 
-        qualities = weak_labels.metric_qualities(pixels, _cached_reference(item.ref_path, cache))
+        qualities = weak_labels.metric_qualities(pixels, _cached_reference(item.ref_path, cache, options.max_pixels))
         weak = {"metrics": qualities, "quality": weak_labels.ensemble_quality(qualities)}
-    return data, extension, weak
+    return data, extension, weak, imaging.pixel_digest(pixels)
 
 
-def _cached_reference(path: str | None, cache: dict[str, np.ndarray]) -> np.ndarray:
+def _cached_reference(path: str | None, cache: dict[str, np.ndarray], max_pixels: int) -> np.ndarray:
     from dist_syndr.pools import images
 
     if path is None:
         raise ValueError("a reference image is needed but the sample names none")
     if path not in cache:
         cache.clear()  # items are grouped by reference: one decoded reference at a time
-        cache[path] = images.decode(images.read_bytes(Path(path)), path)
+        cache[path] = imaging.decode(images.read_bytes(Path(path)), max_pixels=max_pixels, name=path)
     return cache[path]
 
 
 def _write_index(out_dir: Path, num_shards: int, config: dict) -> Path:
     shards, samples, skipped = [], [], []
     for index in range(num_shards):
-        sidecar = _sidecar_path(out_dir, index)
+        sidecar = sidecar_path(out_dir, index)
         if not sidecar.is_file():
             raise ValueError(f"{sidecar}: missing; a rank did not finish its shards")
         record = json.loads(sidecar.read_text())
@@ -361,65 +370,6 @@ def _write_index(out_dir: Path, num_shards: int, config: dict) -> Path:
     path = write_index(out_dir, config=config, shards=shards, records=samples, skipped=skipped)
     log.info("wrote %s: %d samples in %d shards", path, len(samples), len(shards))
     return path
-
-
-def reindex(out_dir: Path) -> tuple[bool, int]:
-    """Bring an older set up to date in place: add member checksums where the index has none and rewrite
-    the index in format 2. Every shard's size and sha256 are checked against the index first; the new
-    index replaces the old atomically, under the set's lock. Returns (whether the index was rewritten, samples
-    given checksums)."""
-    if _is_current(ShardSet(out_dir)):  # nothing to write: no lock either (the set may be read-only)
-        return False, 0
-    with writing(out_dir):
-        return _reindex(out_dir)
-
-
-def _is_current(shard_set: ShardSet) -> bool:
-    return shard_set.format_version == FORMAT_VERSION and shard_set.has_member_checksums
-
-
-def _reindex(out_dir: Path) -> tuple[bool, int]:
-    shard_set = ShardSet(out_dir)  # read again under the lock
-    if _is_current(shard_set):
-        return False, 0
-    for info in shard_set.shards.values():
-        path = out_dir / info.name
-        if not path.is_file() or path.stat().st_size != info.bytes or files.sha256_file(path) != info.sha256:
-            raise ValueError(f"{path}: missing or changed since it was indexed (sha256 mismatch); reshard it first")
-    records, added = [], 0
-    for record in shard_set.records():
-        if CHECKSUM_FIELD not in record:
-            record[CHECKSUM_FIELD] = _member_checksums(out_dir / record["shard"], record["members"])
-            added += 1
-        records.append(record)
-    _add_checksums_to_sidecars(out_dir, list(shard_set.shards))
-    shards = [
-        {"name": i.name, "num_samples": i.num_samples, "bytes": i.bytes, "sha256": i.sha256}
-        for i in shard_set.shards.values()
-    ]
-    path = write_index(out_dir, config=shard_set.config, shards=shards, records=records, skipped=shard_set.skipped)
-    log.info("%s: index rewritten in format %d; member checksums added for %d samples", path, FORMAT_VERSION, added)
-    return True, added
-
-
-def _add_checksums_to_sidecars(out_dir: Path, shard_names: list[str]) -> None:
-    """The per-shard sidecars a rerun reads get the checksums too."""
-    for number, name in enumerate(shard_names):
-        sidecar = _sidecar_path(out_dir, number)
-        if sidecar.is_file() and name == shard_name(number):
-            side = json.loads(sidecar.read_text())
-            for record in side["samples"]:
-                record.setdefault(CHECKSUM_FIELD, _member_checksums(out_dir / record["shard"], record["members"]))
-            files.write_text(sidecar, json.dumps(side, sort_keys=True))
-
-
-def _member_checksums(path: Path, members: dict[str, list[int]]) -> dict[str, int]:
-    with path.open("rb") as handle:
-        checksums = {}
-        for extension, (offset, size) in members.items():
-            handle.seek(offset)
-            checksums[extension] = member_checksum(handle.read(size))
-    return checksums
 
 
 def _assign_weak_scores(samples: list[dict]) -> None:
