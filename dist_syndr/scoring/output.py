@@ -80,6 +80,8 @@ def scoring_record(scorer: Scorer, decoder: str) -> dict:
     protocol = dataclasses.asdict(scorer.protocol)
     if protocol["mode"] in ("full", "centre"):  # neither the count nor the seed changes which windows these take
         protocol = {key: value for key, value in protocol.items() if key not in ("num_crops", "seed")}
+    else:  # how random windows are placed: a different rule would move every score
+        protocol["anchors"] = "seed and pixel digest"
     resolved = resolve_decoder(decoder, scorer.device.type)
     if resolved == "dali":  # nvJPEG on a GPU and libjpeg-turbo on a CPU may round differently
         resolved = f"dali-{'gpu' if scorer.device.type == 'cuda' else 'cpu'}"
