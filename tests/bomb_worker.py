@@ -22,6 +22,7 @@ from dist_syndr.config import DataConfig, FeaturesConfig
 from dist_syndr.evaluate.predict import predict
 from dist_syndr.evaluate.targets import target_shard_set
 from dist_syndr.features.embed import embed_paths
+from dist_syndr.features.passes import PassOptions
 from dist_syndr.loader import plan_epoch
 from dist_syndr.loader.members import MemberReader, SampleError, SampleTable, decodes_fully
 from dist_syndr.loader.torch_loader import TorchLoader
@@ -71,7 +72,7 @@ def _round(scorer: Scorer, folder: Path, name: str, images: list[Path]) -> dict:
     labels = folder / f"labels-{name}.csv"
     labels.write_text("path,score\n" + "".join(f"{p.name},{n}\n" for n, p in enumerate(images)))
     target = target_shard_set(name, f"csv:{labels}", folder / "targets", num_workers=1, on_error="skip")
-    predictions = predict(scorer.model, target, scorer.config.data, device="cpu", dali="off")
+    predictions = predict(scorer.model, target, scorer.config.data, PassOptions(device="cpu", dali="off"))
     found["target_skipped"] = [entry["key"] for entry in target.skipped]
     found["target_predicted"] = predictions.keys.tolist()
     # a shard set that holds the image as a member (written unchecked, as another tool might): both loaders

@@ -28,6 +28,7 @@ from dist_syndr.evaluate.predict import (
 )
 from dist_syndr.evaluate.targets import parse_target, target_shard_set
 from dist_syndr.features.model import build_model
+from dist_syndr.features.passes import PassOptions
 from dist_syndr.features.preprocess import normalise
 from dist_syndr.imaging import evaluation_anchors, pixel_digest
 from dist_syndr.loader.crops import cut
@@ -112,7 +113,7 @@ def tiny_set(tmp_path_factory) -> ShardSet:
 @pytest.mark.timeout(120)
 def test_predict_averages_crops_in_key_order(tiny_set):
     model = _tiny_model()
-    result = predict(model, tiny_set, _data(), device="cpu", dali="off", seed=5)
+    result = predict(model, tiny_set, _data(), PassOptions(device="cpu", dali="off", seed=5))
     assert result.keys.tolist() == tiny_set.keys() and len(result) == NUM_IMAGES
     np.testing.assert_array_equal(result.scores, tiny_set.scores())
     with torch.no_grad():
@@ -122,9 +123,9 @@ def test_predict_averages_crops_in_key_order(tiny_set):
         ]
     np.testing.assert_allclose(result.predictions, manual, rtol=0, atol=1e-5)
     # the crops matter (a different seed moves them) and batching does not
-    other_seed = predict(model, tiny_set, _data(), device="cpu", dali="off", seed=6)
+    other_seed = predict(model, tiny_set, _data(), PassOptions(device="cpu", dali="off", seed=6))
     assert not np.allclose(other_seed.predictions, result.predictions, atol=1e-6)
-    one_batch = predict(model, tiny_set, _data(batch_size=16), device="cpu", dali="off", seed=5)
+    one_batch = predict(model, tiny_set, _data(batch_size=16), PassOptions(device="cpu", dali="off", seed=5))
     np.testing.assert_allclose(one_batch.predictions, result.predictions, atol=1e-5)
     assert model.training is False
 
@@ -133,8 +134,8 @@ def test_predict_averages_crops_in_key_order(tiny_set):
 def test_dali_cpu_pipeline_gives_the_torch_loader_predictions(tiny_set):
     pytest.importorskip("nvidia.dali")
     model = _tiny_model()
-    torch_path = predict(model, tiny_set, _data(), device="cpu", dali="off", seed=5)
-    dali_path = predict(model, tiny_set, _data(loader="dali"), device="cpu", dali="cpu", seed=5)
+    torch_path = predict(model, tiny_set, _data(), PassOptions(device="cpu", dali="off", seed=5))
+    dali_path = predict(model, tiny_set, _data(loader="dali"), PassOptions(device="cpu", dali="cpu", seed=5))
     assert dali_path.keys.tolist() == torch_path.keys.tolist()
     np.testing.assert_allclose(dali_path.predictions, torch_path.predictions, atol=1e-5)
 
@@ -153,10 +154,10 @@ def test_a_target_with_a_flipped_byte_is_never_scored(tmp_path, dali):
     data[offset + size // 2] ^= 0x01
     path.write_bytes(bytes(data))
     with pytest.raises(ValueError, match=f"sample {key}: member .* fails its checksum"):
-        predict(_tiny_model(), shard_set, _data(), device="cpu", dali=dali)
+        predict(_tiny_model(), shard_set, _data(), PassOptions(device="cpu", dali=dali))
     with pytest.raises(ValueError, match=f"sample {key}: member .* fails its checksum"):
-        embed(_tiny_model(), shard_set, _data(), shard_set.keys(), device="cpu", dali=dali)
-    skipped = predict(_tiny_model(), shard_set, _data(on_error="skip"), device="cpu", dali=dali)
+        embed(_tiny_model(), shard_set, _data(), shard_set.keys(), PassOptions(device="cpu", dali=dali))
+    skipped = predict(_tiny_model(), shard_set, _data(on_error="skip"), PassOptions(device="cpu", dali=dali))
     assert key not in skipped.keys.tolist() and len(skipped) == len(shard_set) - 1
 
 
@@ -207,8 +208,8 @@ def test_a_set_written_before_pixel_digests_evaluates_as_written_with_warnings_u
     assert not old.has_pixel_digests and old.by_key["old/phone"].image_extension == "jpg"
     model, data = _tiny_model(), _data()
     with caplog.at_level(logging.WARNING):
-        predicted = predict(model, old, data, device="cpu", dali="off", seed=0)
-        again = predict(model, old, data, device="cpu", dali="off", seed=0)
+        predicted = predict(model, old, data, PassOptions(device="cpu", dali="off", seed=0))
+        again = predict(model, old, data, PassOptions(device="cpu", dali="off", seed=0))
     assert sum("written before pixel digests" in message for message in caplog.messages) == 1
     np.testing.assert_array_equal(predicted.predictions, again.predictions)
     with torch.no_grad():
@@ -233,7 +234,7 @@ def test_a_set_written_before_pixel_digests_evaluates_as_written_with_warnings_u
     assert sum("carry an EXIF orientation the loaders do not apply" in message for message in caplog.messages) == 1
     current = ShardSet(old.root)
     assert current.has_pixel_digests and reindex(old.root) == (False, 0, 0)
-    reindexed = predict(model, current, data, device="cpu", dali="off", seed=0)
+    reindexed = predict(model, current, data, PassOptions(device="cpu", dali="off", seed=0))
     by_key = dict(zip(reindexed.keys.tolist(), reindexed.predictions.tolist(), strict=True))
     run_dir = _run_dir(tmp_path, model)
     scores = Scorer.load(run_dir, "cpu").score([tmp_path / "photos" / "plain.jpg", tmp_path / "photos" / "phone.jpg"])
@@ -245,7 +246,7 @@ def test_a_set_written_before_pixel_digests_evaluates_as_written_with_warnings_u
 def test_embed_gives_centre_crop_features_in_the_order_asked(tiny_set):
     model = _tiny_model().train()  # embed switches to eval and back
     keys = tiny_set.keys()[::-2]
-    features = embed(model, tiny_set, _data(), keys, device="cpu", dali="off")
+    features = embed(model, tiny_set, _data(), keys, PassOptions(device="cpu", dali="off"))
     assert features.shape == (len(keys), 192) and features.dtype == np.float32 and model.training
     model.eval()
     with torch.no_grad():
@@ -266,13 +267,13 @@ def test_drcdown_features_run_without_tf32_and_evaluation_keeps_the_callers_swit
         model, "features", lambda images: seen.append(("features", tf32_switches())) or features(images)
     )
     monkeypatch.setattr(model, "forward", lambda images: seen.append(("predict", tf32_switches())) or forward(images))
-    embed(model, tiny_set, _data(), keys, device="cpu", dali="off")
+    embed(model, tiny_set, _data(), keys, PassOptions(device="cpu", dali="off"))
     fp32 = [switches for name, switches in seen if name == "features"]
     assert fp32 and all(s["matmul"] == s["conv"] == "ieee" and s["legacy_cudnn"] is False for s in fp32)
     assert tf32_switches() == tf32_on
     seen.clear()
-    embed(model, tiny_set, _data(), keys, device="cpu", dali="off", precision="bf16")
-    predict(model, tiny_set, _data(), device="cpu", dali="off")
+    embed(model, tiny_set, _data(), keys, PassOptions(device="cpu", dali="off", precision="bf16"))
+    predict(model, tiny_set, _data(), PassOptions(device="cpu", dali="off"))
     assert {name for name, _ in seen} == {"features", "predict"}
     assert all(switches == tf32_on for _, switches in seen)
 
@@ -285,24 +286,26 @@ def test_the_precision_policy_and_a_kept_loader_are_honoured(tiny_set):
     from dist_syndr.loader import make_loader
 
     model, keys = _tiny_model(), tiny_set.keys()
-    fp32 = embed(model, tiny_set, _data(), keys, device="cpu", dali="off")
-    bf16 = embed(model, tiny_set, _data(), keys, device="cpu", dali="off", precision="bf16")
+    fp32 = embed(model, tiny_set, _data(), keys, PassOptions(device="cpu", dali="off"))
+    bf16 = embed(model, tiny_set, _data(), keys, PassOptions(device="cpu", dali="off", precision="bf16"))
     assert not np.array_equal(fp32, bf16) and np.allclose(fp32, bf16, atol=0.1)
     with make_loader(tiny_set, feature_data_config(_data()), is_training=False, dali="off") as loader:
         for _ in range(2):
-            again = embed(model, tiny_set, _data(), keys, device="cpu", dali="off", loader=loader)
+            again = embed(model, tiny_set, _data(), keys, PassOptions(device="cpu", dali="off"), loader=loader)
             np.testing.assert_array_equal(again, fp32)
     data = _data(eval_crop_mode="centre")
     with make_loader(tiny_set, data, is_training=False, dali="off") as loader:
-        kept = predict(model, tiny_set, data, device="cpu", dali="off", loader=loader)
-    fresh = predict(model, tiny_set, data, device="cpu", dali="off")
+        kept = predict(model, tiny_set, data, PassOptions(device="cpu", dali="off"), loader=loader)
+    fresh = predict(model, tiny_set, data, PassOptions(device="cpu", dali="off"))
     np.testing.assert_array_equal(kept.predictions, fresh.predictions)
 
 
 @pytest.mark.timeout(120)
 def test_evaluate_targets_names_metrics_by_target(tiny_set):
     data = _data(eval_crop_mode="centre")
-    results, predictions = evaluate_targets(_tiny_model(), {"tiny": tiny_set}, data, device="cpu", dali="off")
+    results, predictions = evaluate_targets(
+        _tiny_model(), {"tiny": tiny_set}, data, PassOptions(device="cpu", dali="off")
+    )
     assert list(results) == [f"tiny/{key}" for key in metrics.METRIC_KEYS]
     p = predictions["tiny"]
     assert results["tiny/rmse"] == pytest.approx(
@@ -319,8 +322,8 @@ def _dist_worker(root: str, out: str) -> None:
     rank, world_size = runtime.rank_world()
     assert world_size == 2 and runtime.is_distributed()
     shard_set = ShardSet(root)
-    result = predict(_tiny_model(), shard_set, _data(), device="cpu", dali="off", seed=5)
-    features = embed(_tiny_model(), shard_set, _data(), shard_set.keys()[::-1], device="cpu", dali="off")
+    result = predict(_tiny_model(), shard_set, _data(), PassOptions(device="cpu", dali="off", seed=5))
+    features = embed(_tiny_model(), shard_set, _data(), shard_set.keys()[::-1], PassOptions(device="cpu", dali="off"))
     np.savez(Path(out) / f"rank{rank}.npz", keys=result.keys, predictions=result.predictions, features=features)
     runtime.shutdown()
 
@@ -351,8 +354,10 @@ def test_two_ranks_give_the_single_process_answer_without_padded_repeats(tiny_se
         )
     outputs = [process.communicate(timeout=200)[0] for process in processes]
     assert [p.returncode for p in processes] == [0, 0], "\n".join(o[-2000:] for o in outputs)
-    single = predict(_tiny_model(), tiny_set, _data(), device="cpu", dali="off", seed=5)
-    single_features = embed(_tiny_model(), tiny_set, _data(), tiny_set.keys()[::-1], device="cpu", dali="off")
+    single = predict(_tiny_model(), tiny_set, _data(), PassOptions(device="cpu", dali="off", seed=5))
+    single_features = embed(
+        _tiny_model(), tiny_set, _data(), tiny_set.keys()[::-1], PassOptions(device="cpu", dali="off")
+    )
     for rank in range(2):
         saved = np.load(tmp_path / f"rank{rank}.npz")
         assert saved["keys"].tolist() == tiny_set.keys()  # 7 keys: the padded repeat is gone

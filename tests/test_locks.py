@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from dist_syndr import files
-from dist_syndr.evaluate import export
+from dist_syndr.runs import weights
 from dist_syndr.scoring import output
 from dist_syndr.sharding import photos, writer
 from dist_syndr.sharding.reindex import reindex
@@ -149,7 +149,7 @@ def test_a_second_scoring_job_on_one_output_ends_in_one_line_and_the_first_loses
 
 
 def _weights_file(model, path: Path) -> Path:
-    export.save_state_dict(model.state_dict(), path)
+    weights.save_state_dict(model.state_dict(), path)
     return path
 
 

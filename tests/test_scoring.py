@@ -17,6 +17,7 @@ from PIL import Image
 
 from dist_syndr.evaluate.predict import predict
 from dist_syndr.export import formats
+from dist_syndr.features.passes import PassOptions
 from dist_syndr.features.preprocess import normalise
 from dist_syndr.scoring import inputs, output
 from dist_syndr.scoring.crops import CropProtocol, tile_anchors
@@ -94,7 +95,9 @@ def test_score_launcher_scores_a_mixed_folder_as_evaluate_predicts_and_resumes(t
     assert "14 images scored (14 now, 0 by an earlier run) of 17 inputs; 3 skipped" in first.stdout
     # the same images as a shard set through evaluate's predict: the same scores for the same (centre) crops
     shard_set = _tiny_shard_set(tmp_path)
-    predicted = predict(_tiny_model(3), shard_set, _data(eval_crop_mode="centre"), device="cpu", dali="off")
+    predicted = predict(
+        _tiny_model(3), shard_set, _data(eval_crop_mode="centre"), PassOptions(device="cpu", dali="off")
+    )
     for key, value in zip(predicted.keys, predicted.predictions, strict=True):
         assert float(rows[f"photos/{key.split('/')[1]}.png"]["score"]) == pytest.approx(float(value), abs=1e-5)
     # a rerun scores nothing again (the bad files are retried and fail again)

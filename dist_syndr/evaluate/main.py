@@ -26,6 +26,7 @@ from dist_syndr.evaluate import report
 from dist_syndr.evaluate.predict import evaluate_targets
 from dist_syndr.evaluate.targets import parse_targets, target_shard_set
 from dist_syndr.features import precision as precision_policy
+from dist_syndr.features.passes import PassOptions
 from dist_syndr.loader.checks import verify_shards_once
 from dist_syndr.runs.checkpoints import load_model
 
@@ -54,11 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         verify_shards_once(shard_set, cfg.data)  # data.verify_checksums=shards
 
     # ---- predictions and metrics (every rank takes part)
-    precision = precision_policy.resolve(
-        cfg.train.precision, backends.device
-    )  # the run's own policy (bf16 autocast on GPUs)
-    options = {"device": backends.device, "dali": cfg.runtime.dali, "seed": cfg.seed, "precision": precision}
-    results, predictions = evaluate_targets(model, shard_sets, cfg.data, **options)
+    precision = precision_policy.resolve(cfg.train.precision, backends.device)  # the run's own (bf16 on GPUs)
+    options = PassOptions(device=backends.device, precision=precision, dali=cfg.runtime.dali, seed=cfg.seed)
+    results, predictions = evaluate_targets(model, shard_sets, cfg.data, options)
 
     # ---- files, table, tracking (rank 0)
     if backends.rank == 0:

@@ -3,15 +3,19 @@
 Every rank reads its share of an evaluation plan (index order, padded by
 wrap-around repeats so ranks have equal length); rows are gathered with the
 plan positions they came from, the repeats dropped, and the result put back in
-the requested key order, so one process and many give the same answer. The
-forward pass is :mod:`dist_syndr.features.embed`'s, the same one DDCUp's
-reference embeddings use.
+the requested key order, so one process and many give the same answer. The pass
+itself is :func:`dist_syndr.features.passes.forward_pass` (the forward of
+:mod:`dist_syndr.features.embed`, the same one DDCUp's reference embeddings use);
+this module plans the keys, opens the loader and turns rows into predictions,
+features and metrics. What a pass reads besides the model and the data is one
+:class:`~dist_syndr.features.passes.PassOptions`.
 
 ::
 
     cfg, model = load_model(Path("runs/vit-b"))             # dist_syndr.runs.checkpoints
     target = target_shard_set("livec", "/data/ChallengeDB_release", Path("shards/targets"))
-    metrics, predictions = evaluate_targets(model, {"livec": target}, cfg.data, device="cuda", dali="auto")
+    options = PassOptions(device="cuda", precision="bf16", dali="auto", seed=cfg.seed)
+    metrics, predictions = evaluate_targets(model, {"livec": target}, cfg.data, options)
     write_predictions_csv(Path("eval/livec_predictions.csv"), predictions["livec"])
 
 Shapes: ``N`` images of a set, ``D`` pooled feature dimension; predictions and
@@ -33,12 +37,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from dist_syndr import collectives, files, runtime
+from dist_syndr import files, runtime
 from dist_syndr.config import DataConfig
 from dist_syndr.evaluate import metrics
-from dist_syndr.features.embed import evaluating, forward_rows, gather_rows, input_dtype
 from dist_syndr.features.model import IQAModel
-from dist_syndr.features.precision import Precision
+from dist_syndr.features.passes import PassOptions, forward_pass
 from dist_syndr.loader import make_loader, plan_epoch
 from dist_syndr.sharding.shard_set import ShardSet
 
@@ -58,26 +61,17 @@ class Predictions:
 
 
 def predict(
-    module: torch.nn.Module,
-    shard_set: ShardSet,
-    data_cfg: DataConfig,
-    *,
-    device,
-    dali: str = "auto",
-    seed: int = 0,
-    precision: Precision = "fp32",
-    loader=None,
+    module: torch.nn.Module, shard_set: ShardSet, data_cfg: DataConfig, options: PassOptions, *, loader=None
 ) -> Predictions:
     """Scores of every sample of ``shard_set``: ``data_cfg.eval_crops`` crops (``eval_crop_mode``) averaged per image.
 
-    Collective under a process group (every rank calls it); ``seed`` fixes the
-    random crops. Samples skipped under ``data.on_error=skip`` are left out.
-    ``precision``: the run's mixed-precision policy. ``loader``: an open evaluation
+    Collective under a process group (every rank calls it); ``options.seed`` fixes the
+    random crops and ``options.precision`` is the run's mixed-precision policy. Samples
+    skipped under ``data.on_error=skip`` are left out. ``loader``: an open evaluation
     loader of ``shard_set`` kept by the caller (one is opened and closed otherwise).
     """
     keys = shard_set.keys()
-    options = {"device": device, "dali": dali, "seed": seed, "precision": precision, "loader": loader}
-    positions, rows = _gathered_pass(module, shard_set, data_cfg, keys, forward=module, empty=(0,), **options)
+    positions, rows = _gathered_pass(module, module, shard_set, data_cfg, keys, (0,), options, loader)
     if len(positions) < len(keys):
         log.warning(
             "%s: %d of %d samples could not be read and have no prediction",
@@ -102,16 +96,14 @@ def embed(
     shard_set: ShardSet,
     data_cfg: DataConfig,
     keys: Sequence[str],
+    options: PassOptions,
     *,
-    device,
-    dali: str = "auto",
-    precision: Precision = "fp32",
     loader=None,
 ) -> np.ndarray:
     """``(len(keys), D)`` float32 pooled features of ``keys`` (one centre crop, eval mode), rows in ``keys`` order.
 
     Collective under a process group; ValueError when a key cannot be read. Reshaping features
-    are fp32 unless ``precision`` says otherwise, and fp32 runs without TF32
+    are fp32 unless ``options.precision`` says otherwise, and fp32 runs without TF32
     (:func:`dist_syndr.runtime.exact_fp32_math`: DRCDown's decisions must not depend on the GPU);
     ``loader``: an open loader of ``shard_set`` built with :func:`feature_data_config` (one is
     opened and closed otherwise).
@@ -119,11 +111,9 @@ def embed(
     keys = list(keys)
     data = feature_data_config(data_cfg)
     dim = int(module.backbone.num_features)
-    options = {"device": device, "dali": dali, "seed": 0, "precision": precision, "loader": loader}
-    with runtime.exact_fp32_math() if precision == "fp32" else contextlib.nullcontext():
-        positions, rows = _gathered_pass(
-            module, shard_set, data, keys, forward=module.features, empty=(0, dim), **options
-        )
+    options = dataclasses.replace(options, seed=0)  # one centre crop: no seed to draw from
+    with runtime.exact_fp32_math() if options.precision == "fp32" else contextlib.nullcontext():
+        positions, rows = _gathered_pass(module, module.features, shard_set, data, keys, (0, dim), options, loader)
     if len(positions) != len(keys):
         missing = sorted(set(range(len(keys))) - set(positions.tolist()))
         raise ValueError(
@@ -136,11 +126,8 @@ def evaluate_targets(
     module: torch.nn.Module,
     targets: dict[str, ShardSet],
     data_cfg: DataConfig,
+    options: PassOptions,
     *,
-    device,
-    dali: str = "auto",
-    seed: int = 0,
-    precision: Precision = "fp32",
     loaders: dict | None = None,
 ) -> tuple[dict[str, float], dict[str, Predictions]]:
     """Predictions on every target and their metrics as ``{"<target>/<metric>": value}`` (collective).
@@ -150,9 +137,7 @@ def evaluate_targets(
     results: dict[str, float] = {}
     predictions: dict[str, Predictions] = {}
     for name, shard_set in targets.items():
-        loader = (loaders or {}).get(name)
-        options = {"device": device, "dali": dali, "seed": seed, "precision": precision, "loader": loader}
-        predictions[name] = predict(module, shard_set, data_cfg, **options)
+        predictions[name] = predict(module, shard_set, data_cfg, options, loader=(loaders or {}).get(name))
         results |= {f"{name}/{key}": value for key, value in target_metrics(predictions[name], name).items()}
     return results, predictions
 
@@ -172,46 +157,34 @@ def target_metrics(predictions: Predictions, name: str = "") -> dict[str, float]
 
 def _gathered_pass(
     module: torch.nn.Module,
+    forward: Callable[[torch.Tensor], torch.Tensor],
     shard_set: ShardSet,
     data_cfg: DataConfig,
     keys: list[str],
-    *,
-    device,
-    dali: str,
-    seed: int,
-    forward: Callable[[torch.Tensor], torch.Tensor],
     empty: tuple[int, ...],
-    precision: Precision,
+    options: PassOptions,
     loader,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Positions in ``keys`` (ascending, each once) and the per-image outputs of ``forward`` at them,
-    from all ranks.
-    """
+    """Plan ``keys`` over the ranks, open the loader (or take the caller's) and run
+    :func:`dist_syndr.features.passes.forward_pass` over this rank's batches."""
     rank, world_size = runtime.rank_world()
     if not keys:
         return np.zeros(0, np.int64), np.zeros(empty, np.float32)
-    plan = plan_epoch(keys, data_cfg, seed=seed, epoch=0, world_size=world_size, is_training=False)
-    position = {key: i for i, key in enumerate(keys)}
-    dtype = input_dtype(module)
-    rows, positions = [], []
+    plan = plan_epoch(keys, data_cfg, seed=options.seed, epoch=0, world_size=world_size, is_training=False)
     if loader is None:
-        opened = make_loader(shard_set, data_cfg, is_training=False, dali=dali)
+        opened = make_loader(shard_set, data_cfg, is_training=False, dali=options.dali)
     else:
         opened = contextlib.nullcontext(loader)  # the caller's, kept open for the run
-    with opened as active, evaluating(module):
-        batches = active.batches(plan.for_rank(rank))
-        progress = tqdm(
-            batches, total=plan.num_batches, desc=f"evaluating {shard_set.root.name}", unit="batch", disable=rank != 0
+    with opened as active:
+        batches = tqdm(
+            active.batches(plan.for_rank(rank)),
+            total=plan.num_batches,
+            desc=f"evaluating {shard_set.root.name}",
+            unit="batch",
+            disable=rank != 0,
         )
-        for batch in progress:
-            outputs = forward_rows(forward, batch.images, device=device, dtype=dtype, precision=precision)
-            rows.append(batch.mean_over_crops(outputs).cpu().numpy())
-            positions.extend(position[key] for key in batch.keys)
-    gathered_rows = gather_rows(rows, empty)
-    gathered_positions = np.concatenate(collectives.all_gather_array(np.asarray(positions, dtype=np.int64)))
-    # Padding repeats a few samples; their rows are the same computation, so the first one stands.
-    unique, first = np.unique(gathered_positions, return_index=True)
-    return unique, gathered_rows[first]
+        position = {key: i for i, key in enumerate(keys)}
+        return forward_pass(module, forward, batches, position, empty, options)
 
 
 def write_predictions_csv(path: Path, predictions: Predictions) -> Path:

@@ -27,6 +27,7 @@ from dist_syndr import collectives, files
 from dist_syndr.config import Config
 from dist_syndr.evaluate.diagnostics.measures import cheap_measures
 from dist_syndr.evaluate.predict import embed, evaluate_targets, feature_data_config
+from dist_syndr.features.passes import PassOptions
 from dist_syndr.features.precision import resolve
 from dist_syndr.loader import make_loader, plan_epoch, upsampled_keys
 from dist_syndr.loader.checks import verify_shards_once
@@ -130,8 +131,8 @@ def _drcdown(
         # fp32 on every device unless reshape.drcdown.feature_precision: train asks for the run's precision
         requested = cfg.train.precision if cfg.reshape.drcdown.feature_precision == "train" else "fp32"
         precision = resolve(requested, device)
-        options = {"device": device, "dali": cfg.runtime.dali, "precision": precision, "loader": loader}
-        features = embed(module, run.train_set, cfg.data, original, **options)
+        options = PassOptions(device=device, precision=precision, dali=cfg.runtime.dali)
+        features = embed(module, run.train_set, cfg.data, original, options, loader=loader)
         columns = run.train_set.columns  # read as columns: a record per key would cost seconds at a million
         rows = columns.rows_of(original)
         labels = np.array(columns.scores[rows], dtype=np.float64)
@@ -252,9 +253,9 @@ def _settle_losses(meter: StepMeter, progress: RankProgress) -> None:
 def _evaluate(cfg: Config, run: Run, loaders: dict | None = None) -> dict[str, float]:
     device = run.model_engine.device
     precision = resolve(cfg.train.precision, device)  # as the training forward pass
-    options = {"device": device, "dali": cfg.runtime.dali, "seed": cfg.seed, "precision": precision}
+    options = PassOptions(device=device, precision=precision, dali=cfg.runtime.dali, seed=cfg.seed)
     module = deepspeed_engine.bare_module(run.model_engine)
-    results, _ = evaluate_targets(module, run.targets, cfg.data, loaders=loaders, **options)
+    results, _ = evaluate_targets(module, run.targets, cfg.data, options, loaders=loaders)
     return results
 
 

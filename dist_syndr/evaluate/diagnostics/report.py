@@ -19,6 +19,7 @@ from dist_syndr import files, source
 from dist_syndr.config import Config
 from dist_syndr.evaluate.diagnostics import clusters, measures, plots
 from dist_syndr.evaluate.predict import embed
+from dist_syndr.features.passes import PassOptions
 from dist_syndr.loader import upsampled_keys
 from dist_syndr.reshape import drcdown
 from dist_syndr.runs.folder import RunFolder
@@ -114,7 +115,7 @@ def diagnose(
     run's own and must not be replaced."""
     check_out_dir(out_dir)
     samples = original_samples(shard_set)
-    features = embed(model, shard_set, cfg.data, samples.keys, device=device, dali=cfg.runtime.dali)
+    features = embed(model, shard_set, cfg.data, samples.keys, PassOptions(device=device, dali=cfg.runtime.dali))
     drcdown_cfg = dataclasses.replace(cfg.reshape.drcdown, enabled=True)
     kept, result = drcdown.kept_keys(
         samples.keys,
