@@ -217,8 +217,13 @@ def test_onnx_and_torchscript_exports_reproduce_pytorch_with_a_card(tiny_run):
     card = json.loads(onnx_card.read_text())
     assert card["export"]["format"] == "onnx" and card["export"]["inputs"]["crops"] == ["batch", 3, 32, 32]
     assert card["input"]["normalisation"]["mean"] == [0.485, 0.456, 0.406] and "[0, 10]" in card["score_scale"]
-    assert "EXIF orientation applied" in card["input"]["crops"]  # how the crops' positions are derived:
-    assert "drawn from the seed (0) and the xxh3-64 of the upright pixels" in card["input"]["crops"]
+    protocol = card["input"]["crop_protocol"]  # for people; the fields beside it are for tools
+    assert "EXIF orientation applied" in protocol  # how the crops' positions are derived:
+    assert "drawn from the seed (0) and the xxh3-64 of the upright pixels" in protocol
+    assert {key: card["input"][key] for key in ("crop_size", "crops", "crop_mode", "seed")} == {
+        "crop_size": 32, "crops": 3, "crop_mode": "random", "seed": 0,
+    }  # fmt: skip
+    assert card["input"]["std"] == [0.229, 0.224, 0.225]
     markdown = onnx_card.with_suffix(".md").read_text()
     assert "vit_tiny_patch16_224" in markdown and "came without the card" in markdown
 
