@@ -45,6 +45,36 @@ def test_statistics_with_too_few_seeds_or_missing_values_say_so():
     assert math.isnan(statistics.spread(np.array([0.2])).std)
 
 
+def test_a_stopping_rule_adds_seeds_until_the_interval_is_narrow_enough(tmp_path, monkeypatch):
+    """Seeds 3, 4, 5, ...: each round trains only the new runs (earlier ones are reused) and stops once the
+    interval of the last variant against the baseline (srcc@LAST) is within the half-width, or at --seeds."""
+    from dist_syndr.study import report, results, runner, session
+
+    rounds = []
+    monkeypatch.setattr(runner, "run_all", lambda preset, runs, logs, parallel: rounds.append(len(runs)) or runs)
+    monkeypatch.setattr(results, "collect", lambda client, outcomes: outcomes)
+    monkeypatch.setattr(results, "diagnostics_means", lambda values, variants: {})
+
+    def summarise(values, variants, seeds):  # an interval that narrows as 1/seeds: ±0.3 at 3 seeds, ±0.18 at 5
+        half = 0.9 / len(seeds)
+        difference = statistics.PairedDifference(0.1, 0.1 - half, 0.1 + half, 0.2, len(seeds))
+        return [results.SummaryRow("t", "srcc@LAST", "both", statistics.spread(np.zeros(2)), difference)]
+
+    monkeypatch.setattr(results, "summarise", summarise)
+    monkeypatch.setattr(report, "plot", lambda rows, path: None)
+    monkeypatch.setattr(report, "markdown", lambda rows, means, count: f"{count} seeds\n")
+    monkeypatch.setattr(report, "write_and_log", lambda *args: "parent")
+    preset = tmp_path / "p.yaml"
+    preset.write_text(f"train:\n  output_dir: {tmp_path}\n")
+    study = session.run_study(preset, ["baseline", "both"], 10, [], until_halfwidth=0.2)
+    assert rounds == [6, 8, 10] and study.markdown.startswith("5 seeds")  # 3, 4, 5 seeds x 2 variants
+    assert "reached (±0.1800 with 5 seeds)" in study.markdown
+    capped = session.run_study(preset, ["baseline", "both"], 4, [], until_halfwidth=0.01)
+    assert "not reached within 4 seeds (±0.2250 with 4 seeds)" in capped.markdown
+    with pytest.raises(ValueError, match="needs a positive width and the baseline"):
+        session.run_study(preset, ["baseline"], 4, [], until_halfwidth=0.05)
+
+
 def test_variants_and_runs_are_planned_with_clear_errors():
     assert parse_variants("both, baseline") == ["baseline", "both"]
     with pytest.raises(ValueError, match="unknown variant"):
