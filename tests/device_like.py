@@ -15,8 +15,8 @@ from pathlib import Path
 
 DEVICE_PACKAGES = (
     "torch", "torchvision", "triton", "numpy", "scipy", "timm", "safetensors", "huggingface-hub", "scikit-image",
-    "scikit-learn", "matplotlib", "pillow", "pytest", "hypothesis", "pyyaml", "tqdm", "psutil", "xxhash",
-    "msgpack", "ninja", "py-cpuinfo", "einops", "packaging", "six", "onnx", "onnxruntime", "onnxscript",
+    "scikit-learn", "matplotlib", "pillow", "pytest", "pytest-timeout", "hypothesis", "pyyaml", "tqdm", "psutil",
+    "xxhash", "msgpack", "ninja", "py-cpuinfo", "einops", "packaging", "six", "onnx", "onnxruntime", "onnxscript",
     "onnx-ir", "pandas", "filelock", "fsspec", "jinja2", "markupsafe", "networkx", "sympy", "mpmath",
     "typing-extensions", "setuptools", "imageio", "tifffile", "lazy-loader", "joblib", "threadpoolctl",
     "contourpy", "cycler", "fonttools", "kiwisolver", "pyparsing", "python-dateutil", "iniconfig", "pluggy",
