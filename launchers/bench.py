@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from dist_syndr import cli, files, runtime
@@ -72,7 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.out is not None:
         files.write_text(args.out, text + "\n")
-    return 0
+    failures = [failure for report in reports.values() for failure in report.failures]
+    for failure in failures:
+        print(f"bench: {failure}", file=sys.stderr)
+    return 1 if failures else 0
 
 
 def combined_report(reports: dict[str, harness.Report]) -> str:

@@ -76,7 +76,7 @@ def run(plan: ScalePlan) -> Report:
     has_gpu = runtime.has_cuda()
     # The accelerator's rows: torch-cuda, or (a GPU-only plan on a machine without one) the CPU standing in.
     device, backend = ("gpu", "torch-cuda") if has_gpu else ("cpu (no GPU visible)", "cpu")
-    rows, summary = [], []
+    rows, summary, failures = [], [], []
     for size in plan.sizes:
         case = {"op": "search", "n": size, "d": plan.dim}
         floor_case = case | {"op": "floor", "backend": "cpu", "share": _floor_share(plan, size)}
@@ -87,12 +87,14 @@ def run(plan: ScalePlan) -> Report:
             today = run_child(_MODULE, case | {"impl": "today"}, plan.timeout_s) if size <= plan.today_max else None
             faiss = run_child(_MODULE, case | {"impl": "faiss"}, plan.timeout_s) if size <= plan.faiss_max else None
             rows.append(_row(size, "cpu", ours, floor, today, faiss))
+            failures += _failed(size, "cpu", ours=ours, floor=floor)
             summary.append(_summary(size, ours, today))
         if has_gpu or plan.is_gpu_only:
             gpu = run_child(_MODULE, case | {"impl": "ours", "backend": backend}, plan.timeout_s)
             gpu_floor = run_child(_MODULE, floor_case | {"backend": backend, "share": 1.0}, plan.timeout_s)
             faiss_gpu = run_child(_MODULE, case | {"impl": "faiss-gpu"}, plan.timeout_s) if _has_faiss_gpu() else None
             rows.append(_row(size, device, gpu, gpu_floor, ours, faiss_gpu))
+            failures += _failed(size, device, ours=gpu, floor=gpu_floor)
             if plan.is_gpu_only:
                 summary.append(_floor_summary(size, device, gpu, gpu_floor))
         log.info("drcdown search n=%d: %s", size, rows[-1])
@@ -119,7 +121,7 @@ def run(plan: ScalePlan) -> Report:
         )
         + markdown_table(header, rows)
     )
-    return Report(text, tuple(summary))
+    return Report(text, tuple(summary), tuple(failures))
 
 
 def _floor_share(plan: ScalePlan, size: int) -> float:
@@ -158,6 +160,10 @@ def _row(size, device, ours, floor, baseline, faiss) -> list[str]:
 
 def _label(measurement: Measurement | None) -> str:
     return measurement.label if measurement else "not run"
+
+
+def _failed(size: int, device: str, **measured: Measurement | None) -> list[str]:
+    return [f"{name} at N={size:,} on {device}: failed or timed out" for name, m in measured.items() if m is None]
 
 
 def _has_faiss_gpu() -> bool:

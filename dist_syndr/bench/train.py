@@ -276,6 +276,7 @@ def run(plan: TrainPlan) -> Report:
 def build_report(plan: TrainPlan, results: dict[str, ModelResult | None]) -> Report:
     """The Markdown section and summary rows of measured ``results`` (None: the model failed)."""
     rows, notes, summary = [], [], []
+    failures = tuple(f"{model}: failed or timed out" for model, result in results.items() if result is None)
     for model, result in results.items():
         if result is None:
             rows.append([model, "failed or timed out (see the worker log above)", "-", "-", "-", "-"])
@@ -324,7 +325,7 @@ def build_report(plan: TrainPlan, results: dict[str, ModelResult | None]) -> Rep
     text = f"### Training step ({_setting(plan, results)})\n\n{table}"
     if notes:
         text += "\n\n" + "\n".join(notes)
-    return Report(text, tuple(summary))
+    return Report(text, tuple(summary), failures)
 
 
 def _setting(plan: TrainPlan, results: dict[str, ModelResult | None]) -> str:
