@@ -21,6 +21,7 @@ usage: bash scripts/gpu_kit.sh COMMAND
   run dali [--dry-run]      there, dali profile, after the stash calls: install with DALI, the DALI tests,
                             bench.py loader
   run --dry-run             the same as run core --dry-run
+  run train | run tests     the earlier kit's names: run core --only train | --only gpu-tests,reshape
   --help                    this text
 
 Variables: KIT_DIR (gpu-kit), KIT_HOME (where the machine keeps files between calls: /tmp/dist_syndr-kit),
@@ -172,6 +173,10 @@ run() {
     local profile=${1:-core} dry=()
     [ "$profile" = --dry-run ] && profile=core || shift
     local args=("$@") arg
+    case "$profile" in  # the earlier kit's stage names: the same checks, now inside the core profile
+        train) profile=core args+=(--only train) ;;
+        tests) profile=core args+=(--only gpu-tests,reshape) ;;
+    esac
     for arg in "$@"; do [ "$arg" = --dry-run ] && dry=(--dry-run); done
     case "$profile" in
         stash) stash; return ;;

@@ -107,6 +107,15 @@ def test_prepare_lists_one_core_call_under_60_mib_with_its_stage_budgets(tmp_pat
     assert not any(name.startswith(("nvidia_dali", "torch")) for name in wheels)
     assert (kit_dir / "core" / "wheels" / "SHA256SUMS").read_text().count(".whl") == len(wheels)
     assert "dali profile (optional): not prepared" in listing
+    # with DALI's parts prepared (two stand-ins here), its calls: one stash per part, then the run
+    (kit_dir / "dali" / "parts").mkdir(parents=True)
+    for name in ("part-00", "part-01"):
+        (kit_dir / "dali" / "parts" / name).write_bytes(os.urandom(2**20))
+    (kit_dir / "dali" / "manifest.txt").write_text("parts=2\n")
+    dali = _kit("prepare", env={"KIT_DIR": str(kit_dir)}).stdout.split("dali profile (optional): ", 1)[1]
+    assert dali.startswith("3 calls in a row") and dali.count('"bash scripts/gpu_kit.sh run stash"') == 2
+    assert f'"bash scripts/gpu_kit.sh run dali"  carry ["{kit_dir}/core", "{kit_dir}/dali/manifest.txt"]' in dali
+    assert re.search(r"^  dali-tests +240 s", dali, re.M) and "in all        475 s" in dali
 
 
 # ---------------------------------------------------------------------------
