@@ -382,52 +382,16 @@ def collective_device():
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
-# ---------------------------------------------------------------------------
 # GPU timing for benchmarks
-
-
-def timed_on_device(device, work):
-    """``(work(), seconds)``: on a GPU the seconds between CUDA events recorded around ``work`` on the device's
-    current stream (its queue drained first, so earlier work is not counted); on the CPU the host clock."""
-    import time
-
-    if getattr(device, "type", device) != "cuda":
-        started = time.perf_counter()
-        result = work()
-        return result, time.perf_counter() - started
+def cuda_event_seconds(device, work) -> float:
+    """Seconds between CUDA events recorded around ``work()`` on ``device`` (its queue drained first)."""
     import torch
 
     with torch.cuda.device(device):
         torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        result = work()
-        end.record()
-        end.synchronize()
-    return result, start.elapsed_time(end) / 1000.0
-
-
-def reset_peak_memory(device) -> None:
-    """Start counting the GPU's peak allocated memory afresh (a no-op on the CPU)."""
-    if getattr(device, "type", device) == "cuda":
-        import torch
-
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def peak_memory_gb(device) -> float:
-    """The most memory torch held allocated on the GPU since the last reset, in GB (0.0 on the CPU)."""
-    if getattr(device, "type", device) != "cuda":
-        return 0.0
-    import torch
-
-    return torch.cuda.max_memory_allocated(device) / 1e9
-
-
-def device_memory_gb(device) -> float:
-    """The GPU's total memory in GB (0.0 on the CPU)."""
-    if getattr(device, "type", device) != "cuda":
-        return 0.0
-    import torch
-
-    return torch.cuda.get_device_properties(device).total_memory / 1e9
+        events = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
+        events[0].record()
+        work()
+        events[1].record()
+        events[1].synchronize()
+    return events[0].elapsed_time(events[1]) / 1000.0

@@ -115,7 +115,7 @@ def preflight(out: Path, *, is_dry_run: bool) -> int:
         ["python", platform.python_version()],
         ["torch", f"{torch.__version__} (CUDA {torch.version.cuda})"],
         *[[package, _version(package)] for package in _VERSIONS],
-        ["device", f"{name}, {runtime.device_memory_gb(device):.1f} GB, {runtime.cuda_device_count()} GPU(s) visible"],
+        ["device", f"{name}, {runtime.cuda_device_count()} GPU(s) visible (memory: nvidia-smi in log.txt)"],
     ]
     generator = torch.Generator(device=device).manual_seed(0)
     a = torch.randn(size, size, device=device, dtype=torch.bfloat16, generator=generator)
@@ -143,11 +143,21 @@ def preflight(out: Path, *, is_dry_run: bool) -> int:
 
 
 def _median_seconds(device, work, repeats: int) -> float:
+    """The median seconds of ``work`` after a warm-up: CUDA events on a GPU, the host clock on the CPU."""
+    import time
+
     from dist_syndr import runtime
 
+    def seconds() -> float:
+        if device.type == "cuda":
+            return runtime.cuda_event_seconds(device, work)
+        started = time.perf_counter()
+        work()
+        return time.perf_counter() - started
+
     for _ in range(3):  # warm-up: handles, kernels, clocks
-        runtime.timed_on_device(device, work)
-    return statistics.median(runtime.timed_on_device(device, work)[1] for _ in range(repeats))
+        seconds()
+    return statistics.median(seconds() for _ in range(repeats))
 
 
 def _version(package: str) -> str:

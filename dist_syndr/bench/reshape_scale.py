@@ -264,7 +264,7 @@ def _floor_case(case: dict):
 
     def work():
         if is_events:
-            _, seconds = runtime.timed_on_device(runtime.torch_device(), lambda: search.gemm_seconds(blocks))
+            seconds = runtime.cuda_event_seconds(runtime.torch_device(), lambda: search.gemm_seconds(blocks))
         else:
             seconds = search.gemm_seconds(blocks)
         detail = {"floor_s": seconds / timed_share, "share": timed_share, "blocks": int(np.size(blocks))}
