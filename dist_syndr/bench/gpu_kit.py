@@ -122,51 +122,45 @@ def stages(
     profile: Profile, *, is_dry_run: bool, site: Path, wheels: list[Path], a: Assumptions = Assumptions()
 ) -> list[Stage]:
     """The stages of ``profile``; a dry run's in their CPU form with tiny sizes and CPU allowances."""
-    from dist_syndr.bench.reshape_scale import ScalePlan
-    from dist_syndr.bench.score import ScorePlan
-    from dist_syndr.bench.train import TrainPlan
-
     python, bench = sys.executable, str(PROJECT_ROOT / "launchers" / "bench.py")
     quick = ("--quick",) if is_dry_run else ()
     dry = ("--dry-run",) if is_dry_run else ()
     kit = (python, "-m", "dist_syndr.bench.gpu_kit")
     wheel_args = tuple(arg for folder in wheels for arg in ("--wheels", str(folder)))
-    install_s = 30.0 if profile == "core" else 90.0  # pip over ~3 MB of wheels and the imports; DALI: 230 MB more
-    plan: list[tuple[Stage, float]] = [
-        (Stage("install", (*kit, "install", profile, "--site", str(site), *wheel_args, *dry), install_s,
-               "the carried wheels over the machine's own torch, then every import", is_required=True), install_s),
-        (Stage("preflight", (*kit, "preflight", "--out", REPORT, *dry), 25.0,
-               "versions, the GPU, its bf16 GEMM rate and copy bandwidth (CUDA events)", is_required=True), 25.0),
+    install_s = 30.0 if profile == "core" else 90.0  # pip over ~6 MB of wheels and the imports; DALI: 270 MB more
+    chosen = [
+        Stage("install", (*kit, "install", profile, "--site", str(site), *wheel_args, *dry), install_s,
+              "the carried wheels over the machine's own torch, then every import", is_required=True),
+        Stage("preflight", (*kit, "preflight", "--out", REPORT, *dry), 25.0,
+              "versions, the GPU, its bf16 GEMM rate and copy bandwidth (CUDA events)", is_required=True),
     ]  # fmt: skip
     if profile == "core":
-        reshape, train, score = ScalePlan.gpu(), TrainPlan.gpu(), ScorePlan.gpu()
-        plan += [
-            (Stage("gpu-tests", _pytest("gpu and not dali and not slow", TEST_CAP_S), GPU_TESTS_BUDGET_S,
-                   "the gpu-marked tests without DALI: GPU results against the CPU's"), GPU_TESTS_BUDGET_S),
-            (Stage("reshape", (python, bench, "reshape", "--scale", "million", "--gpu-only", *quick, "--out", REPORT),
-                   _budget(reshape_estimate_s(reshape, a), a),
-                   "DRCDown's exact search at 1M x 768 (torch-cuda) against its GEMM floor (CUDA events)"),
-             reshape_estimate_s(reshape, a)),
-            (Stage("train", (python, bench, "train", *quick, "--out", REPORT), _budget(train_estimate_s(train, a), a),
-                   "ViT-L/16 bf16 through the trainer (ZeRO-2, torch loader) against bare DDP; MFU"),
-             train_estimate_s(train, a)),
-            (Stage("score", (python, bench, "score", *quick, "--out", REPORT), _budget(score_estimate_s(score, a), a),
-                   "the scoring job against the one-at-a-time loop on the GPU"), score_estimate_s(score, a)),
+        budgets = {name: _budget(seconds, a) for name, seconds in estimates("core", a).items()}
+        chosen += [
+            Stage("gpu-tests", _pytest("gpu and not dali and not slow", TEST_CAP_S), GPU_TESTS_BUDGET_S,
+                  "the gpu-marked tests without DALI: GPU results against the CPU's"),
+            Stage("reshape", (python, bench, "reshape", "--scale", "million", "--gpu-only", *quick, "--out", REPORT),
+                  budgets["reshape"],
+                  "DRCDown's exact search at 1M x 768 (torch-cuda) against its GEMM floor (CUDA events)"),
+            Stage("train", (python, bench, "train", *quick, "--out", REPORT), budgets["train"],
+                  "ViT-L/16 bf16 through the trainer (ZeRO-2, torch loader) against bare DDP; MFU"),
+            Stage("score", (python, bench, "score", *quick, "--out", REPORT), budgets["score"],
+                  "the scoring job against the one-at-a-time loop on the GPU"),
         ]  # fmt: skip
     else:
-        plan += [
-            (Stage("dali-tests", _pytest("gpu and dali", DALI_TEST_CAP_S), 240.0,
-                   "the DALI-marked GPU tests: the mixed decoder against the PIL reference, a ZeRO-2 run"), 240.0),
-            (Stage("loader", (python, bench, "loader", *quick, "--out", REPORT), 120.0,
-                   "DALI's mixed decoder and the torch loader against webdataset + PIL"), 120.0),
+        chosen += [
+            Stage("dali-tests", _pytest("gpu and dali", DALI_TEST_CAP_S), 240.0,
+                  "the DALI-marked GPU tests: the mixed decoder against the PIL reference, a ZeRO-2 run"),
+            Stage("loader", (python, bench, "loader", *quick, "--out", REPORT), 120.0,
+                  "DALI's mixed decoder and the torch loader against webdataset + PIL"),
         ]  # fmt: skip
     if is_dry_run:
-        return [dataclasses.replace(stage, budget_s=DRY_RUN_BUDGET_S) for stage, _ in plan]
-    return [stage for stage, _ in plan]
+        return [dataclasses.replace(stage, budget_s=DRY_RUN_BUDGET_S) for stage in chosen]
+    return chosen
 
 
 def estimates(profile: Profile, a: Assumptions = Assumptions()) -> dict[str, float]:
-    """Each benchmark stage's estimated seconds (the fixed stages: their budget)."""
+    """Each benchmark stage's estimated seconds, from the plan it runs (the other stages have fixed budgets)."""
     from dist_syndr.bench.reshape_scale import ScalePlan
     from dist_syndr.bench.score import ScorePlan
     from dist_syndr.bench.train import TrainPlan
@@ -265,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     preflight.add_argument("--out", type=Path, required=True)
     preflight.add_argument("--dry-run", action="store_true")
     args = parser.parse_args(argv)
+    from dist_syndr import runtime
+
+    runtime.setup_logging("INFO")
     if args.command == "budgets":
         print(budget_table(args.profile))
         return 0

@@ -123,7 +123,7 @@ def run_stages(
             blocker = stage.name
         results.append(result)
         summary.append(result.line)
-        print(result.line, flush=True)
+        log.info("%s", result.line)
         files.write_text(out / "summary.txt", "\n".join(summary) + "\n")
     summary.append(verdict(results))
     files.write_text(out / "summary.txt", "\n".join(summary) + "\n")
