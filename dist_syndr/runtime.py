@@ -100,11 +100,7 @@ def rank_environment(rank: int, world_size: int, port: int, *, master_addr: str 
 
 def is_distributed() -> bool:
     """True when a torch process group is initialised with more than one rank."""
-    if "torch" not in _loaded_modules():
-        return False
-    import torch.distributed as dist
-
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    return _has_process_group() and sys.modules["torch.distributed"].get_world_size() > 1
 
 
 def rank_world() -> tuple[int, int]:
@@ -435,3 +431,18 @@ def collective_device():
     import torch.distributed as dist
 
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+# GPU timing for benchmarks
+def cuda_event_seconds(device, work) -> float:
+    """Seconds between CUDA events recorded around ``work()`` on ``device`` (its queue drained first)."""
+    import torch
+
+    with torch.cuda.device(device):
+        torch.cuda.synchronize()
+        events = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
+        events[0].record()
+        work()
+        events[1].record()
+        events[1].synchronize()
+    return events[0].elapsed_time(events[1]) / 1000.0

@@ -2,10 +2,11 @@
 
 python launchers/bench.py reshape [--quick] [--out bench-results/reshape.md]
 python launchers/bench.py reshape --scale million [--quick]   # DRCDown's exact search, 60k to 1M x 768
+python launchers/bench.py reshape --scale million --gpu-only  # 1M x 768 on the GPU against its GEMM floor alone
 python launchers/bench.py shard [--quick]
 python launchers/bench.py loader [--quick]
 python launchers/bench.py index [--quick]     # opening a 1M-sample shard set: format 2 vs format 1
-python launchers/bench.py score [--quick]     # score.py against a one-image-at-a-time loop
+python launchers/bench.py score [--quick]     # score.py against a one-image-at-a-time loop (on the GPU if any)
 python launchers/bench.py train [--quick]     # 2 ranks: DDP vs DeepSpeed vs the trainer
 python launchers/bench.py all [--quick]       # every benchmark, one report with a summary table on top
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from dist_syndr import cli, files, runtime, source
@@ -24,7 +26,7 @@ BENCHMARKS = {
     "shard": lambda quick: shard.run(shard.ShardPlan.quick() if quick else shard.ShardPlan()),
     "loader": lambda quick: loader.run(loader.LoaderPlan.quick() if quick else loader.LoaderPlan()),
     "index": lambda quick: index.run(index.IndexPlan.quick() if quick else index.IndexPlan()),
-    "score": lambda quick: score.run(score.ScorePlan.quick() if quick else score.ScorePlan()),
+    "score": lambda quick: score.run(score.ScorePlan.quick() if quick else score.ScorePlan.for_this_machine()),
     "train": lambda quick: train.run(train.TrainPlan.quick() if quick else train.TrainPlan.for_this_machine()),
 }
 
@@ -42,16 +44,23 @@ def main(argv: list[str] | None = None) -> int:
         default="default",
         help="reshape only: 'million' measures DRCDown's exact search at 60k, 200k and 1M x 768 (about an hour)",
     )
+    parser.add_argument(
+        "--gpu-only", action="store_true", help="with --scale million: the GPU rows at 1M alone, no CPU baselines"
+    )
     args = parser.parse_args(argv)
     if args.scale == "million" and args.benchmark != "reshape":
         parser.error("--scale million applies to the reshape benchmark only")
+    if args.gpu_only and args.scale != "million":
+        parser.error("--gpu-only applies to reshape --scale million only")
     runtime.setup_logging("INFO")
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(source.PROJECT_ROOT / ".cache" / "torch_extensions"))
 
     names = list(BENCHMARKS) if args.benchmark == "all" else [args.benchmark]
     benchmarks = dict(BENCHMARKS)
     if args.scale == "million":
-        plan = reshape_scale.ScalePlan.quick() if args.quick else reshape_scale.ScalePlan()
+        plans = {(False, False): reshape_scale.ScalePlan(), (True, False): reshape_scale.ScalePlan.quick()}
+        plans |= {(False, True): reshape_scale.ScalePlan.gpu(), (True, True): reshape_scale.ScalePlan.gpu_quick()}
+        plan = plans[args.quick, args.gpu_only]
         benchmarks["reshape"] = lambda quick: reshape_scale.run(plan)
     reports = {name: benchmarks[name](args.quick) for name in names}
     text = (
@@ -62,7 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.out is not None:
         files.write_text(args.out, text + "\n")
-    return 0
+    failures = [failure for report in reports.values() for failure in report.failures]
+    for failure in failures:
+        print(f"bench: {failure}", file=sys.stderr)
+    return 1 if failures else 0
 
 
 def combined_report(reports: dict[str, harness.Report]) -> str:

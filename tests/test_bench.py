@@ -41,6 +41,35 @@ def test_quick_million_scale_plan_runs_every_cpu_path_and_agrees(tmp_path):
         bench.main(["shard", "--scale", "million"])
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_gpu_only_million_plan_runs_the_accelerator_rows_against_their_floor_alone(tmp_path):
+    from dist_syndr import runtime
+
+    out = tmp_path / "gpu.md"
+    assert bench.main(["reshape", "--scale", "million", "--gpu-only", "--quick", "--out", str(out)]) == 0
+    text = out.read_text()
+    rows = _table_rows(text, "3,000 x 64")
+    assert len(rows) == 1 and rows[0][1] == ("gpu" if runtime.has_cuda() else "cpu (no GPU visible)")
+    assert float(rows[0][4]) > 0 and rows[0][5] == "not run"  # ours / floor; no CPU baseline ran
+    assert "GPU rows only" in text and "8,000 x 64" not in text
+    with pytest.raises(SystemExit):
+        bench.main(["reshape", "--gpu-only"])
+
+
+@pytest.mark.timeout(30)
+def test_mfu_uses_each_cards_own_peak_and_gpu_plans_are_picked_on_gpus_only():
+    from dist_syndr import runtime
+    from dist_syndr.bench.score import ScorePlan
+    from dist_syndr.bench.train import peak_flops
+
+    assert peak_flops("NVIDIA H100 PCIe") == 756e12 and peak_flops("NVIDIA H100 NVL") == 835e12
+    assert peak_flops("NVIDIA H100 80GB HBM3") == peak_flops("NVIDIA H200") == 989e12
+    assert peak_flops("Tesla T4") is None
+    assert ScorePlan.gpu().device == "cuda" and ScorePlan.gpu().model == "vit_base_patch16_224"
+    assert ScorePlan.for_this_machine() == (ScorePlan.gpu() if runtime.has_cuda() else ScorePlan())
+
+
 # ---------------------------------------------------------------------------
 # bench.py train and the combined report of bench.py all
 

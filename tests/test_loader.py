@@ -260,6 +260,7 @@ def test_evaluation_crops_are_grouped_per_image(shard_set, mode):
 
 
 @pytest.mark.gpu
+@pytest.mark.dali
 @pytest.mark.parametrize("is_training", [True, False])
 def test_mixed_decoder_on_the_gpu_matches_the_reference(shard_set, is_training):
     config = _config(eval_crops=3)

@@ -414,6 +414,7 @@ def test_dali_decodes_what_pil_would_and_leaves_the_rest_to_pil(tiny_run, tmp_pa
 
 
 @pytest.mark.gpu
+@pytest.mark.dali
 @pytest.mark.timeout(300)
 def test_dali_mixed_decoding_on_the_gpu_scores_as_pil_does(tiny_run, tmp_path):
     pytest.importorskip("nvidia.dali")

@@ -336,6 +336,7 @@ def test_a_full_disk_names_the_path_and_a_rerun_ends_as_an_uninterrupted_run(tmp
 
 
 @pytest.mark.gpu
+@pytest.mark.dali
 @pytest.mark.timeout(900)
 def test_one_gpu_bf16_zero2_with_dali_mixed_decoder(tmp_path):
     """The GPU path of the trainer: NCCL, bf16, ZeRO-2, DALI decoding on the device, FAISS on the GPU for DRCDown."""

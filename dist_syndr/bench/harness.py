@@ -103,6 +103,7 @@ class Report:
 
     markdown: str
     rows: tuple[SummaryRow, ...] = field(default_factory=tuple)
+    failures: tuple[str, ...] = ()  # cases that failed or timed out (``bench.py`` then exits 1)
 
     def __str__(self) -> str:
         return self.markdown

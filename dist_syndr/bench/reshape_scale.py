@@ -12,9 +12,12 @@ features, 3.1 GB at 1M x 768). Measured in the same run:
 - **FAISS** ``IndexFlatIP.range_search`` on the CPU, block by block, labels filtered after;
 - **the GEMM floor**: the bare GEMMs of ours' own tiles, no thresholds or
   decisions, timed over a sample of the blocks and scaled by their share of the work;
-- GPU rows (``torch-cuda``, and ``faiss-gpu`` where FAISS has GPUs) where a GPU is present.
+- GPU rows (``torch-cuda``, and ``faiss-gpu`` where FAISS has GPUs) where a GPU is present, their
+  floor timed with CUDA events on one GPU.
 
-Clusters are compared by digest wherever two paths ran.
+:meth:`ScalePlan.gpu` (``--gpu-only``, the GPU kit's plan) runs the GPU rows alone: ours on the
+accelerator against its GEMM floor, no CPU baselines. Without a GPU (a dry run) those rows run
+on the CPU and say so. Clusters are compared by digest wherever two paths ran.
 """
 
 from __future__ import annotations
@@ -50,31 +53,50 @@ class ScalePlan:
     floor_full_max: int = 200_000  # above: the floor is timed on a sample of blocks
     floor_sample_share: float = 0.1
     timeout_s: float = 3600.0
+    is_gpu_only: bool = False  # only the accelerator's rows (ours against its floor), no CPU baselines
 
     @staticmethod
     def quick() -> ScalePlan:
         """Small sizes, every path, in well under a minute."""
         return ScalePlan((3_000, 8_000), 64, 8_000, 8_000, 8_000, 0.5, 300.0)
 
+    @staticmethod
+    def gpu() -> ScalePlan:
+        """The GPU kit's plan: 1M x 768 on the accelerator against its GEMM floor, nothing on the CPU."""
+        return ScalePlan((1_000_000,), 768, 0, 0, 1_000_000, 1.0, 300.0, is_gpu_only=True)
+
+    @staticmethod
+    def gpu_quick() -> ScalePlan:
+        """:meth:`gpu` at a tiny size (a dry run's)."""
+        return ScalePlan((3_000,), 64, 0, 0, 3_000, 1.0, 300.0, is_gpu_only=True)
+
 
 def run(plan: ScalePlan) -> Report:
     """Measure every size of ``plan``; the Markdown section and one summary row per size."""
     has_gpu = runtime.has_cuda()
-    rows, summary = [], []
+    # The accelerator's rows: torch-cuda, or (a GPU-only plan on a machine without one) the CPU standing in.
+    device, backend = ("gpu", "torch-cuda") if has_gpu else ("cpu (no GPU visible)", "cpu")
+    rows, summary, failures = [], [], []
     for size in plan.sizes:
         case = {"op": "search", "n": size, "d": plan.dim}
-        ours = run_child(_MODULE, case | {"impl": "ours", "backend": "cpu"}, plan.timeout_s)
         floor_case = case | {"op": "floor", "backend": "cpu", "share": _floor_share(plan, size)}
-        floor = run_child(_MODULE, floor_case, plan.timeout_s)
-        today = run_child(_MODULE, case | {"impl": "today"}, plan.timeout_s) if size <= plan.today_max else None
-        faiss = run_child(_MODULE, case | {"impl": "faiss"}, plan.timeout_s) if size <= plan.faiss_max else None
-        rows.append(_row(size, "cpu", ours, floor, today, faiss))
-        summary.append(_summary(size, ours, today))
-        if has_gpu:
-            gpu = run_child(_MODULE, case | {"impl": "ours", "backend": "torch-cuda"}, plan.timeout_s)
-            gpu_floor = run_child(_MODULE, floor_case | {"backend": "torch-cuda", "share": 1.0}, plan.timeout_s)
-            faiss_gpu = run_child(_MODULE, case | {"impl": "faiss-gpu"}, plan.timeout_s)
-            rows.append(_row(size, "gpu", gpu, gpu_floor, ours, faiss_gpu))
+        ours = None
+        if not plan.is_gpu_only:
+            ours = run_child(_MODULE, case | {"impl": "ours", "backend": "cpu"}, plan.timeout_s)
+            floor = run_child(_MODULE, floor_case, plan.timeout_s)
+            today = run_child(_MODULE, case | {"impl": "today"}, plan.timeout_s) if size <= plan.today_max else None
+            faiss = run_child(_MODULE, case | {"impl": "faiss"}, plan.timeout_s) if size <= plan.faiss_max else None
+            rows.append(_row(size, "cpu", ours, floor, today, faiss))
+            failures += _failed(size, "cpu", ours=ours, floor=floor)
+            summary.append(_summary(size, ours, today))
+        if has_gpu or plan.is_gpu_only:
+            gpu = run_child(_MODULE, case | {"impl": "ours", "backend": backend}, plan.timeout_s)
+            gpu_floor = run_child(_MODULE, floor_case | {"backend": backend, "share": 1.0}, plan.timeout_s)
+            faiss_gpu = run_child(_MODULE, case | {"impl": "faiss-gpu"}, plan.timeout_s) if _has_faiss_gpu() else None
+            rows.append(_row(size, device, gpu, gpu_floor, ours, faiss_gpu))
+            failures += _failed(size, device, ours=gpu, floor=gpu_floor)
+            if plan.is_gpu_only:
+                summary.append(_floor_summary(size, device, gpu, gpu_floor))
         log.info("drcdown search n=%d: %s", size, rows[-1])
     header = [
         "N x D",
@@ -90,11 +112,16 @@ def run(plan: ScalePlan) -> Report:
     ]
     text = (
         f"### DRCDown exact search at scale (D={plan.dim}, KADID-like labels)\n\n"
-        "Baseline on the CPU rows: today's exact path (every pair in fp32, labels filtered after); "
-        "on GPU rows: ours on the CPU. The floor is the bare GEMM time of ours' own tiles.\n\n"
+        + (
+            "GPU rows only: ours on the accelerator against the bare GEMM time of its own tiles (CUDA events "
+            "on one GPU); no CPU baselines.\n\n"
+            if plan.is_gpu_only
+            else "Baseline on the CPU rows: today's exact path (every pair in fp32, labels filtered after); "
+            "on GPU rows: ours on the CPU. The floor is the bare GEMM time of ours' own tiles.\n\n"
+        )
         + markdown_table(header, rows)
     )
-    return Report(text, tuple(summary))
+    return Report(text, tuple(summary), tuple(failures))
 
 
 def _floor_share(plan: ScalePlan, size: int) -> float:
@@ -112,8 +139,10 @@ def _row(size, device, ours, floor, baseline, faiss) -> list[str]:
         if ours
         else "-"
     )
-    floor_label = f"{floor_s:.2f} s" + (
-        "" if floor.detail["share"] == 1.0 else f" ({floor.detail['share']:.0%} timed)"
+    floor_label = (
+        f"{floor_s:.2f} s"
+        + ("" if floor.detail["share"] == 1.0 else f" ({floor.detail['share']:.0%} timed)")
+        + (" (CUDA events)" if floor.detail.get("timer") == "cuda events" else "")
     )
     return [
         f"{size:,} x {ours.detail['d'] if ours else '?'}",
@@ -131,6 +160,29 @@ def _row(size, device, ours, floor, baseline, faiss) -> list[str]:
 
 def _label(measurement: Measurement | None) -> str:
     return measurement.label if measurement else "not run"
+
+
+def _failed(size: int, device: str, **measured: Measurement | None) -> list[str]:
+    return [f"{name} at N={size:,} on {device}: failed or timed out" for name, m in measured.items() if m is None]
+
+
+def _has_faiss_gpu() -> bool:
+    try:
+        return runtime.faiss_gpu_count() > 0
+    except ValueError:  # FAISS is not installed (no CUDA 13 build exists)
+        return False
+
+
+def _floor_summary(size: int, device: str, ours: Measurement | None, floor: Measurement | None) -> SummaryRow:
+    floor_s = floor.detail["floor_s"] if floor else None
+    return SummaryRow(
+        "reshape",
+        f"DRCDown search N={size:,} on {device}",
+        ours.label if ours else "failed/timeout",
+        "the bare GEMMs of its own tiles (floor)",
+        f"{floor_s:.2f} s" if floor_s else "not run",
+        floor_s / ours.seconds if ours and floor_s else None,
+    )
 
 
 def _summary(size: int, ours: Measurement | None, today: Measurement | None) -> SummaryRow:
@@ -207,10 +259,16 @@ def _floor_case(case: dict):
         blocks = blocks[::step]
     timed_share = float(costs[blocks].sum() / costs.sum())
     search.gemm_seconds(blocks[:1])  # warm-up outside the timing
+    # One GPU: CUDA events around the GEMMs; several GPUs or the CPU: the host clock around all of them.
+    is_events = case["backend"] == "torch-cuda" and runtime.cuda_device_count() == 1
 
     def work():
-        seconds = search.gemm_seconds(blocks)
-        return "", {"floor_s": seconds / timed_share, "share": timed_share, "blocks": int(np.size(blocks))}
+        if is_events:
+            seconds = runtime.cuda_event_seconds(runtime.torch_device(), lambda: search.gemm_seconds(blocks))
+        else:
+            seconds = search.gemm_seconds(blocks)
+        detail = {"floor_s": seconds / timed_share, "share": timed_share, "blocks": int(np.size(blocks))}
+        return "", detail | {"timer": "cuda events" if is_events else "host clock"}
 
     return work
 

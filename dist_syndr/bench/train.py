@@ -55,8 +55,16 @@ WORKER = "dist_syndr.bench.train_worker"
 
 H200_BF16_PEAK_FLOPS = 989e12
 """NVIDIA H200 (SXM) dense bf16 tensor-core peak, FLOP/s."""
-PEAK_BF16_FLOPS = {"H200": H200_BF16_PEAK_FLOPS, "H100": 989e12, "A100": 312e12}
-"""Dense bf16 peaks by GPU name fragment; MFU is left out on GPUs not listed here."""
+PEAK_BF16_FLOPS = {
+    "H100 PCIe": 756e12,
+    "H100 NVL": 835e12,
+    "H200 NVL": 835e12,
+    "H100": 989e12,  # SXM ("NVIDIA H100 80GB HBM3")
+    "H200": H200_BF16_PEAK_FLOPS,
+    "A100": 312e12,
+}
+"""Dense bf16 peaks (vendor datasheets) by GPU name fragment, the first match wins (PCIe and NVL parts before
+the SXM ones); MFU is left out on GPUs not listed here."""
 
 BASELINE, TRAINER = "ddp", "trainer"
 
@@ -93,6 +101,7 @@ class TrainPlan:
     crop: int = 64  # random training crop side (and the ViT's input size)
     batch_size: int = 16  # per rank
     num_workers: int = 1  # loader workers per rank
+    shard_workers: int = 1  # processes writing the shard set (each with one torch thread)
     world_size: int = 2  # ranks (on GPUs: at most one per visible GPU)
     warmup_epochs: int = 1
     epochs: int = 2  # timed epochs per repeat
@@ -113,7 +122,7 @@ class TrainPlan:
             raise ValueError(
                 f"TrainPlan.crop: {self.crop} exceeds image_side={self.image_side} (images are never resized)"
             )
-        for key in ("batch_size", "num_workers", "world_size", "epochs", "repeats"):
+        for key in ("batch_size", "num_workers", "shard_workers", "world_size", "epochs", "repeats"):
             if getattr(self, key) < 1:
                 raise ValueError(f"TrainPlan.{key}: must be >= 1, got {getattr(self, key)}")
         if self.warmup_epochs < 0 or self.threads_per_rank < 0:
@@ -152,20 +161,22 @@ class TrainPlan:
     @staticmethod
     def gpu() -> TrainPlan:
         """The GPU check: ViT-L/16 at 224 crops, bf16 autocast on both sides (DDP and DeepSpeed), ZeRO-2 as
-        ``configs/train/vit-large-multinode.yaml``; 875 images, batch 64 (13 steps an epoch), one warm-up and
-        two timed epochs per case. Sized for about 5 minutes on one GPU, set-up included (an estimate: no
-        GPU has run it yet), inside the lent machine's 10-minute command limit."""
+        ``configs/train/vit-large-multinode.yaml``, the torch loader where DALI is absent; 875 images written
+        by 8 sharding processes, batch 64 (13 steps an epoch), one warm-up and three timed epochs per case.
+        The GPU kit's ``train`` stage budgets it from this plan (``dist_syndr.bench.gpu_kit``: about
+        100 s on one GPU, set-up included; an estimate, no GPU has run it yet)."""
         return TrainPlan(
             models=("vit_large_patch16_224",),
             image_side=256,
             crop=224,
             batch_size=64,
             num_workers=4,
-            epochs=2,
+            shard_workers=8,
+            epochs=3,
             repeats=1,
             step_stages=(2,),  # the trainer reuses this engine
             trainer_zero_stage=2,
-            timeout_s=420.0,
+            timeout_s=300.0,
         )
 
     @staticmethod
@@ -249,8 +260,15 @@ def run(plan: TrainPlan) -> Report:
     with tempfile.TemporaryDirectory(prefix="bench-train-") as scratch:
         folder = Path(scratch)
         shard_root = folder / "shards" / "bench-train"
-        # One writer: forked sharding workers start with torch's default thread count and oversubscribe small machines.
-        photo_shard_set(shard_root, PHOTOS[: plan.num_photos], plan.types, size=plan.image_side, seed=0, num_workers=1)
+        # plan.shard_workers writers (one on small machines), each with one torch thread.
+        photo_shard_set(
+            shard_root,
+            PHOTOS[: plan.num_photos],
+            plan.types,
+            size=plan.image_side,
+            seed=0,
+            num_workers=plan.shard_workers,
+        )
         for model in plan.models:
             results[model] = launch(model, shard_root, plan, folder)
     return build_report(plan, results)
@@ -259,6 +277,7 @@ def run(plan: TrainPlan) -> Report:
 def build_report(plan: TrainPlan, results: dict[str, ModelResult | None]) -> Report:
     """The Markdown section and summary rows of measured ``results`` (None: the model failed)."""
     rows, notes, summary = [], [], []
+    failures = tuple(f"{model}: failed or timed out" for model, result in results.items() if result is None)
     for model, result in results.items():
         if result is None:
             rows.append([model, "failed or timed out (see the worker log above)", "-", "-", "-", "-"])
@@ -307,14 +326,21 @@ def build_report(plan: TrainPlan, results: dict[str, ModelResult | None]) -> Rep
     text = f"### Training step ({_setting(plan, results)})\n\n{table}"
     if notes:
         text += "\n\n" + "\n".join(notes)
-    return Report(text, tuple(summary))
+    return Report(text, tuple(summary), failures)
 
 
 def _setting(plan: TrainPlan, results: dict[str, ModelResult | None]) -> str:
     measured = next((r for r in results.values() if r is not None), None)
     where = "no model ran"
     if measured is not None:
-        device = measured.gpu_name if measured.device == "cuda" else f"CPU, {measured.threads} torch threads per rank"
+        device = f"CPU, {measured.threads} torch threads per rank"
+        if measured.device == "cuda":
+            peak = peak_flops(measured.gpu_name)
+            device = measured.gpu_name + (
+                f" (MFU against its dense bf16 peak of {peak / 1e12:.0f} TFLOP/s)"
+                if peak
+                else " (peak unknown: no MFU)"
+            )
         where = f"{measured.world_size} ranks on {measured.dist_backend}, {device}"
     return (
         f"{plan.num_samples} photo crops ({plan.num_photos} photos x {len(plan.types)} types x 5 levels)"
