@@ -44,6 +44,9 @@ from dist_syndr import runtime
 log = logging.getLogger(__name__)
 
 Made = dict  # key -> (image bytes, extension, weak label or None) | ValueError
+# Batches for CPU workers: small enough to spread a shard over every worker (a CPU gains nothing from more
+# images per call: the labels go image by image there); one reference's 25 types x 5 levels make 4.
+_CPU_BATCH_IMAGES = 32
 _NO_REFERENCE = "a reference image is needed but the sample names none"
 
 
@@ -83,7 +86,9 @@ def write_batched(
     from tqdm.auto import tqdm
 
     device = torch.device(options.device)
-    batches = [batch for index in todo for batch in batches_of(index, shards[index], options.engine_batch)]
+    in_workers = _makes_in_workers(device)
+    limit = min(options.engine_batch, _CPU_BATCH_IMAGES) if in_workers else options.engine_batch
+    batches = [batch for index in todo for batch in batches_of(index, shards[index], limit)]
     waiting = {index: sum(batch.shard == index for batch in batches) for index in todo}
     made: dict[int, Made] = {index: {} for index in todo}
     progress = tqdm(total=sum(len(batch.items) for batch in batches), desc="sharding (engine batches)", unit="img")
@@ -98,8 +103,10 @@ def write_batched(
             if waiting[batch.shard] == 0:
                 index = batch.shard
                 writes.append(tar_writer.submit(write_shard, index, shards[index], out_dir, options, made.pop(index)))
+            for write in [w for w in writes if w.done()]:
+                write.result()  # a failed tar stops the step now, not after every batch
 
-        if _makes_in_workers(device):
+        if in_workers:
             _make_on_cpu_workers(batches, options, skipping, collect)
         else:
             with _one_torch_thread() if device.type == "cpu" else contextlib.nullcontext():
