@@ -88,12 +88,12 @@ def test_batches_keep_references_together_in_plan_order(tmp_path):
 
 def _same_everywhere(items, tmp_path, monkeypatch) -> dict[str, bytes]:
     """The set written by the per-image path; the batched step must write the same bytes every way."""
-    expected = _write(items, tmp_path / "per-image", num_workers=1, engine_batch=0)
-    assert _write(items, tmp_path / "batched-1", num_workers=1, engine_batch=4) == expected
+    expected = _write(items, tmp_path / "per-image", num_workers=1, images_per_engine_batch=0)
+    assert _write(items, tmp_path / "batched-1", num_workers=1, images_per_engine_batch=4) == expected
     assert _write(items, tmp_path / "batched-2", num_workers=2) == expected
     # The GPU arrangement (this process makes the batches, workers encode them) with the device set to the CPU.
-    monkeypatch.setattr(engine_batches, "_makes_in_workers", lambda device: False)
-    assert _write(items, tmp_path / "device-route", num_workers=2, engine_batch=3) == expected
+    monkeypatch.setattr(engine_batches, "_is_made_in_workers", lambda device: False)
+    assert _write(items, tmp_path / "device-route", num_workers=2, images_per_engine_batch=3) == expected
     monkeypatch.undo()
     return expected
 
@@ -127,7 +127,7 @@ def test_a_failing_item_is_skipped_or_raised_as_the_per_image_path_does(tmp_path
     Image.fromarray(np.full((30, 40, 3), 60, np.uint8)).save(tiny)  # distorts, but too small for weak labels
     items = [_engine_item(references[0], 1, v) for v in (1, 2)] + [_engine_item(missing, 1, 1)]
     items += [_engine_item(tiny, 11, 2), _engine_item(tiny, 11, 3, is_weak=False, score=3.0)]
-    per_image = _write(items, tmp_path / "per-image", num_workers=1, engine_batch=0, on_error="skip")
+    per_image = _write(items, tmp_path / "per-image", num_workers=1, images_per_engine_batch=0, on_error="skip")
     assert _write(items, tmp_path / "batched", num_workers=2, on_error="skip") == per_image
     skipped = ShardSet(tmp_path / "batched").skipped
     assert [s["key"] for s in skipped] == ["pool/gone_01_01", "pool/tiny_11_02"]
@@ -141,7 +141,7 @@ def test_the_device_route_encodes_a_batch_while_making_the_next(monkeypatch):
 
     events = []
 
-    def fake_make(items, device, skipping):
+    def fake_make(items, device, is_skipping):
         events.append(f"make {items[0]}")
         return {}
 

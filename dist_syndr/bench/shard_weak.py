@@ -6,7 +6,7 @@ batches -- one image distorted (``images.distort_array``), then SSIM, MS-SSIM,
 GMSD, VIF and FSIM from piq on it -- in one process on one thread, over the first
 ``baseline_contents`` contents; its rate doubled stands for two cores. Ours, in
 the same run on the same pool: the sharding step (plan, engine batches, tars,
-index) with 1 and 2 workers, the step's per-image path (``engine_batch=0``,
+index) with 1 and 2 workers, the step's per-image path (``images_per_engine_batch=0``,
 2 workers) whose bytes the batched step must repeat, and a GPU row where one is
 visible. Every case runs ``repeats`` times in interleaved rounds and keeps its
 best rate (shared cores are noisy). The projection for a 700k-image pool divides by the measured rates

@@ -2,7 +2,7 @@
 
 A shard's engine items (``WorkItem.is_engine``: images the distortion engine makes from a pristine
 reference) are cut into batches of whole references, in plan order (a reference's run is split only
-where it alone passes ``WriteOptions.engine_batch`` images). A batch is made in three steps:
+where it alone passes ``WriteOptions.images_per_engine_batch`` images). A batch is made in three steps:
 
 1. its references are decoded once;
 2. the batched engine (:func:`dist_syndr.pools.distortions.distort`) makes every (type, level) in one
@@ -21,7 +21,7 @@ This process writes each shard's tar (:func:`writer.write_shard`, in a backgroun
 its batches are back; any other item of that shard goes through the per-image path there. An image's
 pixels and label depend only on its reference, type, level and seed (the engine and the metrics are
 batch-invariant), so on the CPU every tar is byte-identical to the per-image path's
-(``engine_batch=0``), and a resumed step skips finished shards as before. An item that fails is redone
+(``images_per_engine_batch=0``), and a resumed step skips finished shards as before. An item that fails is redone
 alone, so its error (raised, or listed under ``skipped``) reads as the per-image path's.
 
 Shapes: references and images ``(H, W, 3)`` uint8 on the host, ``(B, 3, H, W)`` uint8 on the device.
@@ -29,6 +29,7 @@ Shapes: references and images ``(H, W, 3)`` uint8 on the host, ``(B, 3, H, W)`` 
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures as futures
 import contextlib
 import logging
@@ -86,13 +87,19 @@ def write_batched(
     from tqdm.auto import tqdm
 
     device = torch.device(options.device)
-    in_workers = _makes_in_workers(device)
-    limit = min(options.engine_batch, _CPU_BATCH_IMAGES) if in_workers else options.engine_batch
+    is_made_in_workers = _is_made_in_workers(device)
+    limit = (
+        min(options.images_per_engine_batch, _CPU_BATCH_IMAGES)
+        if is_made_in_workers
+        else options.images_per_engine_batch
+    )
     batches = [batch for index in todo for batch in batches_of(index, shards[index], limit)]
-    waiting = {index: sum(batch.shard == index for batch in batches) for index in todo}
+    waiting = collections.Counter(batch.shard for batch in batches)
+    where = f"{options.num_workers} CPU worker(s)" if is_made_in_workers else f"{device} (encoding on CPU workers)"
+    log.info("%d shards: %d engine batches of at most %d images, made on %s", len(todo), len(batches), limit, where)
     made: dict[int, Made] = {index: {} for index in todo}
     progress = tqdm(total=sum(len(batch.items) for batch in batches), desc="sharding (engine batches)", unit="img")
-    skipping = options.on_error == "skip"
+    is_skipping = options.on_error == "skip"
     with futures.ThreadPoolExecutor(1, thread_name_prefix="tar-writer") as tar_writer:
         writes = []
 
@@ -106,43 +113,43 @@ def write_batched(
             for write in [w for w in writes if w.done()]:
                 write.result()  # a failed tar stops the step now, not after every batch
 
-        if in_workers:
-            _make_on_cpu_workers(batches, options, skipping, collect)
+        if is_made_in_workers:
+            _make_on_cpu_workers(batches, options, is_skipping, collect)
         else:
             with _one_torch_thread() if device.type == "cpu" else contextlib.nullcontext():
-                _make_on_device(batches, device, options, skipping, collect)
+                _make_on_device(batches, device, options, is_skipping, collect)
         for write in writes:
             write.result()
     progress.close()
 
 
-def _makes_in_workers(device) -> bool:
+def _is_made_in_workers(device) -> bool:
     """CPU workers make whole batches on a CPU; on a GPU this process makes them (tests force the latter)."""
     return device.type == "cpu"
 
 
-def _make_on_cpu_workers(batches: list[Batch], options, skipping: bool, collect) -> None:
+def _make_on_cpu_workers(batches: list[Batch], options, is_skipping: bool, collect) -> None:
     level = options.png_compress_level
     if options.num_workers <= 1:
         with _one_torch_thread():
             for batch in batches:
-                collect(batch, produce(batch.items, level, skipping))
+                collect(batch, produce(batch.items, level, is_skipping))
         return
     context = multiprocessing.get_context("spawn" if runtime.is_cuda_initialised() else "fork")
     with _pool(options.num_workers, context) as pool:
-        pending = {pool.submit(produce, batch.items, level, skipping): batch for batch in batches}
+        pending = {pool.submit(produce, batch.items, level, is_skipping): batch for batch in batches}
         for done in futures.as_completed(pending):
             collect(pending[done], done.result())
 
 
-def _make_on_device(batches: list[Batch], device, options, skipping: bool, collect) -> None:
+def _make_on_device(batches: list[Batch], device, options, is_skipping: bool, collect) -> None:
     level, num_workers = options.png_compress_level, max(1, options.num_workers)
     pending: list[tuple[futures.Future, Batch]] = []
     # Fork only while no CUDA context exists (a forked child could not use it); the pool starts lazily.
     is_spawned = device.type == "cuda" or runtime.is_cuda_initialised()
     with _pool(num_workers, multiprocessing.get_context("spawn" if is_spawned else "fork")) as pool:
         for batch in batches:
-            pending.append((pool.submit(encode, make(batch.items, device, skipping), level), batch))
+            pending.append((pool.submit(encode, make(batch.items, device, is_skipping), level), batch))
             while len(pending) > 2 * num_workers:  # bounded host memory: wait for the oldest encodings
                 done, finished = pending.pop(0)
                 collect(finished, done.result())
@@ -179,11 +186,11 @@ def _one_torch_thread():
         torch.set_num_threads(previous)
 
 
-def produce(items: tuple, png_compress_level: int, skipping: bool) -> Made:
+def produce(items: tuple, png_compress_level: int, is_skipping: bool) -> Made:
     """A CPU worker's whole job for one batch: make it on the CPU and encode it."""
     import torch
 
-    return encode(make(items, torch.device("cpu"), skipping), png_compress_level)
+    return encode(make(items, torch.device("cpu"), is_skipping), png_compress_level)
 
 
 def encode(made: dict, png_compress_level: int) -> Made:
@@ -200,10 +207,10 @@ def encode(made: dict, png_compress_level: int) -> Made:
     return encoded
 
 
-def make(items: tuple, device, skipping: bool) -> dict:
+def make(items: tuple, device, is_skipping: bool) -> dict:
     """key -> (pixels ``(H, W, 3)`` uint8 on the host, weak label or None), or the item's ValueError.
 
-    Errors are raised unless ``skipping``; either way a failing batch is redone item by item, so each
+    Errors are raised unless ``is_skipping``; either way a failing batch is redone item by item, so each
     item gets the error the per-image path would give it.
     """
     try:
@@ -214,7 +221,7 @@ def make(items: tuple, device, skipping: bool) -> dict:
             try:
                 made[item.key] = _make_alone(item, device)
             except ValueError as error:
-                if not skipping:
+                if not is_skipping:
                     raise
                 made[item.key] = error
         return made

@@ -63,7 +63,7 @@ class WriteOptions:
     num_workers: int = 2
     on_error: str = "error"  # error | skip
     device: str = "cpu"  # where engine batches are made (runtime's choice: cpu or cuda); encoding stays on CPUs
-    engine_batch: int = 128  # most engine images per batch (sharding/engine_batches.py); 0: one image at a time
+    images_per_engine_batch: int = 128  # at most (sharding/engine_batches.py); 0: one image at a time
 
     @staticmethod
     def from_config(shard: ShardConfig, device: str = "cpu") -> WriteOptions:
@@ -121,7 +121,7 @@ def write_shards(
     log.info(
         "rank %d: %d of its %d shards already finished, %d to write", rank, len(mine) - len(todo), len(mine), len(todo)
     )
-    batched = [i for i in todo if options.engine_batch > 0 and any(item.is_engine for item in shards[i])]
+    batched = [i for i in todo if options.images_per_engine_batch > 0 and any(item.is_engine for item in shards[i])]
     _run_workers([i for i in todo if i not in batched], shards, out_dir, options)
     if batched:
         engine_batches.write_batched(batched, shards, out_dir, options, write_shard)
