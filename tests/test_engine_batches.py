@@ -111,12 +111,29 @@ def test_batched_step_writes_the_per_image_paths_bytes_and_resumes(tmp_path, mon
     weak = [shard_set.read_meta(i.key)["weak_label"] for i in items if i.wants_weak_label]
     assert all(set(label["metrics"]) == {"gmsd", "fsim"} for label in weak)
     assert len({label["quality"] for label in weak}) > 10  # real labels, one per image
-    out = tmp_path / "batched-2"
-    kept = {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar") if p.name != "shard-000001.tar"}
-    (out / "shard-000001.tar").unlink()
-    (out / "index.json").unlink()
-    assert _write(items, out, num_workers=2) == expected  # a resumed step rewrites only the missing shard
-    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar") if p.name in kept} == kept
+    for route, is_made_in_workers in (("batched-2", True), ("device-route", False)):
+        out = tmp_path / route
+        monkeypatch.setattr(engine_batches, "_is_made_in_workers", lambda device, answer=is_made_in_workers: answer)
+        kept = {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar") if p.name != "shard-000001.tar"}
+        (out / "shard-000001.tar").unlink()
+        (out / "index.json").unlink()
+        assert _write(items, out, num_workers=2) == expected, route  # a resumed step rewrites the missing shard
+        assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar") if p.name in kept} == kept, route
+
+
+@pytest.mark.gpu
+@pytest.mark.timeout(300)
+def test_on_a_gpu_the_step_repeats_itself_and_stays_near_the_cpus_labels(tmp_path):
+    references = _references(tmp_path / "pristine", width=200, height=176)
+    items = [_engine_item(r, t, v) for r in references for t in (1, 3, 10, 11, 16) for v in (1, 3, 5)]
+    on_cpu = _write(items, tmp_path / "cpu", num_workers=2)
+    on_gpu = _write(items, tmp_path / "gpu", num_workers=2, device="cuda")
+    assert _write(items, tmp_path / "gpu-again", num_workers=2, device="cuda") == on_gpu
+    assert on_gpu.keys() == on_cpu.keys()
+    cpu, gpu = ShardSet(tmp_path / "cpu"), ShardSet(tmp_path / "gpu")
+    for item in items:
+        expected, got = cpu.read_meta(item.key)["weak_label"], gpu.read_meta(item.key)["weak_label"]
+        assert abs(expected["quality"] - got["quality"]) < 0.02, item.key  # pixels may move by a level or two
 
 
 @pytest.mark.timeout(300)

@@ -118,3 +118,15 @@ def test_bad_inputs_name_the_problem():
         fr_metrics.qualities(torch.zeros(1, 3, 64, 60, dtype=torch.uint8), prepared, torch.tensor([0]))
     with pytest.raises(ValueError, match="unknown full-reference metric"):
         fr_metrics.prepare_references(references, ("ssim", "psnr"))
+
+
+@pytest.mark.gpu
+def test_a_gpu_gives_the_cpus_values_to_float_rounding():
+    references = _references(176, 192)
+    images, rows = _variants(references)
+    on_cpu = fr_metrics.qualities(images, fr_metrics.prepare_references(references), rows)
+    prepared = fr_metrics.prepare_references(references.to("cuda"))
+    on_gpu = fr_metrics.qualities(images.to("cuda"), prepared, rows.to("cuda"))
+    for name, values in on_cpu.items():
+        assert on_gpu[name].device.type == "cuda"
+        assert (on_gpu[name].cpu() - values).abs().max() < 1e-4, name
