@@ -116,6 +116,10 @@ def test_bad_inputs_name_the_problem():
         fr_metrics.prepare_references(references.float())
     with pytest.raises(ValueError, match="their references"):
         fr_metrics.qualities(torch.zeros(1, 3, 64, 60, dtype=torch.uint8), prepared, torch.tensor([0]))
+    with pytest.raises(ValueError, match="must lie in 0..0"):
+        fr_metrics.qualities(references, prepared, torch.tensor([1]))
+    with pytest.raises(ValueError, match="for 1 distorted images"):
+        fr_metrics.qualities(references, prepared, torch.tensor([0, 0]))
     with pytest.raises(ValueError, match="unknown full-reference metric"):
         fr_metrics.prepare_references(references, ("ssim", "psnr"))
 

@@ -60,6 +60,7 @@ class References:
 
     @property
     def count(self) -> int:
+        """``R``, the number of references."""
         return next(t.shape[0] for t in self._tensors())
 
     def _tensors(self):
@@ -117,6 +118,10 @@ def qualities(distorted: torch.Tensor, references: References, ref_index: torch.
             f"{(references.height, references.width)}"
         )
     ref_index = ref_index.to(device=distorted.device, dtype=torch.int64)
+    if ref_index.shape != distorted.shape[:1]:
+        raise ValueError(f"ref_index has shape {tuple(ref_index.shape)} for {distorted.shape[0]} distorted images")
+    if ref_index.numel() and not 0 <= int(ref_index.min()) <= int(ref_index.max()) < references.count:
+        raise ValueError(f"ref_index must lie in 0..{references.count - 1}, got {ref_index.tolist()[:8]}")
     unit = _unit(distorted)
     values = {}
     if references.ssim:
@@ -282,9 +287,9 @@ def _ssim_scale(
     ssim_rows, contrast_rows = [], []
     for top, rows in _bands(distorted.shape[-2] - reach, distorted.device):
         image = distorted[..., top : top + rows + reach, :]
-        reference = _pick(side["image"], ref_index)[..., top : top + rows + reach, :]
+        reference = _pick(side["image"][..., top : top + rows + reach, :], ref_index)  # band first, then gather
         mean_y, var_y, mean_yy = (
-            _pick(side[k], ref_index)[..., top : top + rows, :] for k in ("mean", "var", "mean_sq")
+            _pick(side[k][..., top : top + rows, :], ref_index) for k in ("mean", "var", "mean_sq")
         )
         mean_x = _window(image, taps)
         mean_xx, mean_xy = mean_x * mean_x, mean_x * mean_y
@@ -372,8 +377,8 @@ def _vif_value(unit: torch.Tensor, references: References, ref_index: torch.Tens
         reach = len(taps) - 1
         for top, rows in _bands(level.shape[-2] - reach, level.device):
             band = level[..., top : top + rows + reach, :]
-            reference = _pick(side["image"], ref_index)[..., top : top + rows + reach, :]
-            mean_y, sigma_y_sq = (_pick(side[k], ref_index)[..., top : top + rows, :] for k in ("mean", "sigma_sq"))
+            reference = _pick(side["image"][..., top : top + rows + reach, :], ref_index)
+            mean_y, sigma_y_sq = (_pick(side[k][..., top : top + rows, :], ref_index) for k in ("mean", "sigma_sq"))
             term = _rows_sum(_vif_information(band, reference, mean_y, sigma_y_sq, taps))
             information = term if information is None else information + term
     total = _pick(references.vif_information, ref_index)
