@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     # ---- plan, write, index
-    options = writer.WriteOptions.from_config(cfg.shard)
+    options = writer.WriteOptions.from_config(cfg.shard, device=backends.device)  # engine batches on the GPU if any
     plan = shard_plan.run_shard_step(cfg, out_dir, options, rank=backends.rank, world_size=backends.world_size)
     if backends.rank == 0:
         shard_set = ShardSet(out_dir)

@@ -13,7 +13,7 @@ from launchers import bench
     "name, expected",
     [
         ("reshape", ["speed-up", "same clusters", "yes"]),
-        ("shard", ["naive", "x naive", "jpeg2000"]),
+        ("shard", ["naive", "x naive", "jpeg2000", "Weak-labelled engine pool", "core-hours", "chosen ensemble"]),
         ("loader", ["webdataset"]),
         ("index", ["format 1: one JSON record per sample (baseline)", "memory-mapped columns", "same members"]),
         ("score", ["one at a time (images/s)", "score.py job (images/s)", "1 centre crop of 64, fp32"]),

@@ -7,6 +7,8 @@ sidecars and checksums included). Both run on the same generated pool of
 512x384 BMP crops of scikit-image's photographs, in the same benchmark run;
 ratios are ours / naive.
 The engine table gives distortion images/s per KADID type at 512x384.
+The weak-labelled engine case, its 700k-image projection and the weak-label
+metrics' costs and agreement come from :mod:`dist_syndr.bench.shard_weak`.
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ import io
 import tarfile
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from dist_syndr import runtime
+from dist_syndr.bench import shard_weak
 from dist_syndr.bench.harness import Report, SummaryRow, markdown_table
 from dist_syndr.config import NUM_DISTORTION_TYPES, NUM_LEVELS
 from dist_syndr.pools.embedded import photo_crops
@@ -35,10 +38,18 @@ class ShardPlan:
     height: int = 384
     engine_images_per_type: int = 8
     engine_references: int = 6
+    weak: shard_weak.WeakPlan = field(default_factory=shard_weak.WeakPlan)
 
     @staticmethod
     def quick() -> ShardPlan:
-        return ShardPlan(num_images=24, width=128, height=96, engine_images_per_type=2, engine_references=2)
+        return ShardPlan(
+            num_images=24,
+            width=128,
+            height=96,
+            engine_images_per_type=2,
+            engine_references=2,
+            weak=shard_weak.WeakPlan.quick(),
+        )
 
 
 def make_pool(folder: Path, plan: ShardPlan) -> list[Path]:
@@ -161,7 +172,8 @@ def run(plan: ShardPlan) -> Report:
     rows = _summary_rows("on-disk pool", len(paths), file_times) + _summary_rows(
         "distortion engine pool", num_engine_images, engine_times
     )
-    return Report("\n\n".join(sections), tuple(rows))
+    weak_sections, weak_rows = shard_weak.run(plan.weak)
+    return Report("\n\n".join([*sections, weak_sections]), tuple(rows + weak_rows))
 
 
 def _summary_rows(pool: str, count: int, times: list[float]) -> list[SummaryRow]:

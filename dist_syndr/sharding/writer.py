@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 from dist_syndr import collectives, files, imaging, runtime
 from dist_syndr.config import DEFAULT_MAX_PIXELS, ShardConfig
 from dist_syndr.pools.scores import minmax_to_ten
+from dist_syndr.sharding import engine_batches
 from dist_syndr.sharding.index_columns import CHECKSUM_FIELD, PIXEL_DIGEST_FIELD, member_base
 from dist_syndr.sharding.shard_set import INDEX_NAME, LOCK_NAME, member_checksum, scan_tar, write_index
 
@@ -73,12 +74,19 @@ class WriteOptions:
     num_workers: int = 2
     on_error: str = "error"  # error | skip
     max_pixels: int = DEFAULT_MAX_PIXELS  # images and references declaring more pixels are refused unread
+    device: str = "cpu"  # where engine batches are made (runtime's choice: cpu or cuda); encoding stays on CPUs
+    images_per_engine_batch: int = 128  # at most (sharding/engine_batches.py); 0: one image at a time
 
     @staticmethod
-    def from_config(shard: ShardConfig) -> WriteOptions:
-        """The write options of a ``shard`` config section."""
+    def from_config(shard: ShardConfig, device: str = "cpu") -> WriteOptions:
+        """The write options of a ``shard`` config section, engine batches on ``device``."""
         return WriteOptions(
-            shard.samples_per_shard, shard.png_compress_level, shard.num_workers, shard.on_error, shard.max_pixels
+            shard.samples_per_shard,
+            shard.png_compress_level,
+            shard.num_workers,
+            shard.on_error,
+            shard.max_pixels,
+            device,
         )
 
 
@@ -143,7 +151,10 @@ def write_shards(
     log.info(
         "rank %d: %d of its %d shards already finished, %d to write", rank, len(mine) - len(todo), len(mine), len(todo)
     )
-    _run_workers(todo, shards, out_dir, options)
+    batched = [i for i in todo if options.images_per_engine_batch > 0 and any(item.is_engine for item in shards[i])]
+    _run_workers([i for i in todo if i not in batched], shards, out_dir, options)
+    if batched:
+        engine_batches.write_batched(batched, shards, out_dir, options, write_shard)
     return len(shards)
 
 
@@ -210,7 +221,11 @@ def _worker_init() -> None:
 
 
 def _plan_digest(items: list[WorkItem]) -> str:
+    from dist_syndr.pools import weak_labels
+
     text = json.dumps([asdict(item) for item in items], sort_keys=True, default=str)
+    if any(item.wants_weak_label for item in items):  # a shard labelled by another ensemble is rewritten
+        text += json.dumps(weak_labels.ENSEMBLE)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -237,12 +252,17 @@ def _is_finished(out_dir: Path, index: int, items: list[WorkItem]) -> bool:
     return True
 
 
-def write_shard(index: int, items: list[WorkItem], out_dir: Path, options: WriteOptions) -> dict:
-    """Write one shard and its sidecar atomically; return the sidecar record."""
+def write_shard(
+    index: int, items: list[WorkItem], out_dir: Path, options: WriteOptions, made: dict | None = None
+) -> dict:
+    """Write one shard and its sidecar atomically; return the sidecar record.
+
+    ``made`` holds items already produced (key -> (bytes, extension, weak label), or the item's ValueError).
+    """
     name = shard_name(index)
     final = out_dir / name
     with files.atomic_path(final) as temporary:
-        samples, skipped = _write_tar(temporary, items, options)
+        samples, skipped = _write_tar(temporary, items, options, made or {})
         offsets = scan_tar(temporary)
     records = [_index_record(s, name, offsets) for s in samples]
     record = {
@@ -258,14 +278,17 @@ def write_shard(index: int, items: list[WorkItem], out_dir: Path, options: Write
     return record
 
 
-def _write_tar(path: Path, items: list[WorkItem], options: WriteOptions) -> tuple[list[dict], list[dict]]:
+def _write_tar(path: Path, items: list[WorkItem], options: WriteOptions, made: dict) -> tuple[list[dict], list[dict]]:
     """Write the items' members to the tar ``path``; returns the samples written and the inputs skipped."""
     samples, skipped = [], []
     with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as archive:
         reference_cache: dict[str, np.ndarray] = {}
         for item in items:
             try:
-                image_bytes, extension, weak, digest = _produce(item, options, reference_cache)
+                result = made[item.key] if item.key in made else _produce(item, options, reference_cache)
+                if isinstance(result, ValueError):
+                    raise result
+                image_bytes, extension, weak, digest = result
             except ValueError as error:
                 if options.on_error != "skip":
                     raise
