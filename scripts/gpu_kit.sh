@@ -26,7 +26,7 @@ TREE_LIMIT_MIB=60
 KIT_WHEELS=(  # at the versions of lock/py311.txt
     webdataset wids braceexpand piq hjson pydantic pydantic_core annotated-types typing-inspection
     openpyxl et_xmlfile nvtx makefun libcst astunparse gast optree nvidia-libnvcomp-cu13 nvidia-nvimgcodec-cu13
-    nvidia-nvjpeg nvidia-nvjpeg2k-cu13 nvidia-nvtiff-cu13 pytest-timeout
+    nvidia-nvjpeg nvidia-nvjpeg2k-cu13 nvidia-nvtiff-cu13 pytest-timeout lz4
 )
 PLATFORMS=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64
     --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform manylinux_2_24_x86_64
