@@ -138,6 +138,23 @@ def test_torch_and_dali_cpu_read_an_lz4_set_bit_exactly_as_the_png_set(sets, is_
         assert torch.equal(from_torch[key], crops) and torch.equal(from_dali[key], crops), key
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("is_training", [True, False])
+def test_dali_inflates_lz4_members_on_the_gpu_to_the_png_sets_pixels(sets, is_training):
+    config = _config()
+    plan = plan_epoch(sets["png"].keys(), config, seed=SEED, epoch=2, is_training=is_training).for_rank(0)
+    with TorchLoader(sets["png"], config, is_training=is_training) as loader:
+        want = _crops(loader, plan)
+    with DaliLoader(sets["lz4"], config, is_training=is_training, device="gpu", device_id=0) as loader:
+        assert loader.inputs == "bands"  # fn.decoders.inflate on the GPU: no image decoder, no CPU inflate
+        batch = next(iter(loader.batches(plan)))
+        assert batch.images.is_cuda
+        got = _crops(loader, plan)
+    assert list(got) == list(want) and len(got) == len(plan.keys)
+    for key, crops in want.items():  # lossless: equal up to the float rounding of GPU normalisation
+        torch.testing.assert_close(got[key], crops, atol=1e-5, rtol=0, msg=key)
+
+
 def test_a_flipped_byte_fails_its_checksum_before_anything_inflates(tmp_path, monkeypatch):
     shard_set = _write(_sources(tmp_path / "src"), tmp_path / "set", "lz4")
     key = "set/wide"

@@ -279,7 +279,7 @@ class ShardConfig(_Section):
     output_root: str = "shards"
     samples_per_shard: int = 1000
     png_compress_level: int = 1
-    image_format: ImageFormat = "png"  # lz4: raw pixels a GPU inflates (no CPU decoding), about 1.4x PNG's bytes
+    image_format: ImageFormat = "png"  # lz4: raw pixels a GPU inflates (no CPU decoding), about 1.5x PNG's bytes
     num_workers: int = 2
     on_error: OnError = "error"  # unreadable images (decompression bombs and images above max_pixels included)
     max_pixels: int = DEFAULT_MAX_PIXELS  # pool images and references declaring more pixels are refused unread

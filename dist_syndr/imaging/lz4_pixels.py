@@ -7,9 +7,9 @@ bands of whole rows (about 64 KiB each), each band one LZ4 block. DALI's
 in parallel from the band offsets and sizes this header gives; on the CPU
 ``lz4.block`` inflates the same blocks to the same bytes, so every path sees
 identical pixels (and the identical pixel digest). The blocks are written with
-LZ4's high-compression encoder (level 9): about 1.4x the bytes of a level-1 PNG on
-photographs, faster to write than that PNG, and about 30x faster to read on a CPU
-core (``python launchers/bench.py loader``).
+LZ4's high-compression encoder (level 9): on photographs about 1.5x the bytes of
+the level-1 PNG the sharding step writes, and about 30x faster to decode on one
+CPU core (``python launchers/bench.py loader``).
 
 This module only knows the bytes: :mod:`dist_syndr.imaging.headers` checks the
 declared size against the pixel cap before :func:`inflate` allocates anything.
