@@ -219,6 +219,25 @@ def test_describe_and_records_show_the_format_and_how_a_gpu_reads_it(sets, tmp_p
         assert line["pixel_digest"] == sets["png"].by_key[line["key"]].pixel_digest
 
 
+def test_the_sharding_launcher_writes_and_verifies_an_lz4_set_from_its_config(tmp_path, capsys):
+    from launchers import shard as shard_launcher
+    from tests.test_shard_step import _pristine_folder, undistorted_folder_overrides
+
+    _pristine_folder(tmp_path / "pristine", count=3)
+    overrides = [*undistorted_folder_overrides(tmp_path / "pristine"), f"shard.output_root={tmp_path / 'shards'}"]
+    preset = str(PROJECT_ROOT / "configs" / "shard" / "folder-weak.yaml")
+    assert shard_launcher.main(["--config", preset, *overrides, "shard.image_format=lz4"]) == 0
+    shard_set = ShardSet(tmp_path / "shards" / "folder-weak")
+    assert len(shard_set) == 3 and {entry.image_extension for entry in shard_set.samples} == {"lz4"}
+    assert shard_set.config["shard"]["image_format"] == "lz4"  # the resolved config travels with the set
+    capsys.readouterr()
+    assert shard_launcher.main(["--config", preset, "--verify", *overrides, "shard.image_format=lz4"]) == 0
+    assert "3 samples in 2 shards verified (checksums, members, images)" in capsys.readouterr().out
+    for path in sorted((tmp_path / "pristine").iterdir()):
+        key = f"pristine/{path.stem}"
+        np.testing.assert_array_equal(decode(shard_set.read_image_bytes(key)), np.asarray(Image.open(path)))
+
+
 def test_reindex_gives_an_lz4_set_the_digests_it_was_written_with(sets, tmp_path):
     out = tmp_path / "set"
     _write(_sources(tmp_path / "src"), out, "lz4")
