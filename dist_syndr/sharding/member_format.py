@@ -10,7 +10,7 @@
 - ``lz4``: every image, JPEG and PNG files included, becomes its upright 8-bit RGB
   pixels in LZ4 row bands (:mod:`dist_syndr.imaging.lz4_pixels`, member ``.lz4``),
   which DALI inflates on the GPU with no CPU decoding at all. About 1.5x the bytes of
-  the PNG this step writes, several times a JPEG's; only this package decodes them.
+  the PNG this step writes (JPEGs lose their compression); only this package decodes them.
 
 Both are lossless: a sample's pixels, and so its pixel digest, are the same in either.
 
