@@ -44,7 +44,7 @@ TREE_LIMIT_MIB=60
 # pytest, pytest-timeout, hypothesis): DeepSpeed (built below) and these, at the versions of lock/py311.txt.
 # MLflow is left out: its tests skip there, and the benchmarks do not track.
 CORE_WHEELS=(webdataset wids braceexpand piq hjson pydantic pydantic_core annotated-types typing-inspection
-    typing_extensions openpyxl et_xmlfile)
+    typing_extensions openpyxl et_xmlfile lz4)
 DALI_WHEELS=(nvidia-dali-cuda130 nvidia-libnvcomp-cu13 nvidia-nvimgcodec-cu13 nvidia-nvjpeg nvidia-nvjpeg2k-cu13
     nvidia-nvtiff-cu13 nvtx makefun libcst astunparse gast optree)
 PLATFORMS=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64

@@ -3,17 +3,25 @@
 All three read the same shard set (crops, 512x384 by default, of scikit-image's
 photographs, written by the sharding step) with the same batch size and the
 same number of worker processes, one random crop per image, ImageNet
-normalisation, float32 NCHW out. Two kinds of PNG are measured, because PIL's
-decoder is much slower on adaptively filtered PNGs (as datasets ship them,
-kept byte for byte by the sharding step) than on the libpng level-1 PNGs the
-sharding step writes itself (from BMP pools and the distortion engine):
+normalisation, float32 NCHW out. Three image formats are measured: two kinds
+of PNG, because PIL's decoder is much slower on adaptively filtered PNGs (as
+datasets ship them, kept byte for byte by the sharding step) than on the libpng
+level-1 PNGs the sharding step writes itself (from BMP pools and the distortion
+engine), and the LZ4 pixel bands of ``shard.image_format: lz4``, which a GPU
+inflates without decoding (on the CPU the source workers inflate them):
 
 - baseline: ``webdataset.WebDataset`` over the tars (each worker reads whole
-  shards front to back), PIL decode, numpy random crop, torch ``DataLoader``;
+  shards front to back), PIL decode (LZ4 members: ``imaging.decode``), numpy
+  random crop, torch ``DataLoader``;
 - ours, torch: :class:`~dist_syndr.loader.torch_loader.TorchLoader` over the
   epoch plan (members read by offset, hashed anchors);
 - ours, DALI: :class:`~dist_syndr.loader.dali_pipeline.DaliLoader` over the same
-  plan, on the CPU and, where a GPU is visible, with the mixed decoder.
+  plan, on the CPU and, where a GPU is visible, with the mixed decoder (LZ4
+  members: inflated on the GPU).
+
+A last table (:mod:`dist_syndr.bench.member_formats`) sets the formats side by side:
+bytes per image, one thread's decode time, the DALI loaders' images/s, and the same
+figures for lossless JPEG 2000, the other lossless format a GPU decodes.
 
 The consumer sleeps ``step_ms`` per batch, standing in for a training step
 that does not use the CPU. ``images/s`` counts every image after the first
@@ -24,7 +32,6 @@ alternating, and the best run is kept; ratios are against the baseline.
 
 from __future__ import annotations
 
-import io
 import logging
 import tempfile
 import time
@@ -33,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dist_syndr.bench import member_formats
 from dist_syndr.bench.harness import Report, SummaryRow, markdown_table
 
 log = logging.getLogger(__name__)
@@ -51,13 +59,19 @@ class LoaderPlan:
     epochs: int = 2
     step_ms: float = 5.0
     repeats: int = 3
-    encodings: tuple[str, ...] = ("dataset", "sharded")
+    encodings: tuple[str, ...] = ("dataset", "sharded", "lz4")
 
     @staticmethod
     def quick() -> LoaderPlan:
         """A smoke-run plan that finishes in seconds."""
         return LoaderPlan(
-            num_images=48, width=320, height=256, samples_per_shard=12, batch_size=8, repeats=1, encodings=("dataset",)
+            num_images=48,
+            width=320,
+            height=256,
+            samples_per_shard=12,
+            batch_size=8,
+            repeats=1,
+            encodings=("sharded", "lz4"),
         )
 
 
@@ -91,16 +105,19 @@ VERIFICATION_PAIRS = {  # checked case -> the same loader unchecked
 ENCODINGS = {
     "dataset": "PNG as datasets ship them (PIL, level 6, adaptive filters), stored as is",
     "sharded": "PNG re-encoded by the sharding step from BMP (libpng, level 1)",
+    "lz4": "LZ4 pixel bands written by the sharding step from BMP (shard.image_format: lz4)",
 }
+LABELS = {"dataset": "dataset PNG", "sharded": "sharded PNG", "lz4": "LZ4 pixels"}
 
 
 def run(plan: LoaderPlan) -> Report:
     """Measure every loader on each kind of shard set; the Markdown report and one summary row per loader."""
-    sections, summary = [], []
+    sections, summary, stats, bests = [], [], {}, {}
     with tempfile.TemporaryDirectory(prefix="bench-loader-") as scratch:
         for encoding in plan.encodings:
             shard_root = make_shard_set(Path(scratch) / encoding, plan, encoding)
-            best = _measure(shard_root, plan)
+            best = bests[encoding] = _measure(shard_root, plan, encoding)
+            stats[encoding] = member_formats.member_stats(shard_root)
             table = markdown_table(
                 ["loader", "images/s", "consumer wait", "first batch (s)", "vs baseline"], _rows(best)
             )
@@ -108,6 +125,12 @@ def run(plan: LoaderPlan) -> Report:
             share = f"{100 * checksum_share(shard_root):.2f}%"
             cost = f"{verification_cost(best)} CPU time of the checksums against decoding the same members: {share}."
             sections.append(f"#### {ENCODINGS[encoding]}\n\n{table}\n\n{cost}")
+        pool = Path(scratch) / next((e for e in plan.encodings if e != "dataset"), plan.encodings[0]) / "pool"
+        num_jpeg2000 = min(member_formats.JPEG2000_SAMPLE, plan.num_images)
+        stats["jpeg2000"] = member_formats.jpeg2000_stats(pool, num_jpeg2000)
+    summary += member_formats.summary_rows(bests)
+    table = member_formats.format_table(stats, bests, num_jpeg2000=num_jpeg2000)
+    sections.append(f"#### Image member formats side by side (same crops, same run)\n\n{table}")
     setting = (
         f"{plan.num_images} photo crops of {plan.width}x{plan.height}, {plan.epochs} epochs, batch {plan.batch_size},"
         f" {plan.num_workers} workers each, one random 224x224 crop, consumer step {plan.step_ms:g} ms,"
@@ -121,7 +144,7 @@ def _summary_rows(best: dict[str, LoaderRun], encoding: str) -> list[SummaryRow]
     return [
         SummaryRow(
             "loader",
-            f"{name.removeprefix('ours: ')} ({encoding} PNG)",
+            f"{name.removeprefix('ours: ')} ({LABELS[encoding]})",
             f"{result.images_per_second:.1f} images/s",
             baseline_name.removeprefix("baseline: "),
             f"{baseline.images_per_second:.1f} images/s",
@@ -131,17 +154,19 @@ def _summary_rows(best: dict[str, LoaderRun], encoding: str) -> list[SummaryRow]
     ]
 
 
-def _measure(shard_root: Path, plan: LoaderPlan) -> dict[str, LoaderRun]:
+def _measure(shard_root: Path, plan: LoaderPlan, encoding: str) -> dict[str, LoaderRun]:
     """The best run of each loader, the baseline first."""
     from dist_syndr import runtime
 
-    cases = {"baseline: webdataset + PIL, torch DataLoader": lambda: _baseline(shard_root, plan)}
+    decoder = "LZ4 inflate" if encoding == "lz4" else "PIL"
+    cases = {f"baseline: webdataset + {decoder}, torch DataLoader": lambda: _baseline(shard_root, plan)}
     cases["ours: torch DataLoader over the plan"] = lambda: _ours(shard_root, plan, "torch")
     cases[VERIFIED_TORCH] = lambda: _ours(shard_root, plan, "torch", verify="members")
     cases["ours: DALI over the plan, CPU"] = lambda: _ours(shard_root, plan, "cpu")
     cases[VERIFIED_DALI] = lambda: _ours(shard_root, plan, "cpu", verify="members")
     if runtime.dali_mode("auto") == "gpu":
-        cases["ours: DALI over the plan, GPU (mixed decoder)"] = lambda: _ours(shard_root, plan, "gpu")
+        on_gpu = "LZ4 inflated on the GPU" if encoding == "lz4" else "mixed decoder"
+        cases[f"ours: DALI over the plan, GPU ({on_gpu})"] = lambda: _ours(shard_root, plan, "gpu")
     best: dict[str, LoaderRun] = {}
     for repeat in range(plan.repeats):
         # Alternating the order spreads slow moments of a shared machine over all cases.
@@ -167,8 +192,7 @@ def checksum_share(shard_root: Path) -> float:
     """Seconds spent hashing every member (image and metadata) over seconds spent decoding and cropping the
     images, both measured here on one thread: the share of a loader's work that member verification adds,
     free of the throughput noise of a shared machine."""
-    from PIL import Image
-
+    from dist_syndr import imaging
     from dist_syndr.features.preprocess import normalise
     from dist_syndr.sharding.shard_set import ShardSet, member_checksum
 
@@ -181,8 +205,7 @@ def checksum_share(shard_root: Path) -> float:
         member_checksum(image)
         member_checksum(meta)
         hashed = time.perf_counter()
-        with Image.open(io.BytesIO(image)) as opened:
-            normalise(np.asarray(opened.convert("RGB"))[:224, :224])
+        normalise(imaging.decode(image, is_oriented=False)[:224, :224])
         decoding += time.perf_counter() - hashed
         hashing += hashed - started
     return hashing / decoding
@@ -206,7 +229,8 @@ def _rows(best: dict[str, LoaderRun]) -> list[list[str]]:
 
 
 def make_shard_set(folder: Path, plan: LoaderPlan, encoding: str) -> Path:
-    """Photo crops sharded by the sharding step: PNG files kept as they are, or BMP files it encodes."""
+    """Photo crops sharded by the sharding step: PNG files kept as they are, or BMP files it encodes (as PNG, or
+    as LZ4 pixel bands)."""
     from PIL import Image
 
     from dist_syndr.pools.embedded import photo_crops
@@ -220,7 +244,10 @@ def make_shard_set(folder: Path, plan: LoaderPlan, encoding: str) -> Path:
         path = source / f"photo{number:05d}.{suffix}"
         Image.fromarray(crop).save(path)
         items.append(writer.WorkItem(key=f"bench/photo{number:05d}", source_path=str(path), score=float(number % 11)))
-    options = writer.WriteOptions(samples_per_shard=plan.samples_per_shard, num_workers=plan.num_workers)
+    image_format = "lz4" if encoding == "lz4" else "png"
+    options = writer.WriteOptions(
+        samples_per_shard=plan.samples_per_shard, num_workers=plan.num_workers, image_format=image_format
+    )
     writer.write_shard_set(items, folder / "shards", options, {"bench": True})
     return folder / "shards"
 
@@ -303,9 +330,14 @@ def _baseline_sample(sample: dict):
 
     from dist_syndr.features.preprocess import normalise
 
-    image = sample.get("png") or sample.get("jpg")
+    if "lz4" in sample:  # webdataset has no decoder for LZ4 pixel members: their bytes come through
+        from dist_syndr import imaging
+
+        pixels = imaging.decode(sample["lz4"], is_oriented=False)
+    else:
+        pixels = np.asarray((sample.get("png") or sample.get("jpg")).convert("RGB"))
     rng = np.random.default_rng()
-    x = int(rng.integers(0, image.width - 224 + 1))
-    y = int(rng.integers(0, image.height - 224 + 1))
-    crop = np.asarray(image.convert("RGB").crop((x, y, x + 224, y + 224)))
+    x = int(rng.integers(0, pixels.shape[1] - 224 + 1))
+    y = int(rng.integers(0, pixels.shape[0] - 224 + 1))
+    crop = pixels[y : y + 224, x : x + 224]
     return torch.from_numpy(normalise(crop)), float(sample["json"]["score"])

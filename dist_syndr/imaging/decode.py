@@ -7,7 +7,8 @@ steps, in order:
 1. the header (:mod:`dist_syndr.imaging.headers`): the declared size is checked
    against ``max_pixels`` before anything is decoded, and PIL's own bomb limit
    follows the cap, so a decompression bomb is an :class:`ImageError` like any
-   unreadable file;
+   unreadable file; our LZ4 pixel members (:mod:`dist_syndr.imaging.lz4_pixels`)
+   are inflated here, after that check, and hold RGB pixels stored upright;
 2. PIL decodes (libjpeg-turbo, libpng: what DALI's CPU decoder gives bit for bit);
 3. every mode becomes 8-bit RGB (:func:`to_rgb`: 16-bit and 32-bit integers
    scaled by ``1/257``, floats clipped, alpha dropped, palette and CMYK converted);
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+import dist_syndr.imaging.lz4_pixels as lz4_pixels  # the module, not the package (imported by it)
 from dist_syndr.config import DEFAULT_MAX_PIXELS
 from dist_syndr.imaging.headers import ImageError, ImageHeader, check_pixels, open_image, orientation_of, read_header
 
@@ -80,6 +82,11 @@ def _decode(data: bytes, max_pixels: int, is_oriented: bool) -> DecodedImage:
     from PIL import Image
 
     header = read_header(data, max_pixels)  # refused here, before PIL allocates anything
+    if header.format == lz4_pixels.FORMAT:  # upright RGB already: no mode, no orientation
+        try:
+            return DecodedImage(lz4_pixels.inflate(data), header, 1)
+        except ValueError as error:
+            raise ImageError(f"not a readable image ({error})") from None
     try:
         with open_image(data, max_pixels) as image:
             check_pixels(*image.size, max_pixels)  # PIL's own idea of the size, for formats parsed twice

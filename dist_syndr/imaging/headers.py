@@ -1,9 +1,10 @@
 """What an image file declares before any pixel is decoded: format, size, layout, EXIF orientation.
 
 PNG and JPEG headers are parsed here (the PNG ``IHDR`` and chunk list, the JPEG
-markers up to the frame header): cheap, no PIL, and a wrong signature or a
-truncated header is an :class:`ImageError` at once. Other formats are opened by
-PIL, which reads only their header. :func:`check_pixels` is the one pixel cap:
+markers up to the frame header), and the header of our LZ4 pixel members
+(:mod:`dist_syndr.imaging.lz4_pixels`, format ``LZ4``): cheap, no PIL, and a wrong
+signature or a truncated header is an :class:`ImageError` at once. Other formats
+are opened by PIL, which reads only their header. :func:`check_pixels` is the one pixel cap:
 every path calls it on the declared size before decoding, so a 22 KB PNG that
 declares 14000 x 13000 pixels is refused without allocating them.
 
@@ -22,6 +23,7 @@ import io
 import warnings
 from dataclasses import dataclass
 
+import dist_syndr.imaging.lz4_pixels as lz4_pixels  # the module, not the package (imported by it)
 from dist_syndr.config import DEFAULT_MAX_PIXELS
 
 ORIENTATION_TAG = 0x0112  # EXIF Orientation; 2..8 transpose the stored pixels, anything else leaves them
@@ -65,6 +67,8 @@ def read_header(data: bytes | memoryview, max_pixels: int | None = None) -> Imag
         header = _png_header(data)
     elif data[:2] == b"\xff\xd8":
         header = _jpeg_header(data)
+    elif lz4_pixels.is_lz4_pixels(data):
+        header = _lz4_header(data)
     else:
         header = _pil_header(bytes(data), DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
     if max_pixels is not None:
@@ -128,6 +132,14 @@ def _pil_header(data: bytes, max_pixels: int) -> ImageHeader:
     image = open_image(data, max_pixels)
     with image:
         return ImageHeader(str(image.format), image.size[0], image.size[1], is_plain=False)
+
+
+def _lz4_header(data: bytes | memoryview) -> ImageHeader:
+    try:
+        layout = lz4_pixels.read_layout(data)
+    except ValueError as error:
+        raise ImageError(f"not a readable image ({error})") from None
+    return ImageHeader(lz4_pixels.FORMAT, layout.width, layout.height, is_plain=False)
 
 
 def _png_header(data: bytes | memoryview) -> ImageHeader:

@@ -1,18 +1,17 @@
-"""The DALI input pipeline: planned tar members -> decode -> fixed-anchor crop -> normalise.
+"""The DALI input pipeline: planned tar members -> decode (or inflate) -> fixed-anchor crop -> normalise.
 
 ::
 
-    fn.external_source (parallel Python workers, one sample per call)
-        reads the member by (offset, size) with os.pread, checks its header and pixel cap,
-        computes the crop anchors (crops.py) -> bytes, anchors, score, position, status
-    fn.decoders.image_slice  (one crop)      "mixed" with a GPU, "cpu" without
-    fn.decoders.image + fn.slice per anchor  (n evaluation crops)
-    fn.crop_mirror_normalize -> float32 CHW, ImageNet mean/std
+    fn.external_source (parallel Python workers) -> image inputs, anchors, score, position, status
+    decode: PNG/JPEG through fn.decoders.image(_slice), "mixed" with a GPU, "cpu" without;
+            LZ4 pixel members inflated on the GPU (fn.decoders.inflate), or by the source workers on the CPU
+    fn.slice per anchor, fn.crop_mirror_normalize -> float32 CHW, ImageNet mean/std
     DALIGenericIterator -> Batch
 
-The source callable is stateless as DALI requires: it finds its epoch's feed
-(rows, statuses, seed, epoch) in a small ``.npz`` file written by the main
-process before the pipeline starts or is reset, keyed by DALI's epoch index,
+The graph and its source are :mod:`dist_syndr.loader.dali_graph`; this module runs
+them. The source callable is stateless as DALI requires: it finds its epoch's feed
+(rows, statuses, seed, epoch) in a small ``.npz`` file written here
+before the pipeline starts or is reset, keyed by DALI's epoch index,
 so one pipeline and its worker processes serve every epoch although the
 samples change each time. Each rank's list is padded with a placeholder image
 to whole batches (status "padding"), and those rows never leave the loader.
@@ -44,70 +43,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dist_syndr import files, runtime
+from dist_syndr import files
 from dist_syndr.config import DataConfig
-from dist_syndr.features.preprocess import IMAGENET_MEAN_255, IMAGENET_STD_255
 from dist_syndr.loader.batch import STATUS_OK, STATUS_PADDING, STATUS_SKIPPED, Batch
 from dist_syndr.loader.crops import CropSpec
-from dist_syndr.loader.members import MemberReader, SampleError, SampleTable, placeholder_png, warn_skipped
+from dist_syndr.loader.dali_graph import PlannedSource, build_pipeline, member_inputs
+from dist_syndr.loader.members import MemberReader, SampleError, SampleTable, warn_skipped
 from dist_syndr.loader.plan import RankPlan
 from dist_syndr.sharding.shard_set import ShardSet
 
 log = logging.getLogger(__name__)
 
 _SOURCE_ERROR = re.compile(r"SampleError: (.+)")
-
-
-class PlannedSource:
-    """The ``fn.external_source`` callable: sample ``i`` of DALI epoch ``e`` from ``feed_dir/epoch-e.npz``."""
-
-    def __init__(self, reader: MemberReader, spec: CropSpec, feed_dir: Path, on_error: str):
-        self.reader = reader
-        self.spec = spec
-        self.feed_dir = Path(feed_dir)
-        self.on_error = on_error
-        self.placeholder = np.frombuffer(placeholder_png(spec.size), dtype=np.uint8)
-        self._feed: tuple[int, dict[str, np.ndarray]] | None = None
-
-    def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "_feed"} | {"_feed": None}
-
-    def __call__(self, sample_info) -> tuple[np.ndarray, ...]:
-        feed = self._feed_for(sample_info.epoch_idx)
-        index = sample_info.idx_in_epoch
-        if index >= len(feed["rows"]):
-            raise StopIteration
-        row, status = int(feed["rows"][index]), int(feed["status"][index])
-        anchors = np.zeros((self.spec.num_crops, 2), dtype=np.int32)
-        encoded = self.placeholder
-        if status == STATUS_OK:
-            try:
-                member = self.reader.read_checked(row, self.spec.size)  # pixel cap and size, before decoding
-            except SampleError:
-                if self.on_error != "skip":
-                    raise
-                status = STATUS_SKIPPED
-            else:
-                where = (self.reader.table.keys[row], member.digest, member.width, member.height)
-                anchors = self.spec.anchors(*where, seed=int(feed["seed"]), epoch=int(feed["epoch"]))
-                encoded = np.frombuffer(member.data, dtype=np.uint8)
-        score = self.reader.table.scores[row] if row >= 0 else np.nan
-        return (
-            encoded,
-            *anchors,
-            np.array(score, dtype=np.float32),
-            np.array(feed["positions"][index], dtype=np.int64),
-            np.array(status, dtype=np.uint8),
-        )
-
-    def _feed_for(self, epoch_index: int) -> dict[str, np.ndarray]:
-        if self._feed is None or self._feed[0] != epoch_index:
-            path = self.feed_dir / f"epoch-{epoch_index:06d}.npz"
-            if not path.is_file():
-                raise RuntimeError(f"{path}: the loader wrote no feed for DALI epoch {epoch_index}")
-            with np.load(path) as archive:
-                self._feed = (epoch_index, {name: archive[name] for name in archive.files})
-        return self._feed[1]
 
 
 class DaliLoader:
@@ -130,6 +77,7 @@ class DaliLoader:
         self.device_id = device_id
         self.table = SampleTable.from_shard_set(shard_set, is_verified=config.verify_checksums != "off")
         self.reader = MemberReader(self.table, config.max_pixels)
+        self.inputs = member_inputs(self.table, device)  # how the graph gets pixels: decoded, or LZ4 inflated
         self.num_skipped = 0
         scratch = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
         self._feed_root = Path(tempfile.mkdtemp(prefix="dist_syndr-feed-", dir=scratch))
@@ -246,7 +194,13 @@ class DaliLoader:
     def _build(self, feed_dir: Path):
         from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
-        source = PlannedSource(self.reader, self.spec, feed_dir, self.config.on_error)
+        # Forked workers inherit every uncollected object of this process and may finalise it mid-task; on
+        # CPython 3.11.7 a finaliser that runs while a worker builds an AST (np.load parses .npz headers with it)
+        # leaves the interpreter's AST depth counter off: "SystemError: AST constructor recursion depth
+        # mismatch" (cpython#106905). Collecting first: 4 failures in 4 runs of tests/test_member_format.py
+        # after tests/test_lz4_pixels.py before, none in 5 after.
+        gc.collect()
+        source = PlannedSource(self.reader, self.spec, feed_dir, self.config.on_error, self.inputs)
         pipeline = build_pipeline(source, self.spec, self.config, device=self.device, device_id=self.device_id)
         output_map = [f"crop{i}" for i in range(self.spec.num_crops)] + ["scores", "positions", "status"]
         # prepare_first_batch=False: nothing runs before the first next(), where failures are handled.
@@ -338,7 +292,7 @@ class DaliLoader:
                 epoch=np.int64(plan.epoch),
             )
             # Source-side problems become skipped placeholders here: only decoder failures are sought.
-            source = PlannedSource(self.reader, self.spec, feed_dir, "skip")
+            source = PlannedSource(self.reader, self.spec, feed_dir, "skip", self.inputs)
             pipeline = build_pipeline(
                 source, self.spec, self.config, device=self.device, device_id=self.device_id, is_one_by_one=True
             )
@@ -353,74 +307,6 @@ class DaliLoader:
             gc.collect()
             remaining = remaining[done + 1 :]
         return failing
-
-
-def build_pipeline(
-    source: PlannedSource,
-    spec: CropSpec,
-    config: DataConfig,
-    *,
-    device: str,
-    device_id: int | None,
-    is_one_by_one: bool = False,
-):
-    """The DALI pipeline over ``source``: ``n`` normalised crops, score, position and status per sample.
-
-    ``is_one_by_one``: batches of one, no workers, no pipelining, so an error belongs to the sample just run.
-    """
-    from nvidia.dali import fn, pipeline_def, types
-
-    num_crops = spec.num_crops
-    # Forked workers must start before the CUDA driver is initialised, which a GPU machine cannot promise.
-    start_method = runtime.worker_start_method()
-
-    # Parallel workers prepare `prefetch` batches ahead; the one-by-one form runs the source inline.
-    parallel = {} if is_one_by_one else {"parallel": True, "prefetch_queue_depth": config.prefetch}
-
-    @pipeline_def(
-        batch_size=1 if is_one_by_one else config.batch_size,
-        num_threads=config.num_workers,
-        device_id=device_id if device == "gpu" else None,
-        py_num_workers=0 if is_one_by_one else config.num_workers,
-        py_start_method=start_method,
-        prefetch_queue_depth=1 if is_one_by_one else config.prefetch,
-        exec_pipelined=not is_one_by_one,
-        exec_async=not is_one_by_one,
-    )
-    def graph():
-        outputs = fn.external_source(
-            source,
-            num_outputs=num_crops + 4,
-            batch=False,
-            **parallel,
-            dtype=[types.UINT8, *[types.INT32] * num_crops, types.FLOAT, types.INT64, types.UINT8],
-            ndim=[1, *[1] * num_crops, 0, 0, 0],
-        )
-        encoded, anchors, tail = outputs[0], outputs[1 : 1 + num_crops], outputs[1 + num_crops :]
-        shape = np.array([spec.size, spec.size], dtype=np.int32)
-        decoder = {
-            "device": "mixed" if device == "gpu" else "cpu",
-            "output_type": types.RGB,
-            "adjust_orientation": False,  # shards hold upright pixels (older sets: read as written)
-            "jpeg_fancy_upsampling": True,  # the GPU decoder then matches libjpeg-turbo (CPU, PIL)
-        }
-        absolute = {"normalized_anchor": False, "normalized_shape": False}
-        if num_crops == 1:
-            crops = [fn.decoders.image_slice(encoded, anchors[0], shape, **decoder, **absolute)]
-        else:
-            decoded = fn.decoders.image(encoded, **decoder)
-            crops = [fn.slice(decoded, anchor, shape, **absolute) for anchor in anchors]
-        normalised = [
-            fn.crop_mirror_normalize(
-                crop, dtype=types.FLOAT, output_layout="CHW", mean=list(IMAGENET_MEAN_255), std=list(IMAGENET_STD_255)
-            )
-            for crop in crops
-        ]
-        return (*normalised, *tail)
-
-    pipeline = graph()
-    pipeline.build()
-    return pipeline
 
 
 def _source_error(error: BaseException) -> str | None:

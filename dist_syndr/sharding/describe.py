@@ -18,10 +18,20 @@ import numpy as np
 from dist_syndr import files
 from dist_syndr.sharding.shard_set import ShardSet
 
+# How DALI turns each image member into pixels on a GPU machine (the CPU pipeline decodes or inflates them all).
+ON_A_GPU = {
+    "lz4": "inflated on the GPU",
+    "jpg": "nvJPEG on the GPU",
+    "jpeg": "nvJPEG on the GPU",
+    "png": "decoded on the CPU",
+    "bmp": "decoded on the CPU",
+}
+
 
 def summary(shard_set: ShardSet) -> dict:
     """Counts and ranges of the set: samples by origin and source, shards and their bytes, scores,
-    member extensions, whether member checksums and pixel digests are recorded, skipped inputs."""
+    member extensions, image members by format, whether member checksums and pixel digests are recorded,
+    skipped inputs."""
     columns = shard_set.columns
     scores = columns.scores
     scored = scores[~np.isnan(scores)]
@@ -36,6 +46,7 @@ def summary(shard_set: ShardSet) -> dict:
         "shards": len(shard_set.shards),
         "shard_bytes": sum(info.bytes for info in shard_set.shards.values()),
         "extensions": list(columns.extensions),
+        "images": _image_counts(shard_set),
         "member_checksums": shard_set.has_member_checksums,
         "pixel_digests": int(columns.has_pixel_digests.sum()),
         "scores": {
@@ -72,6 +83,7 @@ def summary_text(shard_set: ShardSet) -> str:
         f"  sources    {_joined(facts['by_source']) or '-'}",
         f"  shards     {facts['shards']} tars, {facts['shard_bytes'] / 1e6:.1f} MB",
         f"  members    {', '.join(facts['extensions'])}; checksums {checksums}",
+        f"  images     {_joined_formats(facts['images'])}",
         f"  pixels     digests {digests}",
         f"  scores     {score_line}; {scores['unlabelled']} unlabelled",
         f"  skipped    {facts['skipped']} unreadable input(s)",
@@ -87,6 +99,21 @@ def write_records(shard_set: ShardSet, path: Path) -> int:
             handle.write(json.dumps(record, sort_keys=True) + "\n")
             count += 1
     return count
+
+
+def _image_counts(shard_set: ShardSet) -> dict[str, int]:
+    columns = shard_set.columns
+    if not len(columns):
+        return {}
+    tally = np.bincount(columns.image_columns(), minlength=len(columns.extensions))
+    return {extension: int(tally[column]) for column, extension in enumerate(columns.extensions) if tally[column]}
+
+
+def _joined_formats(counts: dict[str, int]) -> str:
+    parts = [
+        f"{count} {extension} ({ON_A_GPU.get(extension, 'decoded on the CPU')})" for extension, count in counts.items()
+    ]
+    return ", ".join(parts) or "-"
 
 
 def _counts(names: list[str], codes: np.ndarray) -> dict[str, int]:

@@ -59,6 +59,14 @@ class Batch:
     items: tuple
 
 
+@dataclass(frozen=True)
+class MemberOptions:
+    """How a made image is stored (what a worker needs of the write options)."""
+
+    image_format: str = "png"
+    png_compress_level: int = 1
+
+
 def batches_of(shard: int, items: list, max_images: int) -> list[Batch]:
     """The engine items of shard ``shard`` in batches of at most ``max_images``, references kept together."""
     runs, batches, current = [], [], []
@@ -129,30 +137,30 @@ def _is_made_in_workers(device) -> bool:
 
 
 def _make_on_cpu_workers(batches: list[Batch], options, is_skipping: bool, collect) -> None:
-    level = options.png_compress_level
+    member = MemberOptions(options.image_format, options.png_compress_level)
     if options.num_workers <= 1:
         with _one_torch_thread():
             for batch in batches:
-                collect(batch, produce(batch.items, level, is_skipping, options.max_pixels))
+                collect(batch, produce(batch.items, member, is_skipping, options.max_pixels))
         return
     context = multiprocessing.get_context("spawn" if runtime.is_cuda_initialised() else "fork")
     with _pool(options.num_workers, context) as pool:
         pending = {
-            pool.submit(produce, batch.items, level, is_skipping, options.max_pixels): batch for batch in batches
+            pool.submit(produce, batch.items, member, is_skipping, options.max_pixels): batch for batch in batches
         }
         for done in futures.as_completed(pending):
             collect(pending[done], done.result())
 
 
 def _make_on_device(batches: list[Batch], device, options, is_skipping: bool, collect) -> None:
-    level, num_workers = options.png_compress_level, max(1, options.num_workers)
+    member, num_workers = MemberOptions(options.image_format, options.png_compress_level), max(1, options.num_workers)
     pending: list[tuple[futures.Future, Batch]] = []
     # Fork only while no CUDA context exists (a forked child could not use it); the pool starts lazily.
     is_spawned = device.type == "cuda" or runtime.is_cuda_initialised()
     with _pool(num_workers, multiprocessing.get_context("spawn" if is_spawned else "fork")) as pool:
         for batch in batches:
             made = make(batch.items, device, is_skipping, options.max_pixels)
-            pending.append((pool.submit(encode, made, level), batch))
+            pending.append((pool.submit(encode, made, member), batch))
             while len(pending) > 2 * num_workers:  # bounded host memory: wait for the oldest encodings
                 done, finished = pending.pop(0)
                 collect(finished, done.result())
@@ -189,16 +197,17 @@ def _one_torch_thread():
         torch.set_num_threads(previous)
 
 
-def produce(items: tuple, png_compress_level: int, is_skipping: bool, max_pixels: int) -> Made:
+def produce(items: tuple, member: MemberOptions, is_skipping: bool, max_pixels: int) -> Made:
     """A CPU worker's whole job for one batch: make it on the CPU and encode it."""
     import torch
 
-    return encode(make(items, torch.device("cpu"), is_skipping, max_pixels), png_compress_level)
+    return encode(make(items, torch.device("cpu"), is_skipping, max_pixels), member)
 
 
-def encode(made: dict, png_compress_level: int) -> Made:
-    """PNG bytes of every made image with its pixel digest (errors passed through)."""
-    from dist_syndr.pools import images
+def encode(made: dict, member: MemberOptions) -> Made:
+    """The stored member of every made image (``shard.image_format``) with its pixel digest (errors passed
+    through)."""
+    from dist_syndr.sharding import member_format
 
     encoded = {}
     for key, result in made.items():
@@ -206,7 +215,10 @@ def encode(made: dict, png_compress_level: int) -> Made:
             encoded[key] = result
         else:
             pixels, weak = result
-            encoded[key] = (images.encode_png(pixels, png_compress_level), "png", weak, imaging.pixel_digest(pixels))
+            data, extension = member_format.image_member(
+                pixels, member.image_format, png_compress_level=member.png_compress_level
+            )
+            encoded[key] = (data, extension, weak, imaging.pixel_digest(pixels))
     return encoded
 
 

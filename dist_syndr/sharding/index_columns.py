@@ -33,7 +33,8 @@ COLUMNS_SUFFIX = ".columns"  # index-<xxh3-64 of the content>.columns
 CHECKSUM_FIELD = "xxh3_64"  # per-sample record: extension -> the member's checksum
 PIXEL_DIGEST_FIELD = "pixel_digest"  # per-sample record: xxh3-64 of the upright decoded pixels (imaging.pixel_digest)
 _OPTIONAL_ARRAYS = ("pixel_digests", "has_pixel_digests")  # absent from columns files written before them
-IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "bmp")  # a sample's image member: the first of these it has
+IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "bmp", "lz4")  # a sample's image member: the first of these it has (lz4:
+# imaging.lz4_pixels)
 NONE_CODE = -1  # category code, distortion type or level of a sample that has none
 _ALIGN = 64
 _WRITE_CHUNK = 1 << 24

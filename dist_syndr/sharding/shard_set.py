@@ -92,7 +92,7 @@ class SampleEntry:
 
     @property
     def image_extension(self) -> str:
-        """``png`` or ``jpg``: the member holding the image."""
+        """``png``, ``jpg`` or ``lz4``: the member holding the image."""
         for extension in IMAGE_EXTENSIONS:
             if extension in self.members:
                 return extension

@@ -3,10 +3,12 @@
 Samples are cut into shards in plan order. Each shard is produced by one
 worker process: every image is decoded once through :mod:`dist_syndr.imaging`
 (refused above ``shard.max_pixels`` before decoding, EXIF orientation applied)
-or made by the distortion engine, so a shard holds upright pixels: plain JPEG
-and PNG files (8-bit RGB or grey, orientation 1) are stored byte for byte, every
-other file (an EXIF orientation that moves pixels, other formats or modes)
-as a lossless PNG of its upright 8-bit RGB pixels. Each sample records the
+or made by the distortion engine, so a shard holds upright pixels, stored as
+``shard.image_format`` says (:mod:`member_format`): ``png`` keeps plain JPEG
+and PNG files (8-bit RGB or grey, orientation 1) byte for byte and stores every
+other image (an EXIF orientation that moves pixels, other formats or modes,
+engine outputs) as a lossless PNG of its upright 8-bit RGB pixels; ``lz4`` stores
+every image as LZ4 row bands a GPU inflates. Each sample records the
 pixel digest of those pixels. A shard is written to a tar under a temporary
 name with fixed headers (so a given config always yields the same bytes), then
 renamed. A sidecar
@@ -42,7 +44,7 @@ from tqdm.auto import tqdm
 from dist_syndr import collectives, files, imaging, runtime
 from dist_syndr.config import DEFAULT_MAX_PIXELS, ShardConfig
 from dist_syndr.pools.scores import minmax_to_ten
-from dist_syndr.sharding import engine_batches
+from dist_syndr.sharding import engine_batches, member_format
 from dist_syndr.sharding.index_columns import CHECKSUM_FIELD, PIXEL_DIGEST_FIELD, member_base
 from dist_syndr.sharding.shard_set import INDEX_NAME, LOCK_NAME, member_checksum, scan_tar, write_index
 
@@ -74,6 +76,7 @@ class WriteOptions:
     num_workers: int = 2
     on_error: str = "error"  # error | skip
     max_pixels: int = DEFAULT_MAX_PIXELS  # images and references declaring more pixels are refused unread
+    image_format: str = "png"  # png | lz4 (member_format)
     device: str = "cpu"  # where engine batches are made (runtime's choice: cpu or cuda); encoding stays on CPUs
     images_per_engine_batch: int = 128  # at most (sharding/engine_batches.py); 0: one image at a time
 
@@ -86,6 +89,7 @@ class WriteOptions:
             shard.num_workers,
             shard.on_error,
             shard.max_pixels,
+            shard.image_format,
             device,
         )
 
@@ -147,7 +151,7 @@ def write_shards(
     out_dir.mkdir(parents=True, exist_ok=True)
     shards = dict(enumerate(cut_into_shards(items, options.samples_per_shard), start=first_shard))
     mine = [i for i in shards if i % world_size == rank]
-    todo = [i for i in mine if not _is_finished(out_dir, i, shards[i])]
+    todo = [i for i in mine if not _is_finished(out_dir, i, shards[i], options.image_format)]
     log.info(
         "rank %d: %d of its %d shards already finished, %d to write", rank, len(mine) - len(todo), len(mine), len(todo)
     )
@@ -234,7 +238,7 @@ def sidecar_path(out_dir: Path, index: int) -> Path:
     return out_dir / shard_name(index).replace(".tar", ".json")
 
 
-def _is_finished(out_dir: Path, index: int, items: list[WorkItem]) -> bool:
+def _is_finished(out_dir: Path, index: int, items: list[WorkItem], image_format: str) -> bool:
     sidecar, tar_path = sidecar_path(out_dir, index), out_dir / shard_name(index)
     if not (sidecar.is_file() and tar_path.is_file()):
         return False
@@ -242,7 +246,7 @@ def _is_finished(out_dir: Path, index: int, items: list[WorkItem]) -> bool:
         record = json.loads(sidecar.read_text())
     except json.JSONDecodeError:
         return False
-    if record.get("plan_digest") != _plan_digest(items):
+    if record.get("plan_digest") != _plan_digest(items) or record.get("image_format", "png") != image_format:
         return False
     if not all(PIXEL_DIGEST_FIELD in sample for sample in record["samples"]):  # written before pixel digests
         return False
@@ -271,6 +275,7 @@ def write_shard(
         "bytes": final.stat().st_size,
         "sha256": files.sha256_file(final),
         "plan_digest": _plan_digest(items),
+        "image_format": options.image_format,
         "samples": records,
         "skipped": skipped,
     }
@@ -348,15 +353,16 @@ def _produce(
             item.meta.get("chain") or [(item.meta["type"], item.meta["level"])]
         ):
             pixels = images.distort_array(pixels, distortion_type, level, item.seed + step)
-        data, extension = images.encode_png(pixels, options.png_compress_level), "png"
+        kept = None
     else:
         data = images.read_bytes(Path(item.source_path))
         decoded = imaging.decode_image(data, max_pixels=options.max_pixels, name=item.source_path)
         pixels = decoded.pixels
-        if decoded.is_stored_upright:
-            extension = _STORED_AS_IS[decoded.header.format]
-        else:  # sideways, another format or mode: the upright 8-bit RGB pixels, losslessly
-            data, extension = images.encode_png(pixels, options.png_compress_level), "png"
+        # Sideways, another format or mode: only the upright 8-bit RGB pixels may be stored (losslessly).
+        kept = (data, _STORED_AS_IS[decoded.header.format]) if decoded.is_stored_upright else None
+    data, extension = member_format.image_member(
+        pixels, options.image_format, png_compress_level=options.png_compress_level, kept=kept
+    )
     weak = None
     if item.wants_weak_label:
         from dist_syndr.pools import weak_labels
