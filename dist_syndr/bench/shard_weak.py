@@ -131,7 +131,9 @@ def _time_cases(pristine: Path, root: Path, plan: WeakPlan) -> dict[str, dict]:
         _keep_best(cases, "baseline", _rate(len(baseline_items), _per_image_piq, baseline_items))
         for name, device, workers, batch in runs:
             out = root / f"{name.replace(' ', '-').replace(',', '')}-{round_number}"
-            options = writer.WriteOptions(100, 1, workers, "error", device, batch)
+            options = writer.WriteOptions(
+                samples_per_shard=100, num_workers=workers, device=device, images_per_engine_batch=batch
+            )
             timed = _rate(len(items), shard_plan.run_shard_step, cfg, out, options)
             _keep_best(cases, name, timed | {"workers": workers, "device": device, "files": _files(out)})
     reference = cases["per-image path, 2 workers"]["files"]
@@ -155,8 +157,9 @@ def _rate(count: int, function, *args) -> dict:
 
 def _files(folder: Path) -> dict[str, str]:
     from dist_syndr import files
+    from dist_syndr.sharding.shard_set import LOCK_NAME
 
-    return {p.name: files.sha256_file(p) for p in sorted(folder.iterdir())}
+    return {p.name: files.sha256_file(p) for p in sorted(folder.iterdir()) if p.name != LOCK_NAME}  # not the job
 
 
 def _per_image_piq(items) -> None:
