@@ -14,6 +14,7 @@ python launchers/bench.py all [--quick]       # every benchmark, one report with
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -47,16 +48,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--gpu-only", action="store_true", help="with --scale million: the GPU rows at 1M alone, no CPU baselines"
     )
+    parser.add_argument("--repeats", type=int, help="train only: timed repeats of every case (best of them)")
     args = parser.parse_args(argv)
     if args.scale == "million" and args.benchmark != "reshape":
         parser.error("--scale million applies to the reshape benchmark only")
     if args.gpu_only and args.scale != "million":
         parser.error("--gpu-only applies to reshape --scale million only")
+    if args.repeats is not None and (args.benchmark != "train" or args.repeats < 1):
+        parser.error("--repeats applies to the train benchmark only, and must be >= 1")
     runtime.setup_logging("INFO")
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(source.PROJECT_ROOT / ".cache" / "torch_extensions"))
 
     names = list(BENCHMARKS) if args.benchmark == "all" else [args.benchmark]
     benchmarks = dict(BENCHMARKS)
+    if args.repeats is not None:
+        plan = train.TrainPlan.quick() if args.quick else train.TrainPlan.for_this_machine()
+        benchmarks["train"] = lambda quick: train.run(dataclasses.replace(plan, repeats=args.repeats))
     if args.scale == "million":
         plans = {(False, False): reshape_scale.ScalePlan(), (True, False): reshape_scale.ScalePlan.quick()}
         plans |= {(False, True): reshape_scale.ScalePlan.gpu(), (True, True): reshape_scale.ScalePlan.gpu_quick()}

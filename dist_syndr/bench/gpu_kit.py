@@ -45,6 +45,7 @@ from dist_syndr.bench.stage_runner import REPORT, Stage
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CORE_LIMIT_S = 540.0  # 9 minutes: the device tool's 10-minute command limit, less start-up and transfers
+DRY_TRAIN_REPEATS = ("--repeats", "4")  # the dry run's train stage: its ranks live well past a 50 s cut
 DRY_RUN_BUDGET_S = 600.0  # a dry run's stages on a small shared CPU: plumbing, not the device's timing
 TEST_CAP_S = 90.0  # no single gpu test may run longer (tests/timeout_cap.py overrides their own markers)
 GPU_TESTS_BUDGET_S = 120.0
@@ -125,6 +126,7 @@ def stages(
     python, bench = sys.executable, str(PROJECT_ROOT / "launchers" / "bench.py")
     quick = ("--quick",) if is_dry_run else ()
     dry = ("--dry-run",) if is_dry_run else ()
+    repeats = DRY_TRAIN_REPEATS if is_dry_run else ()  # long enough that a test can cut it while its ranks run
     kit = (python, "-m", "dist_syndr.bench.gpu_kit")
     wheel_args = tuple(arg for folder in wheels for arg in ("--wheels", str(folder)))
     install_s = 30.0 if profile == "core" else 90.0  # pip over ~6 MB of wheels and the imports; DALI: 270 MB more
@@ -142,7 +144,7 @@ def stages(
             Stage("reshape", (python, bench, "reshape", "--scale", "million", "--gpu-only", *quick, "--out", REPORT),
                   budgets["reshape"],
                   "DRCDown's exact search at 1M x 768 (torch-cuda) against its GEMM floor (CUDA events)"),
-            Stage("train", (python, bench, "train", *quick, "--out", REPORT), budgets["train"],
+            Stage("train", (python, bench, "train", *quick, *repeats, "--out", REPORT), budgets["train"],
                   "ViT-L/16 bf16 through the trainer (ZeRO-2, torch loader) against bare DDP; MFU"),
             Stage("score", (python, bench, "score", *quick, "--out", REPORT), budgets["score"],
                   "the scoring job against the one-at-a-time loop on the GPU"),

@@ -183,7 +183,7 @@ def _per_image_piq(items) -> None:
                 reference = references[item.ref_path]
                 pixels = images.distort_array(reference, item.meta["type"], item.meta["level"], item.seed)
                 x = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255.0
-                y = torch.from_numpy(reference).permute(2, 0, 1)[None].float() / 255.0
+                y = torch.from_numpy(np.array(reference)).permute(2, 0, 1)[None].float() / 255.0  # a writable copy
                 for function in (piq.ssim, piq.multi_scale_ssim, piq.gmsd, piq.vif_p, piq.fsim):
                     function(x, y, data_range=1.0)
     finally:
