@@ -229,7 +229,7 @@ def test_the_core_dry_run_over_a_device_like_python_runs_every_stage_and_cuts_tr
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env |= {"KIT_PYTHON": str(python), "KIT_DIR": str(kit_dir), "OUT": str(out), "PATH": "/usr/bin:/bin"}
     # train's budget is cut short on purpose: its two rank processes (sessions of their own) start about 10 s
-    # (25 s on a busy machine) into the stage, and the dry run repeats its cases (--repeats 4) so they run well
+    # (25 s on a busy machine) into the stage, and the dry run repeats its cases (--repeats 60) so they run well
     # past 50 s even on an idle machine
     ran = subprocess.run(
         ["bash", str(KIT), "run", "core", "--dry-run", "--budget", "train=50"], cwd=PROJECT_ROOT, env=env,

@@ -45,7 +45,7 @@ from dist_syndr.bench.stage_runner import REPORT, Stage
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CORE_LIMIT_S = 540.0  # 9 minutes: the device tool's 10-minute command limit, less start-up and transfers
-DRY_TRAIN_REPEATS = ("--repeats", "4")  # the dry run's train stage: its ranks live well past a 50 s cut
+DRY_TRAIN_REPEATS = ("--repeats", "60")  # dry run: its timed epochs take ~1 s, so the ranks outlive a 50 s cut
 DRY_RUN_BUDGET_S = 600.0  # a dry run's stages on a small shared CPU: plumbing, not the device's timing
 TEST_CAP_S = 90.0  # no single gpu test may run longer (tests/timeout_cap.py overrides their own markers)
 GPU_TESTS_BUDGET_S = 120.0
