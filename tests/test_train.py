@@ -46,12 +46,18 @@ def test_single_process_trains_reshapes_evaluates_checkpoints_and_resumes(tmp_pa
     assert len(kept) == 2 and all(0 < k < 60 for k in kept)  # DRCDown thinned the 60 samples every epoch
     assert len(metric_history(tmp_path, "smoke-test/srcc")) == 2
     _check_model_card_and_mlflow_model(tmp_path, run_dir, kept[-1])
-    # resume=auto: a third epoch continues the same run from the latest checkpoint
+    from dist_syndr.runs.folder import RunFolder
+
+    run = RunFolder(run_dir)
+    assert run.export_provenance().tag == run.complete_tag() == "epoch0001" and run.is_finished()
+    # resume=auto: a third epoch continues the same run from the latest checkpoint, and its end replaces the
+    # export that training made stale
     subprocess.run(
         [*command, "train.epochs=3"], cwd=tmp_path, env=run_env(), check=True, timeout=400, capture_output=True
     )
     assert len(metric_history(tmp_path, "loss")) == 3
     assert (run_dir / "checkpoints" / "epoch0002").is_dir()
+    assert run.export_provenance().tag == run.complete_tag() == "epoch0002" and run.current_export() is not None
 
 
 @pytest.mark.slow
