@@ -14,6 +14,7 @@ import sys
 import tarfile
 import textwrap
 from pathlib import Path
+from xml.etree import ElementTree
 
 import psutil
 import pytest
@@ -205,11 +206,17 @@ def test_the_timeout_cap_overrides_a_longer_marker_and_keeps_a_shorter_one(tmp_p
     )
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "tests.timeout_cap", str(tests)]
     env = os.environ | {"PYTHONPATH": str(PROJECT_ROOT)}
-    ran = subprocess.run([*command, "--timeout-cap", "3", "-rA"], cwd=PROJECT_ROOT, env=env, capture_output=True,
-                         text=True, timeout=100)  # fmt: skip
+    report = tmp_path / "report.xml"
+    ran = subprocess.run([*command, "--timeout-cap", "3", f"--junitxml={report}"], cwd=PROJECT_ROOT, env=env,
+                         capture_output=True, text=True, timeout=100)  # fmt: skip
     assert "3 failed, 1 passed" in ran.stdout, ran.stdout[-3000:]
-    assert ran.stdout.count("Timeout (>3.0s)") == 2 and "Timeout (>1.0s)" in ran.stdout  # the cap; the shorter own
-    assert "Timeout (>900" not in ran.stdout
+    # read each test's failure message from the JUnit report: the terminal's summary lines depend on its width
+    failures = {case.get("name"): case.find("failure") for case in ElementTree.parse(report).iter("testcase")}
+    messages = {name: None if failure is None else failure.get("message", "") for name, failure in failures.items()}
+    assert "Timeout (>3.0s)" in messages["test_long_marker"]  # the cap wins over a longer marker
+    assert "Timeout (>1.0s)" in messages["test_short_marker"]  # a shorter own marker is kept
+    assert "Timeout (>3.0s)" in messages["test_no_marker"]
+    assert messages["test_quick"] is None
 
 
 # ---------------------------------------------------------------------------
