@@ -13,6 +13,7 @@ import pytest
 
 from dist_syndr import files
 from dist_syndr.features import weights
+from dist_syndr.sharding.shard_set import ShardSet
 from tests.conftest import PROJECT_ROOT
 from tests.training_runs import PRESET, metric_history, overrides, run_env
 
@@ -151,9 +152,12 @@ def test_input_statistics_come_from_the_weights_and_an_adapter_maps_imagenet_inp
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_training_from_timm_weights_offline_records_their_source_and_sha256(tmp_path):
+@pytest.mark.parametrize(
+    ("backbone", "source"), [("resnet18.a1_in1k", "timm"), ("resnet18", "hf-hub:timm/resnet18.a1_in1k")]
+)
+def test_training_from_timm_and_hub_weights_offline_records_their_source_and_sha256(tmp_path, backbone, source):
     cached = build_offline_cache(tmp_path / "hf")
-    extra = ["model.backbone=resnet18.a1_in1k", "model.weights=timm", "model.is_random_init=false", "train.epochs=1"]
+    extra = [f"model.backbone={backbone}", f"model.weights={source}", "model.is_random_init=false", "train.epochs=1"]
     command = [sys.executable, str(PROJECT_ROOT / "launchers" / "train.py"), "--config", str(PRESET)]
     completed = subprocess.run(
         [*command, *overrides(tmp_path), *extra], env=_offline_env(tmp_path / "hf"), cwd=tmp_path,
@@ -161,11 +165,11 @@ def test_training_from_timm_weights_offline_records_their_source_and_sha256(tmp_
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr[-3000:]
     run_dir = tmp_path / "runs" / "cpu-smoke"
-    digest, source = files.sha256_file(cached), f"hf-hub:{REPO}@{COMMIT}/model.safetensors"
+    digest, resolved = files.sha256_file(cached), f"hf-hub:{REPO}@{COMMIT}/model.safetensors"
     recorded = (run_dir / "config.yaml").read_text()
-    assert f"weights_sha256: {digest}" in recorded and f"weights_source: {source}" in recorded
+    assert f"weights_sha256: {digest}" in recorded and f"weights_source: {resolved}" in recorded
     card = json.loads((run_dir / "export" / "model_card.json").read_text())["model"]["weights"]
-    assert card["source"] == source and card["sha256"] == digest
+    assert card["source"] == resolved and card["sha256"] == digest
     assert len(metric_history(tmp_path, "loss")) == 1
     import mlflow
 
@@ -173,5 +177,42 @@ def test_training_from_timm_weights_offline_records_their_source_and_sha256(tmp_
 
     run_id = (run_dir / "mlflow_run_id").read_text().strip()
     params = mlflow.MlflowClient(tracking_uri=tracking_uri(tmp_path / "mlruns")).get_run(run_id).data.params
-    assert params["model.weights_sha256"] == digest and params["model.weights_source"] == source
+    assert params["model.weights_sha256"] == digest and params["model.weights_source"] == resolved
     assert os.environ.get("HF_HUB_OFFLINE") is None  # the suite's own environment was left alone
+
+
+@pytest.mark.timeout(300)
+def test_sharding_from_hub_weights_offline_records_their_source_and_sha256(tmp_path):
+    """The sharding step's DDCUp embeds references and candidates with ``hf-hub:`` weights from the offline cache
+    (no precomputed features) and records the resolved source and sha256 in the set's index."""
+    import numpy as np
+    from PIL import Image
+
+    from dist_syndr.pools.embedded import photo_crops
+
+    cached = build_offline_cache(tmp_path / "hf")
+    crops = photo_crops(np.random.default_rng(0), 6, 48, 48)
+    for folder, names in (("pristine", ["a", "b", "c", "d"]), ("candidates", ["x", "y"])):
+        (tmp_path / folder).mkdir()
+        for name in names:
+            Image.fromarray(crops.pop()).save(tmp_path / folder / f"{name}.png")
+    settings = [
+        f"shard.pool.root={tmp_path / 'pristine'}", "shard.pool.types=[1, 11]", "shard.candidates.kind=folder",
+        f"shard.candidates.root={tmp_path / 'candidates'}", "shard.samples_per_shard=16", "shard.num_workers=1",
+        f"shard.output_root={tmp_path / 'shards'}", "shard.features.backbone=resnet18",
+        "shard.features.weights=hf-hub:timm/resnet18.a1_in1k", "shard.features.crop=32",
+    ]  # fmt: skip
+    preset = PROJECT_ROOT / "configs" / "shard" / "folder-weak.yaml"
+    command = [sys.executable, str(PROJECT_ROOT / "launchers" / "shard.py"), "--config", str(preset)]
+    completed = subprocess.run(
+        [*command, *settings], env=_offline_env(tmp_path / "hf"), cwd=PROJECT_ROOT, capture_output=True, text=True,
+        timeout=240,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    shard_set = ShardSet(tmp_path / "shards" / "folder-weak")
+    shard_set.verify()
+    recorded = shard_set.config["shard"]["features"]
+    assert recorded["weights_source"] == f"hf-hub:{REPO}@{COMMIT}/model.safetensors"
+    assert recorded["weights_sha256"] == files.sha256_file(cached)
+    assert len(shard_set) == 4 * 2 * 5 + int(shard_set.is_upsampled().sum())
+    assert "DDCUp on weak labels: " in completed.stderr  # the selection ran on the embedded features
