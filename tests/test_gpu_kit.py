@@ -251,7 +251,8 @@ def test_the_core_dry_run_over_a_device_like_python_runs_every_stage_and_cuts_tr
     assert summary.rstrip().endswith("cut: train")
     log = (out / "log.txt").read_text()
     killed = log.split("===== train: killed", 1)[1].split("=====", 1)[0]
-    assert killed.count("dist_syndr.bench.train_worker") == 2, killed  # both ranks, though in sessions of their own
+    # both ranks, though in sessions of their own (a pair that was still exiting when the next started counts too)
+    assert killed.count("dist_syndr.bench.train_worker") in (2, 4), killed
     assert all(_gone(int(pid)) for pid in re.findall(r"pid (\d+):", killed))
     assert "import deepspeed: 0.19.8 from" in log and "is still the machine's own" in log
     results = (out / "results.md").read_text()
