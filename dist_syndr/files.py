@@ -19,6 +19,7 @@ Shapes: none.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -106,6 +107,13 @@ class LockedError(ValueError):
     """Another job holds the lock; the message names the locked path and the holder."""
 
 
+class LockUnsupportedError(LockedError):
+    """The lock file's filesystem has no working ``flock``; the message names the path and where locks work."""
+
+
+_NO_FLOCK_ERRNOS = (errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK)
+
+
 @contextlib.contextmanager
 def exclusive_lock(lock_file: str | Path, what: str) -> Iterator[Path]:
     """Hold the advisory lock ``lock_file`` for the block; :class:`LockedError` when another process holds it.
@@ -125,6 +133,13 @@ def exclusive_lock(lock_file: str | Path, what: str) -> Iterator[Path]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise LockedError(f"{what} is in use by another job ({_holder(lock_file)}; lock {lock_file})") from None
+        except OSError as error:
+            if error.errno not in _NO_FLOCK_ERRNOS:
+                raise
+            raise LockUnsupportedError(
+                f"{what} cannot be locked: {lock_file} is on a filesystem without flock ({error.strerror}); "
+                "use a local disk or NFSv4, or mount Lustre with -o flock"
+            ) from None
         holder = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
         handle.seek(0)
         handle.truncate()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import multiprocessing
+import os
 
 import pytest
 
@@ -38,3 +40,28 @@ def test_the_lock_is_per_open_file_so_one_process_cannot_take_it_twice(tmp_path)
         with pytest.raises(files.LockedError):
             with files.exclusive_lock(tmp_path / "x.lock", "thing"):
                 pass
+
+
+@pytest.mark.parametrize("code", [errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK])
+def test_a_filesystem_without_flock_is_one_clear_refusal_and_other_errors_pass_through(tmp_path, monkeypatch, code):
+    def no_flock(fd, operation):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(files.fcntl, "flock", no_flock)
+    with pytest.raises(files.LockUnsupportedError) as refused:
+        with files.exclusive_lock(tmp_path / "x.lock", "shard set s"):
+            pytest.fail("the block must not run without the lock")
+    assert isinstance(refused.value, files.LockedError)  # launchers and collectives treat it as a refusal
+    assert str(refused.value) == (
+        f"shard set s cannot be locked: {tmp_path / 'x.lock'} is on a filesystem without flock "
+        f"({os.strerror(code)}); use a local disk or NFSv4, or mount Lustre with -o flock"
+    )
+
+    def broken(fd, operation):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(files.fcntl, "flock", broken)
+    with pytest.raises(OSError, match="Input/output error") as failed:
+        with files.exclusive_lock(tmp_path / "x.lock", "shard set s"):
+            pass
+    assert not isinstance(failed.value, files.LockedError)

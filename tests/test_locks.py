@@ -4,6 +4,7 @@ reruns with another model (real processes; the first job is held inside its lock
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import multiprocessing
 import os
@@ -294,3 +295,43 @@ def test_reindex_takes_the_set_lock_and_a_photo_set_waits_for_the_job_building_i
     holder.join()
     assert time.monotonic() - started >= 0.5 and len(built) == 5
     built.verify()
+
+
+@pytest.mark.timeout(300)
+def test_scoring_on_a_filesystem_without_flock_ends_in_one_line_naming_the_lock(scoring_root, tmp_path):
+    """A mount without ``flock`` (stood in by a ``sitecustomize`` whose ``fcntl.flock`` fails with ENOSYS,
+    as some FUSE and Lustre mounts do): one line saying where locks work, no traceback, nothing written."""
+    patch = tmp_path / "patch"
+    patch.mkdir()
+    (patch / "sitecustomize.py").write_text(
+        "import errno, fcntl, os\n\n"
+        "def _no_flock(fd, operation):\n"
+        "    raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))\n\n"
+        "fcntl.flock = _no_flock\n"
+    )
+    out = tmp_path / "out" / "scores.csv"
+    env = _env() | {"PYTHONPATH": f"{patch}{os.pathsep}{PROJECT_ROOT}"}
+    refused = subprocess.run(
+        [*SCORE, "--checkpoint", "runs/tiny", "--out", str(out), *CENTRE, "photos"],
+        cwd=scoring_root, env=env, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    lock = re.escape(str(output.lock_path(out)))
+    assert re.fullmatch(
+        rf"error: scoring output {re.escape(str(out))} cannot be locked: {lock} is on a filesystem without flock "
+        r"\(Function not implemented\); use a local disk or NFSv4, or mount Lustre with -o flock",
+        _one_error_line(refused.stderr),
+    )
+    assert not out.exists() and not output.meta_path(out).exists()
+
+
+def test_a_photo_set_on_a_filesystem_without_flock_is_refused_at_once_not_waited_for(tmp_path, monkeypatch):
+    def no_flock(fd, operation):
+        raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
+
+    monkeypatch.setattr(files.fcntl, "flock", no_flock)
+    monkeypatch.setattr(photos, "LOCK_WAIT_S", 60.0)
+    started = time.monotonic()
+    with pytest.raises(files.LockUnsupportedError, match="is on a filesystem without flock"):
+        photos.photo_shard_set(tmp_path / "photos", ("astronaut",), (1,), size=64, num_workers=1)
+    assert time.monotonic() - started < 5.0

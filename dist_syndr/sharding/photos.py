@@ -69,6 +69,8 @@ def _lock_when_free(out_dir: Path):
         try:
             held.enter_context(files.exclusive_lock(out_dir / LOCK_NAME, f"shard set {out_dir}"))
             break
+        except files.LockUnsupportedError:
+            raise  # no job holds it: waiting cannot help
         except files.LockedError as error:
             if time.monotonic() >= deadline:
                 raise
