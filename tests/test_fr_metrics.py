@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from dist_syndr.pools import fr_metrics
+from dist_syndr.pools import fr_metrics, weak_agreement
 from dist_syndr.pools.distortions import distort
 from dist_syndr.pools.embedded import photo_crops
+from dist_syndr.sharding import torch_threads
 
 # Every value lies this close to piq's in float64 (piq's own float32 VIF lies about 1e-4 from it).
 FLOAT64_BOUND = {"ssim": 2e-5, "ms_ssim": 1e-5, "gmsd": 1e-6, "vif": 5e-5, "fsim": 1e-6}
@@ -17,10 +18,8 @@ FLOAT64_BOUND = {"ssim": 2e-5, "ms_ssim": 1e-5, "gmsd": 1e-6, "vif": 5e-5, "fsim
 @pytest.fixture(autouse=True)
 def _one_torch_thread():
     """As the sharding workers run them (and several times faster than two threads on shared cores)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+    with torch_threads.one_torch_thread():
+        yield
 
 
 def _references(height: int, width: int, count: int = 2) -> torch.Tensor:
@@ -42,15 +41,7 @@ def _variants(
 
 def _piq(name: str, image: torch.Tensor, reference: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """piq's own value, computed in ``dtype`` from uint8 images."""
-    import piq
-
-    function = {
-        "ssim": piq.ssim,
-        "ms_ssim": piq.multi_scale_ssim,
-        "gmsd": piq.gmsd,
-        "vif": piq.vif_p,
-        "fsim": piq.fsim,
-    }[name]
+    function = weak_agreement.piq_function(name)
     return function(image.to(dtype) / 255, reference.to(dtype) / 255, data_range=1.0, reduction="none")
 
 

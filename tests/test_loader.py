@@ -28,11 +28,23 @@ CROP = 224
 SEED = 11
 
 
-def _photo(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+def photo(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
     # Smooth gradients plus texture: JPEG-compressible like a photograph, not pure noise.
     y, x = np.mgrid[0:height, 0:width]
     base = np.stack([x * 255 // width, y * 255 // height, (x + y) * 255 // (width + height)], axis=-1)
     return np.clip(base + rng.integers(-40, 40, size=(height, width, 3)), 0, 255).astype(np.uint8)
+
+
+def save_as(image, path: Path, kind: str) -> None:
+    """``image`` saved as a JPEG (quality 90), a grayscale or palette PNG, or an RGB PNG (``kind`` "png")."""
+    if kind == "jpeg":
+        image.save(path, quality=90)
+    elif kind == "gray":
+        image.convert("L").save(path)
+    elif kind == "palette":
+        image.convert("P").save(path)
+    else:
+        image.save(path)
 
 
 def _write_set(folder: Path, images: list[tuple[str, np.ndarray, str]], samples_per_shard: int = 4) -> ShardSet:
@@ -42,15 +54,7 @@ def _write_set(folder: Path, images: list[tuple[str, np.ndarray, str]], samples_
     items = []
     for number, (name, pixels, kind) in enumerate(images):
         path = source / f"{name}.{'jpg' if kind == 'jpeg' else 'png'}"
-        image = Image.fromarray(pixels)
-        if kind == "jpeg":
-            image.save(path, quality=90)
-        elif kind == "gray":
-            image.convert("L").save(path)
-        elif kind == "palette":
-            image.convert("P").save(path)
-        else:
-            image.save(path)
+        save_as(Image.fromarray(pixels), path, kind)
         items.append(writer.WorkItem(key=f"set/{name}", source_path=str(path), score=float(number) / 2))
     options = writer.WriteOptions(samples_per_shard=samples_per_shard, num_workers=1)
     writer.write_shard_set(items, folder / "shards", options, {"test": True})
@@ -63,13 +67,13 @@ def _images(count: int, seed: int = 0, extra: tuple = ()) -> list[tuple[str, np.
     images = []
     for i in range(count):
         width, height = CROP + int(rng.integers(0, 70)), CROP + int(rng.integers(0, 50))
-        images.append((f"img{i:03d}", _photo(rng, width, height), kinds[i % len(kinds)]))
+        images.append((f"img{i:03d}", photo(rng, width, height), kinds[i % len(kinds)]))
     return images + list(extra)
 
 
 @pytest.fixture(scope="module")
 def shard_set(tmp_path_factory) -> ShardSet:
-    exact = ("exact", _photo(np.random.default_rng(5), CROP, CROP), "png")  # W == H == crop: one possible anchor
+    exact = ("exact", photo(np.random.default_rng(5), CROP, CROP), "png")  # W == H == crop: one possible anchor
     return _write_set(tmp_path_factory.mktemp("loader"), _images(17, extra=(exact,)))
 
 
@@ -121,7 +125,7 @@ def _assert_pixels_match(
 
 
 def test_image_size_reads_png_and_jpeg_headers(tmp_path):
-    pixels = _photo(np.random.default_rng(1), 301, 233)
+    pixels = photo(np.random.default_rng(1), 301, 233)
     for options in ({"format": "PNG"}, {"format": "JPEG"}, {"format": "JPEG", "progressive": True}):
         buffer = io.BytesIO()
         Image.fromarray(pixels).save(buffer, **options)
@@ -296,7 +300,7 @@ def _corrupt_member(shard_set: ShardSet, key: str) -> None:
 @pytest.fixture
 def damaged_set(tmp_path) -> ShardSet:
     rng = np.random.default_rng(9)
-    small = ("small", _photo(rng, 200, 300), "png")
+    small = ("small", photo(rng, 200, 300), "png")
     shard_set = _write_set(tmp_path, _images(10, seed=3, extra=(small,)))
     _corrupt_member(shard_set, "set/img002")  # PNG: libpng and PIL both reject it
     _corrupt_member(shard_set, "set/img007")  # JPEG

@@ -25,6 +25,7 @@ from dist_syndr.sharding import describe, member_format, writer
 from dist_syndr.sharding.reindex import reindex
 from dist_syndr.sharding.shard_set import ShardSet
 from tests.conftest import PROJECT_ROOT, index_as_format_1, write_format_1
+from tests.test_loader import photo, save_as
 
 CROP = 32
 SEED = 5
@@ -41,34 +42,22 @@ SOURCES = [
 ]
 
 
-def _photo(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
-    y, x = np.mgrid[0:height, 0:width]
-    base = np.stack([x * 255 // width, y * 255 // height, (x + y) * 255 // (width + height)], axis=-1)
-    return np.clip(base + rng.integers(-40, 40, size=(height, width, 3)), 0, 255).astype(np.uint8)
-
-
 def _sources(folder: Path) -> list[writer.WorkItem]:
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     items = []
     for number, (name, (width, height), kind) in enumerate(SOURCES):
-        image = Image.fromarray(_photo(rng, width, height))
+        image = Image.fromarray(photo(rng, width, height))
         path = folder / f"{name}.{ {'jpeg': 'jpg', 'sideways': 'jpg', 'bmp': 'bmp'}.get(kind, 'png') }"
         if kind == "sideways":  # stored 50x36, shown 36x50 (EXIF orientation 6: rotate 90 clockwise)
             exif = Image.Exif()
             exif[0x0112] = 6
             image.save(path, quality=92, exif=exif)
-        elif kind == "jpeg":
-            image.save(path, quality=90)
-        elif kind == "gray":
-            image.convert("L").save(path)
-        elif kind == "palette":
-            image.convert("P").save(path)
         else:
-            image.save(path)
+            save_as(image, path, kind)
         items.append(writer.WorkItem(key=f"set/{name}", source_path=str(path), score=float(number)))
     reference = folder / "reference.png"
-    Image.fromarray(_photo(rng, 48, 40)).save(reference)
+    Image.fromarray(photo(rng, 48, 40)).save(reference)
     for level in (2, 5):  # distortion-engine outputs: encoded by the step itself
         meta = {"type": 1, "level": level, "ref": "reference", "origin": "original"}
         items.append(
@@ -300,7 +289,7 @@ def test_plain_tar_readers_see_lz4_members_as_bytes_that_imaging_decodes(sets):
 
 
 def test_the_format_is_chosen_in_one_place_and_checked(tmp_path):
-    pixels = _photo(np.random.default_rng(1), 40, 30)
+    pixels = photo(np.random.default_rng(1), 40, 30)
     png_bytes, extension = member_format.image_member(pixels, "png")
     assert extension == "png" and np.array_equal(decode(png_bytes), pixels)
     data, extension = member_format.image_member(pixels, "lz4", kept=(png_bytes, "png"))  # lz4 keeps no file

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from dist_syndr.pools import fr_metrics, weak_agreement, weak_labels
+from dist_syndr.sharding import torch_threads
 
 # Measured 0.859 (GMSD + FSIM; 0.849 for SSIM, GMSD, VIF, FSIM) on 3 photographs at 192x144; README "Weak labels"
 # has the full-size figures.
@@ -15,10 +16,9 @@ AGREEMENT_FLOOR = 0.80
 
 @pytest.fixture(autouse=True)
 def _one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+    """As the sharding workers run them."""
+    with torch_threads.one_torch_thread():
+        yield
 
 
 def _scene(size=(180, 200)):

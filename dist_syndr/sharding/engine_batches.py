@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from dist_syndr import imaging, runtime
+from dist_syndr.sharding import torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ def write_batched(
         if is_made_in_workers:
             _make_on_cpu_workers(batches, options, is_skipping, collect)
         else:
-            with _one_torch_thread() if device.type == "cpu" else contextlib.nullcontext():
+            with torch_threads.one_torch_thread() if device.type == "cpu" else contextlib.nullcontext():
                 _make_on_device(batches, device, options, is_skipping, collect)
         for write in writes:
             write.result()
@@ -139,7 +140,7 @@ def _is_made_in_workers(device) -> bool:
 def _make_on_cpu_workers(batches: list[Batch], options, is_skipping: bool, collect) -> None:
     member = MemberOptions(options.image_format, options.png_compress_level)
     if options.num_workers <= 1:
-        with _one_torch_thread():
+        with torch_threads.one_torch_thread():
             for batch in batches:
                 collect(batch, produce(batch.items, member, is_skipping, options.max_pixels))
         return
@@ -170,31 +171,13 @@ def _make_on_device(batches: list[Batch], device, options, is_skipping: bool, co
 
 @contextlib.contextmanager
 def _pool(num_workers: int, context):
-    pool = futures.ProcessPoolExecutor(num_workers, mp_context=context, initializer=_worker_init)
+    pool = futures.ProcessPoolExecutor(num_workers, mp_context=context, initializer=torch_threads.single_thread_worker)
     try:
         yield pool
     except BaseException:
         pool.shutdown(wait=True, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
-
-
-def _worker_init() -> None:
-    import torch
-
-    torch.set_num_threads(1)  # one process per core; threads inside would oversubscribe
-
-
-@contextlib.contextmanager
-def _one_torch_thread():
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def produce(items: tuple, member: MemberOptions, is_skipping: bool, max_pixels: int) -> Made:

@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 from dist_syndr import collectives, files, imaging, runtime
 from dist_syndr.config import DEFAULT_MAX_PIXELS, ShardConfig
 from dist_syndr.pools.scores import minmax_to_ten
-from dist_syndr.sharding import engine_batches, member_format
+from dist_syndr.sharding import engine_batches, member_format, torch_threads
 from dist_syndr.sharding.index_columns import CHECKSUM_FIELD, PIXEL_DIGEST_FIELD, member_base
 from dist_syndr.sharding.shard_set import INDEX_NAME, LOCK_NAME, member_checksum, scan_tar, write_index
 
@@ -191,37 +191,20 @@ def _run_workers(todo: list[int], shards: dict[int, list[WorkItem]], out_dir: Pa
         return
     progress = tqdm(total=sum(len(shards[i]) for i in todo), desc="sharding", unit="img")
     if options.num_workers <= 1:
-        with _one_torch_thread():  # per-image work is small: intra-op threads only add overhead
+        with torch_threads.one_torch_thread():  # per-image work is small: intra-op threads only add overhead
             for i in todo:
                 write_shard(i, shards[i], out_dir, options)
                 progress.update(len(shards[i]))
         progress.close()
         return
     context = multiprocessing.get_context("spawn" if runtime.is_cuda_initialised() else "fork")
-    with futures.ProcessPoolExecutor(options.num_workers, mp_context=context, initializer=_worker_init) as pool:
+    worker_init = torch_threads.single_thread_worker
+    with futures.ProcessPoolExecutor(options.num_workers, mp_context=context, initializer=worker_init) as pool:
         pending = {pool.submit(write_shard, i, shards[i], out_dir, options): i for i in todo}
         for done in futures.as_completed(pending):
             done.result()
             progress.update(len(shards[pending[done]]))
     progress.close()
-
-
-@contextlib.contextmanager
-def _one_torch_thread():
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-def _worker_init() -> None:
-    import torch
-
-    torch.set_num_threads(1)  # one process per core; threads inside would oversubscribe
 
 
 def _plan_digest(items: list[WorkItem]) -> str:
