@@ -182,9 +182,12 @@ def test_training_from_timm_and_hub_weights_offline_records_their_source_and_sha
 
 
 @pytest.mark.timeout(300)
-def test_sharding_from_hub_weights_offline_records_their_source_and_sha256(tmp_path):
-    """The sharding step's DDCUp embeds references and candidates with ``hf-hub:`` weights from the offline cache
-    (no precomputed features) and records the resolved source and sha256 in the set's index."""
+@pytest.mark.parametrize(
+    ("backbone", "source"), [("resnet18", "hf-hub:timm/resnet18.a1_in1k"), ("resnet18.a1_in1k", "timm")]
+)
+def test_sharding_from_hub_and_timm_weights_offline_records_their_source_and_sha256(tmp_path, backbone, source):
+    """The sharding step's DDCUp embeds references and candidates with ``hf-hub:`` or ``timm`` weights from the
+    offline cache (no precomputed features) and records the resolved source and sha256 in the set's index."""
     import numpy as np
     from PIL import Image
 
@@ -199,8 +202,8 @@ def test_sharding_from_hub_weights_offline_records_their_source_and_sha256(tmp_p
     settings = [
         f"shard.pool.root={tmp_path / 'pristine'}", "shard.pool.types=[1, 11]", "shard.candidates.kind=folder",
         f"shard.candidates.root={tmp_path / 'candidates'}", "shard.samples_per_shard=16", "shard.num_workers=1",
-        f"shard.output_root={tmp_path / 'shards'}", "shard.features.backbone=resnet18",
-        "shard.features.weights=hf-hub:timm/resnet18.a1_in1k", "shard.features.crop=32",
+        f"shard.output_root={tmp_path / 'shards'}", f"shard.features.backbone={backbone}",
+        f"shard.features.weights={source}", "shard.features.crop=32",
     ]  # fmt: skip
     preset = PROJECT_ROOT / "configs" / "shard" / "folder-weak.yaml"
     command = [sys.executable, str(PROJECT_ROOT / "launchers" / "shard.py"), "--config", str(preset)]
